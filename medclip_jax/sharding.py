@@ -1,0 +1,70 @@
+"""Device mesh and how arrays are laid out on it.
+
+The batch is split over every mesh axis; parameters and optimizer state are
+replicated. Even on one device the step runs on a named mesh, so more devices
+or hosts change the mesh shape, never the code.
+"""
+import math
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from medclip_jax.errors import UserError
+
+
+def create_mesh(mesh_config) -> Mesh:
+  """A mesh from `{axis_name: size}`; one size may be -1 (all remaining)."""
+  names = tuple(mesh_config.keys())
+  sizes = [int(mesh_config[n]) for n in names]
+  n_devices = jax.device_count()
+  if sizes.count(-1) > 1:
+    raise UserError(f'config.mesh may set at most one axis to -1, got {dict(mesh_config)}.')
+  if -1 in sizes:
+    known = math.prod(s for s in sizes if s != -1)
+    sizes[sizes.index(-1)] = n_devices // known if known else 0
+  if math.prod(sizes) != n_devices:
+    raise UserError(
+        f'config.mesh {dict(mesh_config)} needs {math.prod(sizes)} devices but '
+        f'{n_devices} are visible ({jax.devices()[0].platform}). Set the axis '
+        'sizes so their product is the device count, or use -1 for one axis.')
+  # Auto axes: XLA propagates shardings from the inputs and the few
+  # constraints we set, rather than every op declaring its output layout.
+  return jax.make_mesh(tuple(sizes), names,
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(names))
+
+
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+  return tuple(mesh.axis_names)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(batch_axes(mesh)))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def to_global_batch(local_batch, mesh: Mesh):
+  """Assembles each process's rows into arrays sharded over the whole mesh."""
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+      local_batch)
+
+
+def from_host_copy(tree, mesh: Mesh):
+  """Shards arrays that every process holds in full (e.g. prompts)."""
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_callback(x.shape, sharding, lambda i: x[i]), tree)
+
+
+def check_batch_size(global_batch_size: int, mesh: Mesh, what: str) -> int:
+  """Returns the per-process batch size, or explains why it does not divide."""
+  if global_batch_size % mesh.size:
+    raise UserError(
+        f'{what} = {global_batch_size} must be a multiple of the number of '
+        f'devices ({mesh.size}), since each device takes an equal slice.')
+  return global_batch_size // jax.process_count()
