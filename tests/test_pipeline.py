@@ -1,0 +1,87 @@
+"""Tokenizer and input pipeline: real word ids, crops, laterality-aware flips."""
+import io
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from medclip_jax.data import pipeline
+from medclip_jax.data import records
+from medclip_jax.data import tokenizer as tokenizer_lib
+from medclip_jax.errors import UserError
+
+
+def data_config(**overrides):
+  config = ml_collections.ConfigDict(dict(
+      image_size=16, max_text_length=16, tokenizer=tokenizer_lib.BUNDLED_MINILM,
+      crop_scale=(0.5, 1.0), hflip_prob=0.0, laterality='swap'))
+  config.update(overrides)
+  return config
+
+
+def _record(caption, image=None):
+  if image is None:
+    image = np.zeros((20, 30), np.uint8)
+    image[:, :5] = 255  # a bright stripe on the image's left edge
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format='PNG')
+  return records.encode({'id': 'x', 'group': 'x', 'image': buf.getvalue(),
+                         'caption': caption, 'labels': {'laterality': 'left'}})
+
+
+def test_bundled_tokenizer_maps_ordinary_words_to_real_ids():
+  tok = tokenizer_lib.load(tokenizer_lib.BUNDLED_MINILM)
+  ids = tok('axial ct of the brain showing a mass in the left frontal lobe',
+            add_special_tokens=False)['input_ids']
+  assert tok.unk_token_id not in ids
+  assert tok.convert_ids_to_tokens(ids)[:3] == ['axial', 'ct', 'of']
+
+
+def test_missing_tokenizer_directory_is_a_user_error(tmp_path):
+  with pytest.raises(UserError, match='No tokenizer found'):
+    tokenizer_lib.load(str(tmp_path))
+
+
+@pytest.mark.parametrize('caption,expected', [
+    ('Mass in the left lung.', 'Mass in the right lung.'),
+    ('Right knee: Left-sided effusion.', 'Left knee: Right-sided effusion.'),
+    ('Bright lesion, no side.', 'Bright lesion, no side.'),
+    ('Leftover contrast, righteous.', 'Leftover contrast, righteous.'),
+])
+def test_swap_laterality(caption, expected):
+  assert pipeline.swap_laterality(caption) == expected
+
+
+def test_eval_preprocess_shapes_dtypes_and_labels():
+  pre = pipeline.Preprocess(data_config(), label_vocabs={'laterality': ['left', 'right']})
+  ex = pre(_record('CT of the chest.'))
+  assert ex['image'].shape == (16, 16, 3) and ex['image'].dtype == np.uint8
+  assert ex['input_ids'].shape == (16,) and ex['input_ids'].dtype == np.int32
+  assert ex['attention_mask'].sum() == 7  # [CLS] ct of the chest . [SEP]
+  assert ex['label/laterality'] == 0
+
+
+def _flipped(pre, caption, seed=0):
+  ex = pre(_record(caption), np.random.default_rng(seed))
+  return ex['image'][:, -1, 0].mean() > ex['image'][:, 0, 0].mean(), ex
+
+
+def test_flip_swaps_the_caption_side():
+  pre = pipeline.Preprocess(data_config(hflip_prob=1.0, crop_scale=(1.0, 1.0)), train=True)
+  tok = pre.tokenizer
+  flipped, ex = _flipped(pre, 'Mass in the left lung.')
+  assert flipped
+  assert 'right' in tok.decode(ex['input_ids'], skip_special_tokens=True)
+
+
+def test_flip_skip_policy_leaves_lateral_captions_unflipped():
+  pre = pipeline.Preprocess(
+      data_config(hflip_prob=1.0, crop_scale=(1.0, 1.0), laterality='skip'), train=True)
+  assert not _flipped(pre, 'Mass in the left lung.')[0]
+  assert _flipped(pre, 'Normal chest.')[0]
+
+
+def test_flips_are_off_by_default():
+  pre = pipeline.Preprocess(data_config(crop_scale=(1.0, 1.0)), train=True)
+  assert not any(_flipped(pre, 'Normal chest.', seed)[0] for seed in range(10))
