@@ -6,6 +6,7 @@ against all-gathered columns (B_local x B_global), so per-device memory grows
 as B_global * B_local. The transpose of `all_gather` is a reduce-scatter, so
 gradients are exact.
 """
+
 import functools
 
 import jax
@@ -52,9 +53,9 @@ def infonce(image_emb, text_emb, logit_scale, mesh: Mesh, batch_axes=('data',)):
   logit_scale = jnp.asarray(logit_scale, jnp.float32)
   batch_axes = tuple(batch_axes)
   total = jax.shard_map(
-      functools.partial(_local_infonce, axes=batch_axes),
-      mesh=mesh,
-      in_specs=(P(batch_axes), P(batch_axes), P()),
-      out_specs=P(),
+    functools.partial(_local_infonce, axes=batch_axes),
+    mesh=mesh,
+    in_specs=(P(batch_axes), P(batch_axes), P()),
+    out_specs=P(),
   )(image_emb, text_emb, logit_scale)
   return total / (2 * image_emb.shape[0])

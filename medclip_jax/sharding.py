@@ -4,6 +4,7 @@ The batch is split over every mesh axis; parameters and optimizer state are
 replicated. Even on one device the step runs on a named mesh, so more devices
 or hosts change the mesh shape, never the code.
 """
+
 import math
 
 import jax
@@ -25,13 +26,13 @@ def create_mesh(mesh_config) -> Mesh:
     sizes[sizes.index(-1)] = n_devices // known if known else 0
   if math.prod(sizes) != n_devices:
     raise UserError(
-        f'config.mesh {dict(mesh_config)} needs {math.prod(sizes)} devices but '
-        f'{n_devices} are visible ({jax.devices()[0].platform}). Set the axis '
-        'sizes so their product is the device count, or use -1 for one axis.')
+      f'config.mesh {dict(mesh_config)} needs {math.prod(sizes)} devices but '
+      f'{n_devices} are visible ({jax.devices()[0].platform}). Set the axis '
+      'sizes so their product is the device count, or use -1 for one axis.'
+    )
   # Auto axes: XLA propagates shardings from the inputs and the few
   # constraints we set, rather than every op declaring its output layout.
-  return jax.make_mesh(tuple(sizes), names,
-                       axis_types=(jax.sharding.AxisType.Auto,) * len(names))
+  return jax.make_mesh(tuple(sizes), names, axis_types=(jax.sharding.AxisType.Auto,) * len(names))
 
 
 def batch_axes(mesh: Mesh) -> tuple[str, ...]:
@@ -50,21 +51,23 @@ def to_global_batch(local_batch, mesh: Mesh):
   """Assembles each process's rows into arrays sharded over the whole mesh."""
   sharding = batch_sharding(mesh)
   return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-      local_batch)
+    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
+  )
 
 
 def from_host_copy(tree, mesh: Mesh):
   """Shards arrays that every process holds in full (e.g. prompts)."""
   sharding = batch_sharding(mesh)
   return jax.tree.map(
-      lambda x: jax.make_array_from_callback(x.shape, sharding, lambda i: x[i]), tree)
+    lambda x: jax.make_array_from_callback(x.shape, sharding, lambda i: x[i]), tree
+  )
 
 
 def check_batch_size(global_batch_size: int, mesh: Mesh, what: str) -> int:
   """Returns the per-process batch size, or explains why it does not divide."""
   if global_batch_size % mesh.size:
     raise UserError(
-        f'{what} = {global_batch_size} must be a multiple of the number of '
-        f'devices ({mesh.size}), since each device takes an equal slice.')
+      f'{what} = {global_batch_size} must be a multiple of the number of '
+      f'devices ({mesh.size}), since each device takes an equal slice.'
+    )
   return global_batch_size // jax.process_count()

@@ -20,9 +20,15 @@ SIZE = 32
 
 
 def _prepare(output, seed=0):
-  return prepare.prepare('synthetic', str(output), seed=seed,
-                         num_train=COUNTS['train'], num_val=COUNTS['val'],
-                         num_test=COUNTS['test'], image_size=SIZE)
+  return prepare.prepare(
+    'synthetic',
+    str(output),
+    seed=seed,
+    num_train=COUNTS['train'],
+    num_val=COUNTS['val'],
+    num_test=COUNTS['test'],
+    image_size=SIZE,
+  )
 
 
 @pytest.fixture(scope='module')
@@ -37,13 +43,13 @@ def _split_records(data_dir, split):
 
 
 def _mentions(text, phrase):
-  return re.search(r'(?<![\w-])' + re.escape(phrase) + r'(?![\w-])', text,
-                   re.IGNORECASE) is not None
+  return (
+    re.search(r'(?<![\w-])' + re.escape(phrase) + r'(?![\w-])', text, re.IGNORECASE) is not None
+  )
 
 
 def _dir_bytes(path):
-  return {name: open(os.path.join(path, name), 'rb').read()
-          for name in sorted(os.listdir(path))}
+  return {name: open(os.path.join(path, name), 'rb').read() for name in sorted(os.listdir(path))}
 
 
 # ----------------------------------------------------------------------------
@@ -51,8 +57,13 @@ def _dir_bytes(path):
 
 
 def _record(**overrides):
-  record = {'id': 'x-1', 'group': 'case-1', 'image': b'\x89PNG...',
-            'caption': 'CT of the brain.', 'labels': {'modality': 'CT'}}
+  record = {
+    'id': 'x-1',
+    'group': 'case-1',
+    'image': b'\x89PNG...',
+    'caption': 'CT of the brain.',
+    'labels': {'modality': 'CT'},
+  }
   record.update(overrides)
   return record
 
@@ -62,12 +73,15 @@ def test_encode_decode_round_trip():
   assert records.decode(records.encode(record)) == record
 
 
-@pytest.mark.parametrize('bad', [
-    {'id': 'x'},                                    # missing keys
-    dict(_record(), extra=1),                       # unknown key
-    _record(image='not bytes'),                     # wrong type
-    _record(labels={'modality': 3}),                # label not a string
-])
+@pytest.mark.parametrize(
+  'bad',
+  [
+    {'id': 'x'},  # missing keys
+    dict(_record(), extra=1),  # unknown key
+    _record(image='not bytes'),  # wrong type
+    _record(labels={'modality': 3}),  # label not a string
+  ],
+)
 def test_encode_rejects_bad_records(bad):
   with pytest.raises(ValueError):
     records.encode(bad)
@@ -77,6 +91,7 @@ def test_decode_rejects_garbage():
   with pytest.raises(ValueError, match='record'):
     records.decode(b'\xc1 not msgpack')
   import msgpack
+
   with pytest.raises(ValueError, match='missing'):
     records.decode(msgpack.packb({'id': 'a'}))
 
@@ -95,15 +110,14 @@ def test_write_split_shards_and_replaces_old_shards(tmp_path):
   paths, count = records.write_split(many, str(tmp_path), 'train', 4)
   assert count == 300
   assert [os.path.basename(p) for p in paths] == [
-      f'train.array_record-{i:05d}-of-00004' for i in range(4)]
-  assert sorted(r['id'] for r in records.read_records(paths)) == sorted(
-      r['id'] for r in many)
+    f'train.array_record-{i:05d}-of-00004' for i in range(4)
+  ]
+  assert sorted(r['id'] for r in records.read_records(paths)) == sorted(r['id'] for r in many)
   # A rewrite with few records uses one shard and drops the stale ones.
   paths, count = records.write_split(many[:5], str(tmp_path), 'train', 4)
   assert count == 5
   assert records.split_files(str(tmp_path), 'train') == paths
-  assert [os.path.basename(p) for p in paths] == [
-      'train.array_record-00000-of-00001']
+  assert [os.path.basename(p) for p in paths] == ['train.array_record-00000-of-00001']
   assert not [n for n in os.listdir(tmp_path) if 'tmp' in n]
 
 
@@ -120,12 +134,10 @@ def test_dataset_info(dataset):
   assert info['skipped'] == []
   assert info['image_size'] == SIZE and info['seed'] == 0
   for split in records.SPLITS:
-    files = [os.path.basename(p)
-             for p in records.split_files(str(data_dir), split)]
+    files = [os.path.basename(p) for p in records.split_files(str(data_dir), split)]
     assert info['splits'][split]['files'] == files
   assert info['labels'] == synthetic.LABELS
-  assert set(info['labels']) == {'modality', 'body_part', 'finding',
-                                 'laterality'}
+  assert set(info['labels']) == {'modality', 'body_part', 'finding', 'laterality'}
   assert len(info['labels']['body_part']) >= 6
   assert len(info['labels']['finding']) >= 4
   assert 'normal' in info['labels']['finding']
@@ -139,7 +151,8 @@ def test_records_decode_and_match_their_labels(dataset):
   for split in records.SPLITS:
     recs = _split_records(data_dir, split)
     assert sorted(r['id'] for r in recs) == [
-        f'synthetic-{split}-{i:06d}' for i in range(COUNTS[split])]
+      f'synthetic-{split}-{i:06d}' for i in range(COUNTS[split])
+    ]
     for r in recs:
       assert r['group'] == r['id']
       img = Image.open(io.BytesIO(r['image']))
@@ -151,9 +164,11 @@ def test_records_decode_and_match_their_labels(dataset):
       for name, value in labels.items():
         assert value in synthetic.LABELS[name]
       assert cap.strip() and cap[0].isupper() and cap.endswith('.')
-      for key, synonyms in (('modality', synthetic.MODALITY_SYNONYMS),
-                            ('body_part', synthetic.BODY_PART_SYNONYMS),
-                            ('finding', synthetic.FINDING_SYNONYMS)):
+      for key, synonyms in (
+        ('modality', synthetic.MODALITY_SYNONYMS),
+        ('body_part', synthetic.BODY_PART_SYNONYMS),
+        ('finding', synthetic.FINDING_SYNONYMS),
+      ):
         for value, words in synonyms.items():
           said = any(_mentions(cap, w) for w in words)
           assert said == (value == labels[key]), (key, value, cap)
@@ -204,28 +219,22 @@ def test_every_combination_renders():
     for b in synthetic.BODY_PARTS:
       for f in synthetic.FINDINGS:
         side = 'none' if f == 'normal' or b == 'spine' else 'left'
-        labels = dict(modality=m, body_part=b, finding=f,
-                      laterality=side)
-        img, place = synthetic.render(labels,
-                                      np.random.default_rng(0), SIZE)
+        labels = dict(modality=m, body_part=b, finding=f, laterality=side)
+        img, place = synthetic.render(labels, np.random.default_rng(0), SIZE)
         assert img.shape == (SIZE, SIZE) and img.dtype == np.uint8
         assert (place is None) == (f == 'normal')
-        assert synthetic.caption(np.random.default_rng(0), labels,
-                                 place)
+        assert synthetic.caption(np.random.default_rng(0), labels, place)
 
 
 @pytest.mark.parametrize('part', ['brain', 'chest', 'abdomen', 'pelvis'])
 def test_findings_are_drawn_on_the_radiological_side(part):
   """The patient's right is on the image left."""
   for modality in synthetic.MODALITIES:
-    for finding, tissue in (('mass', synthetic.MASS),
-                            ('hemorrhage', synthetic.BLOOD)):
+    for finding, tissue in (('mass', synthetic.MASS), ('hemorrhage', synthetic.BLOOD)):
       for side in ('left', 'right'):
         for seed in range(3):
-          labels = dict(modality=modality, body_part=part,
-                        finding=finding, laterality=side)
-          lab, _ = synthetic.tissue_map(
-              labels, np.random.default_rng(seed), SIZE)
+          labels = dict(modality=modality, body_part=part, finding=finding, laterality=side)
+          lab, _ = synthetic.tissue_map(labels, np.random.default_rng(seed), SIZE)
           columns = np.nonzero(lab == tissue)[1]
           assert len(columns), labels
           on_left = columns.mean() < lab.shape[1] / 2
@@ -233,8 +242,9 @@ def test_findings_are_drawn_on_the_radiological_side(part):
 
 
 def test_image_size_option(tmp_path):
-  info = prepare.prepare('synthetic', str(tmp_path), num_train=2, num_val=1,
-                         num_test=1, image_size=33)
+  info = prepare.prepare(
+    'synthetic', str(tmp_path), num_train=2, num_val=1, num_test=1, image_size=33
+  )
   assert info['image_size'] == 33
   rec = _split_records(tmp_path, 'train')[0]
   assert Image.open(io.BytesIO(rec['image'])).size == (33, 33)
@@ -254,24 +264,24 @@ def test_prepare_reports_skips_and_refuses_group_leaks(tmp_path, monkeypatch):
     def items():
       yield prepare.Skipped('bad-1', 'unreadable image')
       yield _record(id='a', group='case-1', labels={'modality': 'CT'})
-      yield _record(id='b', group='case-1' if leak else 'case-2',
-                    labels={'modality': 'MRI'})
+      yield _record(id='b', group='case-1' if leak else 'case-2', labels={'modality': 'MRI'})
+
     return prepare.Source(
-        records=items(),
-        split_of=lambda r: 'train' if r['id'] == 'a' else 'test',
-        labels={'modality': ['X-ray']})
+      records=items(),
+      split_of=lambda r: 'train' if r['id'] == 'a' else 'test',
+      labels={'modality': ['X-ray']},
+    )
 
   monkeypatch.setitem(prepare.FORMATS, 'fake', fake_format)
   info = prepare.prepare('fake', str(tmp_path / 'ok'))
   assert info['skipped'] == [{'id': 'bad-1', 'reason': 'unreadable image'}]
   assert info['converted'] == 2
-  assert {s: v['count'] for s, v in info['splits'].items()} == {
-      'train': 1, 'val': 0, 'test': 1}
-  assert _split_records(tmp_path / 'ok', 'val') == []   # empty, but present
+  assert {s: v['count'] for s, v in info['splits'].items()} == {'train': 1, 'val': 0, 'test': 1}
+  assert _split_records(tmp_path / 'ok', 'val') == []  # empty, but present
   assert info['labels'] == {'modality': ['CT', 'MRI', 'X-ray']}
   with pytest.raises(ValueError, match='case-1'):
     prepare.prepare('fake', str(tmp_path / 'leak'), leak=True)
-  with pytest.raises(FileNotFoundError):   # nothing half-written is left
+  with pytest.raises(FileNotFoundError):  # nothing half-written is left
     records.split_files(str(tmp_path / 'leak'), 'train')
 
 
@@ -281,8 +291,12 @@ def test_prepare_reports_skips_and_refuses_group_leaks(tmp_path, monkeypatch):
 
 def _run_cli(*args):
   return subprocess.run(
-      [sys.executable, '-m', 'medclip_jax.data.prepare', *args],
-      cwd=REPO, capture_output=True, text=True, timeout=120)
+    [sys.executable, '-m', 'medclip_jax.data.prepare', *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
 
 
 def test_cli_unknown_format_fails_cleanly(tmp_path):
@@ -295,12 +309,17 @@ def test_cli_unknown_format_fails_cleanly(tmp_path):
 
 
 def test_cli_writes_dataset(tmp_path):
-  result = _run_cli('--format=synthetic', f'--output={tmp_path}',
-                    '--num_train=3', '--num_val=2', '--num_test=1',
-                    '--image_size=32', '--seed=5')
+  result = _run_cli(
+    '--format=synthetic',
+    f'--output={tmp_path}',
+    '--num_train=3',
+    '--num_val=2',
+    '--num_test=1',
+    '--image_size=32',
+    '--seed=5',
+  )
   assert result.returncode == 0, result.stderr
   assert 'train 3' in result.stdout and str(tmp_path) in result.stdout
   info = records.read_dataset_info(str(tmp_path))
   assert info['seed'] == 5
-  assert {s: v['count'] for s, v in info['splits'].items()} == {
-      'train': 3, 'val': 2, 'test': 1}
+  assert {s: v['count'] for s, v in info['splits'].items()} == {'train': 3, 'val': 2, 'test': 1}

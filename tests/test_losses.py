@@ -1,4 +1,5 @@
 """InfoNCE against a NumPy reference, on one device and on eight."""
+
 import json
 import os
 import subprocess
@@ -49,7 +50,8 @@ def test_infonce_matches_numpy(batch, dim, scale):
   img, txt = _unit(rng, (batch, dim)), _unit(rng, (batch, dim))
   mesh = sharding.create_mesh({'data': -1})
   got = jax.jit(lambda a, b: losses.infonce(a, b, scale, mesh))(
-      jnp.asarray(img, jnp.float32), jnp.asarray(txt, jnp.float32))
+    jnp.asarray(img, jnp.float32), jnp.asarray(txt, jnp.float32)
+  )
   assert got.dtype == jnp.float32
   np.testing.assert_allclose(float(got), numpy_infonce(img, txt, scale), rtol=1e-5, atol=1e-5)
 
@@ -70,10 +72,19 @@ def test_infonce_perfect_pairs_have_low_loss():
 
 
 def _run_devices(n):
-  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={n}',
-         'JAX_PLATFORMS': 'cpu'}
-  out = subprocess.run([sys.executable, '-c', _GRAD_SNIPPET], env=env, check=True,
-                       capture_output=True, text=True, cwd=os.getcwd())
+  env = {
+    **os.environ,
+    'XLA_FLAGS': f'--xla_force_host_platform_device_count={n}',
+    'JAX_PLATFORMS': 'cpu',
+  }
+  out = subprocess.run(
+    [sys.executable, '-c', _GRAD_SNIPPET],
+    env=env,
+    check=True,
+    capture_output=True,
+    text=True,
+    cwd=os.getcwd(),
+  )
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -1,4 +1,5 @@
 """Tokenizer and input pipeline: real word ids, crops, laterality-aware flips."""
+
 import io
 
 import ml_collections
@@ -13,9 +14,16 @@ from medclip_jax.errors import UserError
 
 
 def data_config(**overrides):
-  config = ml_collections.ConfigDict(dict(
-      image_size=16, max_text_length=16, tokenizer=tokenizer_lib.BUNDLED_MINILM,
-      crop_scale=(0.5, 1.0), hflip_prob=0.0, laterality='swap'))
+  config = ml_collections.ConfigDict(
+    dict(
+      image_size=16,
+      max_text_length=16,
+      tokenizer=tokenizer_lib.BUNDLED_MINILM,
+      crop_scale=(0.5, 1.0),
+      hflip_prob=0.0,
+      laterality='swap',
+    )
+  )
   config.update(overrides)
   return config
 
@@ -26,14 +34,22 @@ def _record(caption, image=None):
     image[:, :5] = 255  # a bright stripe on the image's left edge
   buf = io.BytesIO()
   Image.fromarray(image).save(buf, format='PNG')
-  return records.encode({'id': 'x', 'group': 'x', 'image': buf.getvalue(),
-                         'caption': caption, 'labels': {'laterality': 'left'}})
+  return records.encode(
+    {
+      'id': 'x',
+      'group': 'x',
+      'image': buf.getvalue(),
+      'caption': caption,
+      'labels': {'laterality': 'left'},
+    }
+  )
 
 
 def test_bundled_tokenizer_maps_ordinary_words_to_real_ids():
   tok = tokenizer_lib.load(tokenizer_lib.BUNDLED_MINILM)
-  ids = tok('axial ct of the brain showing a mass in the left frontal lobe',
-            add_special_tokens=False)['input_ids']
+  ids = tok(
+    'axial ct of the brain showing a mass in the left frontal lobe', add_special_tokens=False
+  )['input_ids']
   assert tok.unk_token_id not in ids
   assert tok.convert_ids_to_tokens(ids)[:3] == ['axial', 'ct', 'of']
 
@@ -43,12 +59,15 @@ def test_missing_tokenizer_directory_is_a_user_error(tmp_path):
     tokenizer_lib.load(str(tmp_path))
 
 
-@pytest.mark.parametrize('caption,expected', [
+@pytest.mark.parametrize(
+  'caption,expected',
+  [
     ('Mass in the left lung.', 'Mass in the right lung.'),
     ('Right knee: Left-sided effusion.', 'Left knee: Right-sided effusion.'),
     ('Bright lesion, no side.', 'Bright lesion, no side.'),
     ('Leftover contrast, righteous.', 'Leftover contrast, righteous.'),
-])
+  ],
+)
 def test_swap_laterality(caption, expected):
   assert pipeline.swap_laterality(caption) == expected
 
@@ -77,7 +96,8 @@ def test_flip_swaps_the_caption_side():
 
 def test_flip_skip_policy_leaves_lateral_captions_unflipped():
   pre = pipeline.Preprocess(
-      data_config(hflip_prob=1.0, crop_scale=(1.0, 1.0), laterality='skip'), train=True)
+    data_config(hflip_prob=1.0, crop_scale=(1.0, 1.0), laterality='skip'), train=True
+  )
   assert not _flipped(pre, 'Mass in the left lung.')[0]
   assert _flipped(pre, 'Normal chest.')[0]
 

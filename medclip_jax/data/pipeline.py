@@ -7,6 +7,7 @@ together the processes cover consecutive global positions. Images leave the
 pipeline as uint8 (4x less host-to-device traffic than float32) and are
 normalised on the device by `normalize`.
 """
+
 import io
 import re
 
@@ -32,10 +33,12 @@ def normalize(images, mean, std):
 
 def swap_laterality(caption: str) -> str:
   """'left' <-> 'right' in a caption, keeping each word's capitalisation."""
+
   def swap(match):
     word = match.group(0)
     new = _LATERALITY_SWAP[word.lower()]
     return new.capitalize() if word[0].isupper() else new
+
   return _LATERALITY_RE.sub(swap, caption)
 
 
@@ -75,10 +78,10 @@ class Preprocess:
     self.hflip_prob = data_config.hflip_prob
     self.laterality = data_config.laterality
     if self.laterality not in ('swap', 'skip'):
-      raise ValueError(
-          f"config.data.laterality must be 'swap' or 'skip', got {self.laterality!r}.")
-    self.label_vocabs = {k: {name: i for i, name in enumerate(v)}
-                         for k, v in (label_vocabs or {}).items()}
+      raise ValueError(f"config.data.laterality must be 'swap' or 'skip', got {self.laterality!r}.")
+    self.label_vocabs = {
+      k: {name: i for i, name in enumerate(v)} for k, v in (label_vocabs or {}).items()
+    }
     self.train = train
     # Loaded now, not on first use: reader threads would race to import it.
     self.tokenizer = tokenizer_lib.load(self.tokenizer_spec)
@@ -110,12 +113,13 @@ class Preprocess:
       pixels, caption = self._flip(pixels, caption, rng)
     else:
       pixels = center_crop(image, self.image_size)
-    tokens = self.tokenizer(caption, max_length=self.max_length,
-                            padding='max_length', truncation=True)
+    tokens = self.tokenizer(
+      caption, max_length=self.max_length, padding='max_length', truncation=True
+    )
     example = {
-        'image': np.ascontiguousarray(pixels),
-        'input_ids': np.asarray(tokens['input_ids'], np.int32),
-        'attention_mask': np.asarray(tokens['attention_mask'], np.int32),
+      'image': np.ascontiguousarray(pixels),
+      'input_ids': np.asarray(tokens['input_ids'], np.int32),
+      'attention_mask': np.asarray(tokens['attention_mask'], np.int32),
     }
     for field, vocab in self.label_vocabs.items():
       example[f'label/{field}'] = np.int32(vocab.get(record['labels'].get(field), -1))
@@ -127,21 +131,25 @@ def _source(data_dir: str, split: str):
 
 
 def _read_options(data_config):
-  return grain.ReadOptions(num_threads=data_config.num_threads,
-                           prefetch_buffer_size=data_config.prefetch)
+  return grain.ReadOptions(
+    num_threads=data_config.num_threads, prefetch_buffer_size=data_config.prefetch
+  )
 
 
-def train_iterator(data_config, *, seed: int, local_batch_size: int,
-                   process_index: int, process_count: int):
+def train_iterator(
+  data_config, *, seed: int, local_batch_size: int, process_index: int, process_count: int
+):
   """An endless, checkpointable iterator of this process's training batches."""
   preprocess = Preprocess(data_config, train=True)
-  ds = (grain.MapDataset.source(_source(data_config.dir, data_config.train_split))
-        .seed(seed)
-        .shuffle()
-        .repeat()
-        # Augment before slicing: an element's crop depends on its global
-        # position only, not on how many processes share the stream.
-        .random_map(preprocess))
+  ds = (
+    grain.MapDataset.source(_source(data_config.dir, data_config.train_split))
+    .seed(seed)
+    .shuffle()
+    .repeat()
+    # Augment before slicing: an element's crop depends on its global
+    # position only, not on how many processes share the stream.
+    .random_map(preprocess)
+  )
   ds = ds[process_index::process_count].batch(local_batch_size, drop_remainder=True)
   ds = ds.to_iter_dataset(_read_options(data_config))
   if data_config.workers > 0:
@@ -149,8 +157,15 @@ def train_iterator(data_config, *, seed: int, local_batch_size: int,
   return iter(ds)
 
 
-def eval_batches(data_config, split: str, *, global_batch_size: int,
-                 process_index: int, process_count: int, label_vocabs):
+def eval_batches(
+  data_config,
+  split: str,
+  *,
+  global_batch_size: int,
+  process_index: int,
+  process_count: int,
+  label_vocabs,
+):
   """Every record of `split` once, in batches padded to a fixed size.
 
   Yields this process's rows of each global batch; padding rows have
@@ -171,8 +186,10 @@ def eval_batches(data_config, split: str, *, global_batch_size: int,
       pad_example['mask'] = np.int32(0)
     return pad_example
 
-  ds = (grain.MapDataset.range(process_index, padded, process_count)
-        .map(load)
-        .batch(global_batch_size // process_count)
-        .to_iter_dataset(_read_options(data_config)))
+  ds = (
+    grain.MapDataset.range(process_index, padded, process_count)
+    .map(load)
+    .batch(global_batch_size // process_count)
+    .to_iter_dataset(_read_options(data_config))
+  )
   yield from ds

@@ -37,6 +37,7 @@ class OptionError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Skipped:
   """Yielded by a format instead of a record it could not convert."""
+
   id: str
   reason: str
 
@@ -52,14 +53,20 @@ class Source:
     records are added to them in dataset_info.json.
   info: extra dataset_info.json fields (e.g. image_size, seed).
   """
+
   records: Iterable[dict | Skipped]
   split_of: Callable[[dict], str]
   labels: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
   info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _synthetic(seed: int = 0, num_train: int = 8000, num_val: int = 500,
-               num_test: int = 1000, image_size: int = 64) -> Source:
+def _synthetic(
+  seed: int = 0,
+  num_train: int = 8000,
+  num_val: int = 500,
+  num_test: int = 1000,
+  image_size: int = 64,
+) -> Source:
   """The synthetic demo dataset (medclip_jax.data.synthetic)."""
   counts = {'train': num_train, 'val': num_val, 'test': num_test}
   for split, count in counts.items():
@@ -76,18 +83,26 @@ def _synthetic(seed: int = 0, num_train: int = 8000, num_val: int = 500,
     # Each synthetic split has its own seed stream; the id names it.
     return record['id'].split('-')[1]
 
-  return Source(records=generate_all(), split_of=split_of,
-                labels=synthetic.LABELS,
-                info={'image_size': image_size, 'seed': seed})
+  return Source(
+    records=generate_all(),
+    split_of=split_of,
+    labels=synthetic.LABELS,
+    info={'image_size': image_size, 'seed': seed},
+  )
 
 
 FORMATS: dict[str, Callable[..., Source]] = {
-    'synthetic': _synthetic,
+  'synthetic': _synthetic,
 }
 
 
-def prepare(format: str, output: str, *, num_shards: int = 4,  # pylint: disable=redefined-builtin
-            **options) -> dict:
+def prepare(
+  format: str,
+  output: str,
+  *,
+  num_shards: int = 4,  # pylint: disable=redefined-builtin
+  **options,
+) -> dict:
   """Converts dataset `format` into `output`; returns the dataset info.
 
   `options` are the format builder's keyword arguments (for 'synthetic':
@@ -95,8 +110,7 @@ def prepare(format: str, output: str, *, num_shards: int = 4,  # pylint: disable
   unknown format or a bad option.
   """
   if format not in FORMATS:
-    raise OptionError(f'unknown format {format!r}; known formats: '
-                      f'{", ".join(sorted(FORMATS))}')
+    raise OptionError(f'unknown format {format!r}; known formats: {", ".join(sorted(FORMATS))}')
   if num_shards < 1:
     raise OptionError(f'num_shards must be >= 1, got {num_shards}.')
   builder = FORMATS[format]
@@ -106,8 +120,7 @@ def prepare(format: str, output: str, *, num_shards: int = 4,  # pylint: disable
     raise OptionError(f'format {format!r}: {e}') from e
   source = builder(**options)
 
-  writers = {split: records.SplitWriter(output, split, num_shards)
-             for split in records.SPLITS}
+  writers = {split: records.SplitWriter(output, split, num_shards) for split in records.SPLITS}
   skipped: list[dict] = []
   labels = {name: set(values) for name, values in source.labels.items()}
   caption_words: list[int] = []
@@ -119,12 +132,14 @@ def prepare(format: str, output: str, *, num_shards: int = 4,  # pylint: disable
         continue
       split = source.split_of(item)
       if split not in writers:
-        raise ValueError(f'The {format} split rule put {item.get("id")!r} '
-                         f'in unknown split {split!r}.')
+        raise ValueError(
+          f'The {format} split rule put {item.get("id")!r} in unknown split {split!r}.'
+        )
       if split_of_group.setdefault(item['group'], split) != split:
         raise ValueError(
-            f'The {format} split rule put group {item["group"]!r} in both '
-            f'{split_of_group[item["group"]]!r} and {split!r}.')
+          f'The {format} split rule put group {item["group"]!r} in both '
+          f'{split_of_group[item["group"]]!r} and {split!r}.'
+        )
       writers[split].write(item)
       for name, value in item['labels'].items():
         labels.setdefault(name, set()).add(value)
@@ -137,36 +152,33 @@ def prepare(format: str, output: str, *, num_shards: int = 4,  # pylint: disable
   splits = {}
   for split, writer in writers.items():
     paths = writer.close()
-    splits[split] = {'count': writer.count,
-                     'files': [os.path.basename(p) for p in paths]}
+    splits[split] = {'count': writer.count, 'files': [os.path.basename(p) for p in paths]}
   info = {
-      'format': format,
-      'splits': splits,
-      'converted': sum(s['count'] for s in splits.values()),
-      'skipped': skipped,
-      'labels': {name: sorted(values) for name, values in labels.items()},
-      'caption_length': {
-          'min': min(caption_words, default=0),
-          'mean': round(sum(caption_words) / max(1, len(caption_words)), 2),
-          'max': max(caption_words, default=0),
-      },
-      **source.info,
+    'format': format,
+    'splits': splits,
+    'converted': sum(s['count'] for s in splits.values()),
+    'skipped': skipped,
+    'labels': {name: sorted(values) for name, values in labels.items()},
+    'caption_length': {
+      'min': min(caption_words, default=0),
+      'mean': round(sum(caption_words) / max(1, len(caption_words)), 2),
+      'max': max(caption_words, default=0),
+    },
+    **source.info,
   }
   records.write_dataset_info(output, info)
   return info
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('format', None,
-                    f'Dataset format, one of: {", ".join(sorted(FORMATS))}.')
+flags.DEFINE_string('format', None, f'Dataset format, one of: {", ".join(sorted(FORMATS))}.')
 flags.DEFINE_string('output', None, 'Directory to write the dataset to.')
 flags.DEFINE_integer('seed', 0, 'Random seed (synthetic: the data).')
 flags.DEFINE_integer('num_train', 8000, 'synthetic: training examples.')
 flags.DEFINE_integer('num_val', 500, 'synthetic: validation examples.')
 flags.DEFINE_integer('num_test', 1000, 'synthetic: test examples.')
 flags.DEFINE_integer('image_size', 64, 'Image side in pixels.')
-flags.DEFINE_integer('num_shards', 4,
-                     'ArrayRecord shards per split (fewer for a small split).')
+flags.DEFINE_integer('num_shards', 4, 'ArrayRecord shards per split (fewer for a small split).')
 flags.mark_flags_as_required(['format', 'output'])
 
 
@@ -180,21 +192,28 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if FLAGS.format not in FORMATS:
-    sys.exit(f'prepare: unknown --format={FLAGS.format!r}; known formats: '
-             f'{", ".join(sorted(FORMATS))}')
+    sys.exit(
+      f'prepare: unknown --format={FLAGS.format!r}; known formats: {", ".join(sorted(FORMATS))}'
+    )
   start = time.time()
   try:
-    info = prepare(FLAGS.format, FLAGS.output, num_shards=FLAGS.num_shards,
-                   **_options_from_flags(FORMATS[FLAGS.format]))
+    info = prepare(
+      FLAGS.format,
+      FLAGS.output,
+      num_shards=FLAGS.num_shards,
+      **_options_from_flags(FORMATS[FLAGS.format]),
+    )
   except OptionError as e:
     sys.exit(f'prepare: {e}')
   seconds = time.time() - start
   counts = ', '.join(
-      f'{split} {s["count"]} ({len(s["files"])} shard'
-      f'{"" if len(s["files"]) == 1 else "s"})'
-      for split, s in info['splits'].items())
-  print(f'Wrote {info["format"]} dataset to {FLAGS.output}: {counts}; '
-        f'{len(info["skipped"])} skipped; {seconds:.1f} s.')
+    f'{split} {s["count"]} ({len(s["files"])} shard{"" if len(s["files"]) == 1 else "s"})'
+    for split, s in info['splits'].items()
+  )
+  print(
+    f'Wrote {info["format"]} dataset to {FLAGS.output}: {counts}; '
+    f'{len(info["skipped"])} skipped; {seconds:.1f} s.'
+  )
 
 
 if __name__ == '__main__':

@@ -29,39 +29,39 @@ import msgpack
 SPLITS = ('train', 'val', 'test')
 DATASET_INFO = 'dataset_info.json'
 WRITER_OPTIONS = 'group_size:1'
-PREPARE_COMMAND = (
-    'python -m medclip_jax.data.prepare --format=synthetic --output={dir}')
+PREPARE_COMMAND = 'python -m medclip_jax.data.prepare --format=synthetic --output={dir}'
 
 _FIELD_TYPES = {
-    'id': str,
-    'group': str,
-    'image': bytes,
-    'caption': str,
-    'labels': dict,
+  'id': str,
+  'group': str,
+  'image': bytes,
+  'caption': str,
+  'labels': dict,
 }
 
 
 def _check(record: Any) -> None:
   """Raises ValueError unless `record` has exactly the record keys and types."""
   if not isinstance(record, dict):
-    raise ValueError(
-        f'A record must be a dict, got {type(record).__name__}.')
+    raise ValueError(f'A record must be a dict, got {type(record).__name__}.')
   missing = sorted(set(_FIELD_TYPES) - set(record))
   unknown = sorted((str(k) for k in set(record) - set(_FIELD_TYPES)))
   if missing or unknown:
     raise ValueError(
-        f'Bad record keys: missing {missing}, unknown {unknown}; a record '
-        f'has exactly the keys {sorted(_FIELD_TYPES)}.')
+      f'Bad record keys: missing {missing}, unknown {unknown}; a record '
+      f'has exactly the keys {sorted(_FIELD_TYPES)}.'
+    )
   for key, kind in _FIELD_TYPES.items():
     if not isinstance(record[key], kind):
       raise ValueError(
-          f'Record {record.get("id")!r}: field {key!r} must be '
-          f'{kind.__name__}, got {type(record[key]).__name__}.')
+        f'Record {record.get("id")!r}: field {key!r} must be '
+        f'{kind.__name__}, got {type(record[key]).__name__}.'
+      )
   for name, value in record['labels'].items():
     if not isinstance(name, str) or not isinstance(value, str):
       raise ValueError(
-          f'Record {record["id"]!r}: labels must map str to str, '
-          f'got {name!r}: {value!r}.')
+        f'Record {record["id"]!r}: labels must map str to str, got {name!r}: {value!r}.'
+      )
   if not record['id']:
     raise ValueError('Record id must be a non-empty string.')
   if not record['image']:
@@ -72,11 +72,11 @@ def encode(record: dict) -> bytes:
   """Validates `record` and serialises it with msgpack, deterministically."""
   _check(record)
   canonical = {
-      'id': record['id'],
-      'group': record['group'],
-      'image': record['image'],
-      'caption': record['caption'],
-      'labels': dict(sorted(record['labels'].items())),
+    'id': record['id'],
+    'group': record['group'],
+    'image': record['image'],
+    'caption': record['caption'],
+    'labels': dict(sorted(record['labels'].items())),
   }
   return msgpack.packb(canonical, use_bin_type=True)
 
@@ -111,8 +111,7 @@ class SplitWriter:
   removes this split's shards left in the directory by an earlier run.
   """
 
-  def __init__(self, output_dir: str, split: str, num_shards: int,
-               min_per_shard: int = 64):
+  def __init__(self, output_dir: str, split: str, num_shards: int, min_per_shard: int = 64):
     if num_shards < 1:
       raise ValueError(f'num_shards must be >= 1, got {num_shards}.')
     if not split or '/' in split or os.sep in split:
@@ -129,10 +128,9 @@ class SplitWriter:
 
   def _open(self, num_shards: int) -> None:
     from array_record.python.array_record_module import ArrayRecordWriter
+
     for i in range(num_shards):
-      path = os.path.join(
-          self.output_dir,
-          f'.{self.split}.{i:05d}.{os.getpid()}.tmp-array_record')
+      path = os.path.join(self.output_dir, f'.{self.split}.{i:05d}.{os.getpid()}.tmp-array_record')
       self._tmp_paths.append(path)
       self._writers.append(ArrayRecordWriter(path, WRITER_OPTIONS))
     pending, self._pending = self._pending, None
@@ -160,8 +158,7 @@ class SplitWriter:
       os.remove(old)
     paths = []
     for i, tmp in enumerate(self._tmp_paths):
-      path = os.path.join(
-          self.output_dir, shard_name(self.split, i, len(self._tmp_paths)))
+      path = os.path.join(self.output_dir, shard_name(self.split, i, len(self._tmp_paths)))
       os.replace(tmp, path)
       paths.append(path)
     self._writers, self._tmp_paths = [], []
@@ -180,8 +177,9 @@ class SplitWriter:
     self._writers, self._tmp_paths, self._pending = [], [], None
 
 
-def write_split(records: Iterable[dict], output_dir: str, split: str,
-                num_shards: int) -> tuple[list[str], int]:
+def write_split(
+  records: Iterable[dict], output_dir: str, split: str, num_shards: int
+) -> tuple[list[str], int]:
   """Writes `records` as the shards of `split`; returns (paths, count)."""
   writer = SplitWriter(output_dir, split, num_shards)
   try:
@@ -194,16 +192,17 @@ def write_split(records: Iterable[dict], output_dir: str, split: str,
 
 
 def _missing_message(data_dir: str, what: str) -> str:
-  return (f'No {what} in {data_dir!r}. Prepare a dataset there first, '
-          f'e.g.: {PREPARE_COMMAND.format(dir=data_dir)}')
+  return (
+    f'No {what} in {data_dir!r}. Prepare a dataset there first, '
+    f'e.g.: {PREPARE_COMMAND.format(dir=data_dir)}'
+  )
 
 
 def split_files(data_dir: str, split: str) -> list[str]:
   """The sorted ArrayRecord shard paths of `split` in `data_dir`."""
   paths = sorted(glob.glob(_split_pattern(data_dir, split)))
   if not paths:
-    raise FileNotFoundError(
-        _missing_message(data_dir, f'{split!r} ArrayRecord files'))
+    raise FileNotFoundError(_missing_message(data_dir, f'{split!r} ArrayRecord files'))
   return paths
 
 
@@ -214,6 +213,7 @@ def read_records(paths: Sequence[str], chunk: int = 256) -> Iterator[dict]:
   grain's ArrayRecordDataSource and `decode`.
   """
   from array_record.python.array_record_module import ArrayRecordReader
+
   for path in paths:
     reader = ArrayRecordReader(path)
     try:

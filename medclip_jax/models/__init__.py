@@ -6,34 +6,34 @@ from medclip_jax.models.bert import BertEncoder
 from medclip_jax.models.clip import MedCLIP
 from medclip_jax.models.resnet import ResNet
 
-__all__ = ["BertEncoder", "MedCLIP", "ResNet", "build"]
+__all__ = ['BertEncoder', 'MedCLIP', 'ResNet', 'build']
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 
 def build(model_config) -> MedCLIP:
-    """The two-tower model described by ``config.model``."""
-    if model_config.dtype not in _DTYPES:
-        raise ValueError(
-            f"config.model.dtype must be one of {sorted(_DTYPES)}, got {model_config.dtype!r}."
-        )
-    dtype = _DTYPES[model_config.dtype]
-    image, text = model_config.image, model_config.text
-    return MedCLIP(
-        image_encoder=ResNet(
-            depth=image.depth, width=image.width, bn_momentum=image.bn_momentum, dtype=dtype
-        ),
-        text_encoder=BertEncoder(
-            vocab_size=text.vocab_size,
-            hidden_size=text.hidden_size,
-            num_layers=text.num_layers,
-            num_heads=text.num_heads,
-            intermediate_size=text.intermediate_size,
-            max_position_embeddings=text.max_position_embeddings,
-            dropout_rate=text.dropout_rate,
-            pooling=text.pooling,
-            dtype=dtype,
-        ),
-        embed_dim=model_config.embed_dim,
-        dtype=dtype,
+  """The two-tower model described by ``config.model``."""
+  if model_config.dtype not in _DTYPES:
+    raise ValueError(
+      f'config.model.dtype must be one of {sorted(_DTYPES)}, got {model_config.dtype!r}.'
     )
+  dtype = _DTYPES[model_config.dtype]
+  image, text = model_config.image, model_config.text
+  return MedCLIP(
+    image_encoder=ResNet(
+      depth=image.depth, width=image.width, bn_momentum=image.bn_momentum, dtype=dtype
+    ),
+    text_encoder=BertEncoder(
+      vocab_size=text.vocab_size,
+      hidden_size=text.hidden_size,
+      num_layers=text.num_layers,
+      num_heads=text.num_heads,
+      intermediate_size=text.intermediate_size,
+      max_position_embeddings=text.max_position_embeddings,
+      dropout_rate=text.dropout_rate,
+      pooling=text.pooling,
+      dtype=dtype,
+    ),
+    embed_dim=model_config.embed_dim,
+    dtype=dtype,
+  )

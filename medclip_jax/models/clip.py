@@ -12,53 +12,53 @@ _NORM_EPS = 1e-6
 
 
 def _l2_normalize(x):
-    x = x.astype(jnp.float32)
-    # Clamping the squared norm (not the norm) keeps the gradient finite at zero.
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), _NORM_EPS**2))
+  x = x.astype(jnp.float32)
+  # Clamping the squared norm (not the norm) keeps the gradient finite at zero.
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), _NORM_EPS**2))
 
 
 class MedCLIP(nn.Module):
-    """CLIP over any image encoder ``f(images, train)`` and text encoder
-    ``g(input_ids, attention_mask, train)`` that return pooled features [B, C].
+  """CLIP over any image encoder ``f(images, train)`` and text encoder
+  ``g(input_ids, attention_mask, train)`` that return pooled features [B, C].
 
-    Both towers are projected to ``embed_dim`` without bias and L2-normalised.
-    ``logit_scale`` is the raw log temperature; the train step exponentiates
-    and clamps it.
-    """
+  Both towers are projected to ``embed_dim`` without bias and L2-normalised.
+  ``logit_scale`` is the raw log temperature; the train step exponentiates
+  and clamps it.
+  """
 
-    image_encoder: nn.Module
-    text_encoder: nn.Module
-    embed_dim: int = 512
-    logit_scale_init: float = math.log(1 / 0.07)
-    dtype: Any = jnp.float32
+  image_encoder: nn.Module
+  text_encoder: nn.Module
+  embed_dim: int = 512
+  logit_scale_init: float = math.log(1 / 0.07)
+  dtype: Any = jnp.float32
 
-    def setup(self):
-        self.image_projection = nn.Dense(
-            self.embed_dim, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32
-        )
-        self.text_projection = nn.Dense(
-            self.embed_dim, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32
-        )
-        # Explicit float32 dtype: a weak-typed scalar turns strongly typed after
-        # the first optimiser update, which changes the jitted train step's
-        # input signature and forces a recompile.
-        self.logit_scale = self.param(
-            "logit_scale", lambda _: jnp.asarray(self.logit_scale_init, jnp.float32)
-        )
+  def setup(self):
+    self.image_projection = nn.Dense(
+      self.embed_dim, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32
+    )
+    self.text_projection = nn.Dense(
+      self.embed_dim, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32
+    )
+    # Explicit float32 dtype: a weak-typed scalar turns strongly typed after
+    # the first optimiser update, which changes the jitted train step's
+    # input signature and forces a recompile.
+    self.logit_scale = self.param(
+      'logit_scale', lambda _: jnp.asarray(self.logit_scale_init, jnp.float32)
+    )
 
-    def encode_image(self, images, train: bool):
-        """Images [B, H, W, 3] -> unit-norm float32 embeddings [B, embed_dim]."""
-        return _l2_normalize(self.image_projection(self.image_encoder(images, train=train)))
+  def encode_image(self, images, train: bool):
+    """Images [B, H, W, 3] -> unit-norm float32 embeddings [B, embed_dim]."""
+    return _l2_normalize(self.image_projection(self.image_encoder(images, train=train)))
 
-    def encode_text(self, input_ids, attention_mask, train: bool):
-        """Token ids and mask [B, T] -> unit-norm float32 embeddings [B, embed_dim]."""
-        features = self.text_encoder(input_ids, attention_mask, train=train)
-        return _l2_normalize(self.text_projection(features))
+  def encode_text(self, input_ids, attention_mask, train: bool):
+    """Token ids and mask [B, T] -> unit-norm float32 embeddings [B, embed_dim]."""
+    features = self.text_encoder(input_ids, attention_mask, train=train)
+    return _l2_normalize(self.text_projection(features))
 
-    def __call__(self, images, input_ids, attention_mask, train: bool):
-        """Returns ``(image_emb, text_emb, logit_scale)``."""
-        return (
-            self.encode_image(images, train),
-            self.encode_text(input_ids, attention_mask, train),
-            self.logit_scale,
-        )
+  def __call__(self, images, input_ids, attention_mask, train: bool):
+    """Returns ``(image_emb, text_emb, logit_scale)``."""
+    return (
+      self.encode_image(images, train),
+      self.encode_text(input_ids, attention_mask, train),
+      self.logit_scale,
+    )

@@ -1,0 +1,88 @@
+"""Defaults shared by every config; a config file overrides what differs.
+
+Not a runnable config by itself: see demo.py and medpix.py.
+"""
+
+import ml_collections
+
+from medclip_jax.data.tokenizer import BUNDLED_MINILM
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  # Axis name -> size; -1 takes all remaining devices. The batch is split over
+  # every axis.
+  config.mesh = {'data': -1}
+
+  config.data = ml_collections.ConfigDict()
+  config.data.dir = ''
+  config.data.prepare_command = ''  # shown when config.data.dir has no data
+  config.data.train_split = 'train'
+  config.data.image_size = 224
+  config.data.mean = IMAGENET_MEAN
+  config.data.std = IMAGENET_STD
+  config.data.crop_scale = (0.8, 1.0)  # area range of the random square crop
+  # A left-right flip turns a left-sided finding into a right-sided one, so
+  # flips are off by default. With hflip_prob > 0, captions that name a side
+  # are either flipped with 'left'/'right' swapped ('swap') or never flipped
+  # ('skip').
+  config.data.hflip_prob = 0.0
+  config.data.laterality = 'swap'
+  config.data.tokenizer = BUNDLED_MINILM  # or a Hugging Face model directory
+  config.data.max_text_length = 64
+  config.data.num_threads = 2  # reader threads per process
+  config.data.prefetch = 64  # elements buffered per process
+  config.data.workers = 0  # grain worker processes (0: in-process)
+
+  config.model = ml_collections.ConfigDict()
+  config.model.embed_dim = 512
+  config.model.dtype = 'float32'  # compute dtype; parameters stay float32
+  config.model.image = ml_collections.ConfigDict()
+  config.model.image.depth = 50
+  config.model.image.width = 64
+  config.model.image.bn_momentum = 0.9
+  config.model.text = ml_collections.ConfigDict()
+  config.model.text.vocab_size = 30522
+  config.model.text.hidden_size = 768
+  config.model.text.num_layers = 12
+  config.model.text.num_heads = 12
+  config.model.text.intermediate_size = 3072
+  config.model.text.max_position_embeddings = 512
+  config.model.text.dropout_rate = 0.1
+  config.model.text.pooling = 'cls'  # or 'mean' over unmasked tokens
+
+  config.train = ml_collections.ConfigDict()
+  config.train.steps = 10_000
+  config.train.batch_size = 256  # global, across all devices and hosts
+  config.train.learning_rate = 5e-4
+  config.train.end_learning_rate_factor = 0.0
+  config.train.warmup_steps = 500
+  config.train.weight_decay = 0.1
+  config.train.adam_b1 = 0.9
+  config.train.adam_b2 = 0.98
+  config.train.adam_eps = 1e-6
+  config.train.grad_clip_norm = 1.0
+  # Learning-rate multiplier per parameter group; 0 freezes the group.
+  config.train.lr_multipliers = {'image_encoder': 1.0, 'text_encoder': 1.0, 'heads': 1.0}
+  config.train.log_every = 50
+  config.train.checkpoint_every = 1000
+  config.train.keep_checkpoints = 3
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.every = 0  # 0: only at the end of training
+  config.eval.split = 'test'
+  config.eval.batch_size = 256
+  config.eval.retrieval_ks = (1, 5, 10)
+  # Batches used to recompute BatchNorm statistics before evaluating (0: use
+  # the running averages as they are).
+  config.eval.bn_recompute_batches = 20
+  # Zero-shot classification: label field -> prompt templates. A class's
+  # embedding averages every template filled with each of its phrases:
+  # class_names[field][label] (a tuple of synonyms), or the label itself.
+  config.eval.zeroshot = {}
+  config.eval.class_names = {}
+  return config

@@ -1,0 +1,83 @@
+"""Orbax checkpoints: train state, data iterator and config saved together.
+
+One checkpoint is a directory `WORKDIR/checkpoints/<step>/` with three items:
+  state     the TrainState pytree (params, batch_stats, opt_state, step, rng),
+            written by every process for its own shards;
+  data      the grain iterator position of each process (one JSON per process),
+            so a resumed run sees exactly the batches it would have seen;
+  config    the run's config as JSON, so exports know what they convert.
+Orbax writes each checkpoint into a temporary directory and renames it when
+complete, so a run killed mid-save leaves the previous checkpoint intact.
+"""
+
+import json
+from pathlib import Path
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from medclip_jax.errors import UserError
+
+
+class Checkpointer:
+  """Saves and restores training checkpoints under `WORKDIR/checkpoints`."""
+
+  def __init__(self, workdir: str, keep: int):
+    self.directory = Path(workdir).absolute() / 'checkpoints'
+    self._manager = ocp.CheckpointManager(
+      self.directory,
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+    )
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state, data_iterator, config) -> None:
+    """Starts an asynchronous save; training continues while it is written."""
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iterator),
+        config=ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
+      ),
+    )
+
+  def restore(self, step: int, abstract_state, data_iterator):
+    """Restores `step` into the shapes and shardings of `abstract_state`.
+
+    `data_iterator` is moved to the saved position in place.
+    """
+    try:
+      restored = self._manager.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          data=grain.checkpoint.CheckpointRestore(data_iterator),
+        ),
+      )
+    except (ValueError, KeyError, TypeError) as e:
+      raise UserError(
+        f'The checkpoint at {self.directory / str(step)} does not fit the '
+        'model and optimizer of this config (was the config changed since '
+        'it was written?). Use a fresh --workdir for a different model, or '
+        f'restore the config the checkpoint was trained with. Orbax said: {e}'
+      ) from e
+    return restored['state']
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def abstract_like(state, shardings):
+  """ShapeDtypeStructs with shardings: the restore target for `state`."""
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
+  )

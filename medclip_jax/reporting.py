@@ -1,0 +1,82 @@
+"""Progress lines, `metrics.jsonl` and TensorBoard events (process 0 only)."""
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import jax
+
+
+def _format_duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return '?'
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}:{m:02d}:{s:02d}' if h else f'{m}:{s:02d}'
+
+
+class Reporter:
+  """Writes scalars to `WORKDIR/metrics.jsonl` and `WORKDIR/tb`, prints progress."""
+
+  def __init__(self, workdir: str, total_steps: int):
+    self.total_steps = total_steps
+    self.is_main = jax.process_index() == 0
+    self._jsonl = None
+    self._tb = None
+    if self.is_main:
+      Path(workdir).mkdir(parents=True, exist_ok=True)
+      self._jsonl = open(Path(workdir) / 'metrics.jsonl', 'a', encoding='utf-8')
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+
+      self._tb = SummaryWriter(str(Path(workdir) / 'tb'))
+    self._mark_step = None
+    self._mark_time = None
+
+  def start_timer(self, step: int) -> None:
+    """Starts the throughput clock (call after warm-up/compilation)."""
+    self._mark_step, self._mark_time = step, time.perf_counter()
+
+  def write(self, step: int, scalars: dict) -> None:
+    if not self.is_main:
+      return
+    row = {'step': int(step), **{k: None if v is None else float(v) for k, v in scalars.items()}}
+    self._jsonl.write(json.dumps(row) + '\n')
+    self._jsonl.flush()
+    for key, value in scalars.items():
+      if value is not None:
+        self._tb.add_scalar(key, float(value), int(step))
+    self._tb.flush()
+
+  def train_progress(self, step: int, scalars: dict, batch_size: int) -> None:
+    """Logs a training step's scalars with throughput and ETA."""
+    now = time.perf_counter()
+    scalars = dict(scalars)
+    # No rate until the clock has run over at least one step after compiling.
+    rate = float('nan')
+    scalars['pairs_per_sec'] = None
+    if self._mark_step is not None and step > self._mark_step:
+      rate = (step - self._mark_step) / (now - self._mark_time)
+      scalars['pairs_per_sec'] = rate * batch_size
+    self._mark_step, self._mark_time = step, now
+    self.write(step, scalars)
+    if self.is_main:
+      eta = (self.total_steps - step) / rate if rate > 0 else float('nan')
+      pairs = '-' if math.isnan(rate) else f'{rate * batch_size:.1f}'
+      print(
+        f'step {step:>6}/{self.total_steps}  loss {scalars["loss"]:.4f}  '
+        f'lr {scalars["learning_rate"]:.2e}  pairs/s {pairs}  '
+        f'eta {_format_duration(eta)}',
+        flush=True,
+      )
+
+  def info(self, message: str) -> None:
+    if self.is_main:
+      print(message, file=sys.stdout, flush=True)
+
+  def close(self) -> None:
+    if self.is_main:
+      self._jsonl.close()
+      self._tb.close()

@@ -1,0 +1,262 @@
+"""The trainer: one function that reads top to bottom.
+
+Sections: mesh; input; model and optimizer; sharded state; update step;
+checkpoint; evaluation; loop. Every process runs the same code; only process
+0 writes logs.
+"""
+
+import math
+import time
+from pathlib import Path
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from medclip_jax import checkpointing
+from medclip_jax import evaluate
+from medclip_jax import losses
+from medclip_jax import models
+from medclip_jax import optimizer as optimizer_lib
+from medclip_jax import reporting
+from medclip_jax import sharding
+from medclip_jax.data import pipeline
+from medclip_jax.data import records
+from medclip_jax.data import tokenizer as tokenizer_lib
+from medclip_jax.errors import UserError
+
+# CLIP caps the temperature so that logits stay below 100.
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: updates applied so far
+  params: dict
+  batch_stats: dict  # BatchNorm running statistics of the image tower
+  opt_state: optax.OptState
+  rng: jax.Array  # uint32[2] key; per-step keys are folded from it
+
+
+def check_data(data_config) -> dict:
+  """The dataset's info, or a UserError saying how to prepare the data."""
+  try:
+    return records.read_dataset_info(data_config.dir)
+  except FileNotFoundError as e:
+    raise UserError(
+      f'No prepared dataset found in {Path(data_config.dir).absolute()} '
+      f'(config.data.dir). Training reads ArrayRecord shards and '
+      f'dataset_info.json written by the prepare command; for this config '
+      f'run:\n  {data_config.prepare_command}\nthen start training again.'
+    ) from e
+
+
+def create_train_state(model, tx, config, rng) -> TrainState:
+  """Initial state; jitted with output shardings so it is born distributed."""
+  params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
+  size, length = config.data.image_size, config.data.max_text_length
+  variables = model.init(
+    {'params': params_rng, 'dropout': dropout_rng},
+    jnp.zeros((1, size, size, 3), jnp.float32),
+    jnp.zeros((1, length), jnp.int32),
+    jnp.ones((1, length), jnp.int32),
+    train=False,
+  )
+  params = variables['params']
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=variables['batch_stats'],
+    opt_state=tx.init(params),
+    rng=state_rng,
+  )
+
+
+def make_train_step(model, tx, schedule, mesh, data_config):
+  """The update: forward both towers, global InfoNCE, AdamW, clamp the scale."""
+  mean, std = tuple(data_config.mean), tuple(data_config.std)
+  axes = sharding.batch_axes(mesh)
+
+  def train_step(state: TrainState, batch):
+    dropout_rng = jax.random.fold_in(state.rng, state.step)
+    images = pipeline.normalize(batch['image'], mean, std)
+
+    def loss_fn(params):
+      (image_emb, text_emb, log_scale), updates = model.apply(
+        {'params': params, 'batch_stats': state.batch_stats},
+        images,
+        batch['input_ids'],
+        batch['attention_mask'],
+        train=True,
+        rngs={'dropout': dropout_rng},
+        mutable=['batch_stats'],
+      )
+      loss = losses.infonce(image_emb, text_emb, jnp.exp(log_scale), mesh, axes)
+      return loss, updates['batch_stats']
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    params = {**params, 'logit_scale': jnp.minimum(params['logit_scale'], MAX_LOGIT_SCALE)}
+    metrics = {
+      'loss': loss,
+      'learning_rate': schedule(state.step),
+      'grad_norm': optax.tree.norm(grads),
+      'logit_scale': jnp.exp(params['logit_scale']),
+    }
+    new_state = state.replace(
+      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
+    return new_state, metrics
+
+  return train_step
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (resuming from the latest checkpoint in `workdir`) and evaluates.
+
+  Returns the final evaluation results.
+  """
+  workdir = str(Path(workdir).absolute())
+  reporter = reporting.Reporter(workdir, config.train.steps)
+
+  # ---- Mesh ----
+  mesh = sharding.create_mesh(config.mesh)
+  reporter.info(
+    f'{jax.process_count()} process(es), {jax.device_count()} '
+    f'{jax.devices()[0].platform} device(s), mesh {dict(mesh.shape)}'
+  )
+
+  # ---- Input ----
+  info = check_data(config.data)
+  label_vocabs = info.get('labels', {})
+  local_batch = sharding.check_batch_size(config.train.batch_size, mesh, 'train.batch_size')
+  tokenizer = tokenizer_lib.load(config.data.tokenizer)
+  if len(tokenizer) > config.model.text.vocab_size:
+    raise UserError(
+      f'The tokenizer in {tokenizer_lib.resolve(config.data.tokenizer)} has '
+      f'{len(tokenizer)} tokens but config.model.text.vocab_size is '
+      f'{config.model.text.vocab_size}; make them agree.'
+    )
+  train_iter = pipeline.train_iterator(
+    config.data,
+    seed=config.seed,
+    local_batch_size=local_batch,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+
+  # ---- Model and optimizer ----
+  model = models.build(config.model)
+  schedule = optimizer_lib.learning_rate_schedule(config.train)
+
+  # ---- Sharded state ----
+  rng = jax.random.PRNGKey(config.seed)
+  abstract_params = jax.eval_shape(
+    lambda r: create_train_state(model, optax.identity(), config, r).params, rng
+  )
+  tx = optimizer_lib.create(config.train, abstract_params)
+  abstract_state = jax.eval_shape(lambda r: create_train_state(model, tx, config, r), rng)
+  state_shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract_state)
+  n_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
+  reporter.info(f'model: {n_params / 1e6:.2f}M parameters')
+
+  # ---- Update step ----
+  train_step = jax.jit(
+    make_train_step(model, tx, schedule, mesh, config.data),
+    in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+    out_shardings=(state_shardings, sharding.replicated(mesh)),
+    donate_argnums=0,
+  )
+
+  # ---- Checkpoint ----
+  checkpointer = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
+  latest = checkpointer.latest_step()
+  if latest is None:
+    state = jax.jit(
+      lambda r: create_train_state(model, tx, config, r), out_shardings=state_shardings
+    )(rng)
+  else:
+    reporter.info(f'resuming from the checkpoint at step {latest} in {checkpointer.directory}')
+    state = checkpointer.restore(
+      latest, checkpointing.abstract_like(abstract_state, state_shardings), train_iter
+    )
+
+  # ---- Evaluation ----
+  evaluator = evaluate.Evaluator(model, config, mesh, label_vocabs)
+
+  def run_eval(state, step) -> tuple[TrainState, dict]:
+    t0 = time.perf_counter()
+    if config.eval.bn_recompute_batches:
+      stats_iter = pipeline.train_iterator(
+        config.data,
+        seed=config.seed + step + 1,
+        local_batch_size=local_batch,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+      )
+      batches = (next(stats_iter) for _ in range(config.eval.bn_recompute_batches))
+      state = state.replace(
+        batch_stats=evaluate.recompute_batch_stats(
+          model, state.params, state.batch_stats, batches, mesh, config
+        )
+      )
+    results = evaluator(state)
+    reporter.write(step, results)
+    evaluate.write_results(workdir, step, results)
+    reporter.info(
+      f'evaluated step {step} in {time.perf_counter() - t0:.1f}s: '
+      + '  '.join(
+        f'{k} {v:.3f}' for k, v in sorted(results.items()) if k.endswith(('R@10', 'top1'))
+      )
+    )
+    return state, results
+
+  # ---- Loop ----
+  total = config.train.steps
+  start = int(state.step)
+  pending = []
+  if start < total:
+    reporter.info(f'training steps {start + 1}..{total}, global batch {config.train.batch_size}')
+  try:
+    for step in range(start + 1, total + 1):
+      batch = sharding.to_global_batch(next(train_iter), mesh)
+      state, metrics = train_step(state, batch)
+      pending.append(metrics)
+      if step == start + 1:  # the first step compiled: time from here on
+        jax.block_until_ready(metrics)
+        reporter.start_timer(step)
+      elif step == start + 2 and train_step._cache_size() > 1:  # pylint: disable=protected-access
+        # A state whose dtypes or shardings differ from what the step returns
+        # compiles twice and silently skews every timing.
+        raise RuntimeError(
+          'The train step compiled a second time: the initial '
+          'state does not match the state the step returns.'
+        )
+      if step % config.train.log_every == 0 or step == total:
+        logged = jax.device_get(pending)
+        scalars = {k: float(np.mean([m[k] for m in logged])) for k in logged[0]}
+        scalars['learning_rate'] = float(logged[-1]['learning_rate'])
+        reporter.train_progress(step, scalars, config.train.batch_size)
+        pending = []
+      if step == total:
+        break  # the last checkpoint is written after the final statistics
+      if step % config.train.checkpoint_every == 0:
+        checkpointer.save(step, state, train_iter, config)
+      if config.eval.every and step % config.eval.every == 0:
+        run_eval(state, step)
+
+    # The final model keeps the recomputed BatchNorm statistics, so the last
+    # checkpoint (and anything exported from it) is what was evaluated.
+    state, results = run_eval(state, total)
+    if checkpointer.latest_step() != total:
+      checkpointer.save(total, state, train_iter, config)
+  finally:
+    # Also on Ctrl-C or an error: let a checkpoint being written complete.
+    checkpointer.wait()
+    checkpointer.close()
+    reporter.close()
+  reporter.info(evaluate.format_table(total, results))
+  return results

@@ -1,0 +1,175 @@
+"""End-to-end training: loss falls, logs and evals are written, runs resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medclip_jax import checkpointing
+from medclip_jax import train
+
+_EXPECTED_EVAL_KEYS = {
+  'retrieval.gallery_size',
+  'retrieval.i2t.R@1',
+  'retrieval.i2t.R@5',
+  'retrieval.i2t.R@10',
+  'retrieval.t2i.R@1',
+  'retrieval.t2i.R@5',
+  'retrieval.t2i.R@10',
+  'zeroshot.modality.top1',
+  'zeroshot.modality.top3',
+  'zeroshot.body_part.top1',
+  'zeroshot.body_part.top3',
+}
+
+
+def _train_rows(workdir):
+  rows = [json.loads(l) for l in (Path(workdir) / 'metrics.jsonl').read_text().splitlines()]
+  return {r['step']: r for r in rows if 'loss' in r}
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory, tiny_config):
+  """A 12-step run that no test interrupts, shared by the tests below."""
+  config = tiny_config()
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  results = train.train_and_evaluate(config, str(workdir))
+  return config, workdir, results
+
+
+def test_loss_falls_and_logs_have_the_documented_keys(uninterrupted):
+  _, workdir, _ = uninterrupted
+  rows = _train_rows(workdir)
+  assert sorted(rows) == list(range(1, 13))
+  for row in rows.values():
+    assert {'step', 'loss', 'learning_rate', 'pairs_per_sec'} <= set(row)
+  assert all(rows[s]['pairs_per_sec'] > 0 for s in range(2, 13))
+  first = np.mean([rows[s]['loss'] for s in (1, 2, 3)])
+  last = np.mean([rows[s]['loss'] for s in (10, 11, 12)])
+  assert last < first - 0.2, (first, last)
+  assert list((Path(workdir) / 'tb').glob('events.out.tfevents.*'))
+
+
+def test_final_evaluation_is_written_with_flat_keys(uninterrupted):
+  _, workdir, results = uninterrupted
+  saved = json.loads((Path(workdir) / 'eval' / 'step_12.json').read_text())
+  assert saved == results
+  assert _EXPECTED_EVAL_KEYS <= set(saved)
+  assert saved['retrieval.gallery_size'] == 48
+  assert all(0.0 <= v <= 1.0 for k, v in saved.items() if k != 'retrieval.gallery_size')
+
+
+def test_checkpoints_hold_state_data_position_and_config(uninterrupted):
+  config, workdir, _ = uninterrupted
+  ckpt = checkpointing.Checkpointer(str(workdir), keep=3)
+  assert ckpt.all_steps() == [6, 12]
+  step_dir = ckpt.directory / '12'
+  assert {p.name for p in step_dir.iterdir()} >= {'state', 'data', 'config'}
+  saved_config = json.loads((step_dir / 'config' / 'metadata').read_text())
+  assert saved_config['train']['steps'] == config.train.steps
+  ckpt.close()
+
+
+def test_interrupted_run_resumes_with_the_same_data_order(uninterrupted, tmp_path, monkeypatch):
+  config, reference_dir, reference = uninterrupted
+  save = checkpointing.Checkpointer.save
+
+  def save_then_interrupt(self, step, *args):
+    save(self, step, *args)
+    if step == 6:
+      raise KeyboardInterrupt  # as if Ctrl-C arrived right after this save
+
+  monkeypatch.setattr(checkpointing.Checkpointer, 'save', save_then_interrupt)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert checkpointing.Checkpointer(str(tmp_path), keep=3).latest_step() == 6
+  monkeypatch.setattr(checkpointing.Checkpointer, 'save', save)
+
+  resumed = train.train_and_evaluate(config, str(tmp_path))
+  rows, ref_rows = _train_rows(tmp_path), _train_rows(reference_dir)
+  assert sorted(rows) == list(range(1, 13))  # steps 7..12 once each, after 1..6
+  for step in range(7, 13):
+    np.testing.assert_allclose(rows[step]['loss'], ref_rows[step]['loss'], rtol=1e-5)
+  for key, value in reference.items():
+    np.testing.assert_allclose(resumed[key], value, atol=1e-6, err_msg=key)
+
+
+def _main(args, **kwargs):
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  return subprocess.Popen(
+    [sys.executable, '-m', 'medclip_jax.main', *args],
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    **kwargs,
+  )
+
+
+def test_medpix_without_data_explains_instead_of_a_traceback(tmp_path):
+  proc = _main(
+    ['--config=configs/medpix.py', f'--workdir={tmp_path}', f'--config.data.dir={tmp_path}/nothing']
+  )
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode != 0
+  assert 'Traceback' not in out
+  assert 'No prepared dataset found' in out
+  assert 'python -m medclip_jax.data.prepare --format=medpix' in out
+
+
+def _tiny_flags(data_dir):
+  return [
+    f'--config.data.dir={data_dir}',
+    '--config.data.image_size=32',
+    '--config.data.max_text_length=24',
+    '--config.model.embed_dim=32',
+    '--config.model.image.width=8',
+    '--config.model.text.hidden_size=32',
+    '--config.model.text.num_layers=1',
+    '--config.model.text.num_heads=2',
+    '--config.model.text.intermediate_size=64',
+    '--config.train.batch_size=16',
+    '--config.train.warmup_steps=2',
+    '--config.eval.batch_size=16',
+    '--config.eval.bn_recompute_batches=2',
+  ]
+
+
+def test_sigkill_mid_training_then_rerun_resumes_from_the_checkpoint(tiny_data, tmp_path):
+  args = [
+    '--config=configs/demo.py',
+    f'--workdir={tmp_path}',
+    *_tiny_flags(tiny_data),
+    '--config.train.steps=100000',
+    '--config.train.log_every=5',
+    '--config.train.checkpoint_every=5',
+  ]
+  proc = _main(args, start_new_session=True)
+  checkpoints = tmp_path / 'checkpoints'
+  deadline = time.time() + 240
+  while time.time() < deadline and not (checkpoints / '10').exists():
+    assert proc.poll() is None, proc.stdout.read()
+    time.sleep(0.5)
+  os.killpg(proc.pid, signal.SIGKILL)
+  proc.wait()
+  saved = checkpointing.Checkpointer(str(tmp_path), keep=3).latest_step()
+  assert saved is not None and saved >= 10
+
+  rerun = _main(
+    [
+      *args[:-3],
+      f'--config.train.steps={saved + 5}',
+      '--config.train.log_every=5',
+      '--config.train.checkpoint_every=5',
+    ]
+  )
+  out, _ = rerun.communicate(timeout=300)
+  assert rerun.returncode == 0, out
+  assert f'resuming from the checkpoint at step {saved}' in out
+  assert f'training steps {saved + 1}..{saved + 5}' in out
