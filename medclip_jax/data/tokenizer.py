@@ -23,6 +23,9 @@ def resolve(spec: str) -> Path:
 
 def load(spec: str):
   """A Hugging Face fast tokenizer from the directory `spec` names."""
+  os.environ.setdefault('HF_HUB_OFFLINE', '1')
+  # transformers warns on import that PyTorch is absent; tokenizers need none.
+  os.environ.setdefault('TRANSFORMERS_VERBOSITY', 'error')
   # Imported here so that processes which never tokenize do not pay for it.
   from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
 
@@ -34,5 +37,4 @@ def load(spec: str):
       f'Face model. Point config.data.tokenizer at such a directory, or use '
       f'{BUNDLED_MINILM!r} for the vocabulary shipped with the project.'
     )
-  os.environ.setdefault('HF_HUB_OFFLINE', '1')
   return AutoTokenizer.from_pretrained(str(path))
