@@ -45,13 +45,21 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.image.depth = 50
   config.model.image.width = 64
   config.model.image.bn_momentum = 0.9
+  # '' (random) or 'torchvision:/path/resnet50.pth' (or .safetensors).
+  config.model.image.init = ''
   config.model.text = ml_collections.ConfigDict()
+  # '' (random) or 'hf:/path/to/bert_dir' (config.json + model.safetensors or
+  # pytorch_model.bin). With a checkpoint, the sizes below and
+  # config.data.tokenizer are taken from that directory.
+  config.model.text.init = ''
   config.model.text.vocab_size = 30522
   config.model.text.hidden_size = 768
   config.model.text.num_layers = 12
   config.model.text.num_heads = 12
   config.model.text.intermediate_size = 3072
   config.model.text.max_position_embeddings = 512
+  config.model.text.type_vocab_size = 2
+  config.model.text.layer_norm_eps = 1e-12
   config.model.text.dropout_rate = 0.1
   config.model.text.pooling = 'cls'  # or 'mean' over unmasked tokens
 

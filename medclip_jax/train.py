@@ -16,6 +16,7 @@ import numpy as np
 import optax
 
 from medclip_jax import checkpointing
+from medclip_jax import convert
 from medclip_jax import evaluate
 from medclip_jax import losses
 from medclip_jax import models
@@ -74,6 +75,18 @@ def create_train_state(model, tx, config, rng) -> TrainState:
   )
 
 
+def model_and_optimizer(config):
+  """(model, optimizer, abstract TrainState) for a config; nothing is allocated."""
+  model = models.build(config.model)
+  rng = jax.random.PRNGKey(config.seed)
+  abstract_params = jax.eval_shape(
+    lambda r: create_train_state(model, optax.identity(), config, r).params, rng
+  )
+  tx = optimizer_lib.create(config.train, abstract_params)
+  abstract_state = jax.eval_shape(lambda r: create_train_state(model, tx, config, r), rng)
+  return model, tx, abstract_state
+
+
 def make_train_step(model, tx, schedule, mesh, data_config):
   """The update: forward both towers, global InfoNCE, AdamW, clamp the scale."""
   mean, std = tuple(data_config.mean), tuple(data_config.std)
@@ -122,6 +135,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   workdir = str(Path(workdir).absolute())
   reporter = reporting.Reporter(workdir, config.train.steps)
 
+  convert.resolve_pretrained_config(config)
+
   # ---- Mesh ----
   mesh = sharding.create_mesh(config.mesh)
   reporter.info(
@@ -149,16 +164,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   )
 
   # ---- Model and optimizer ----
-  model = models.build(config.model)
+  model, tx, abstract_state = model_and_optimizer(config)
   schedule = optimizer_lib.learning_rate_schedule(config.train)
 
   # ---- Sharded state ----
   rng = jax.random.PRNGKey(config.seed)
-  abstract_params = jax.eval_shape(
-    lambda r: create_train_state(model, optax.identity(), config, r).params, rng
-  )
-  tx = optimizer_lib.create(config.train, abstract_params)
-  abstract_state = jax.eval_shape(lambda r: create_train_state(model, tx, config, r), rng)
   state_shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract_state)
   n_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
   reporter.info(f'model: {n_params / 1e6:.2f}M parameters')
@@ -178,6 +188,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state = jax.jit(
       lambda r: create_train_state(model, tx, config, r), out_shardings=state_shardings
     )(rng)
+    if config.model.image.init or config.model.text.init:
+      params, batch_stats = convert.load_pretrained(
+        config, jax.device_get(state.params), jax.device_get(state.batch_stats)
+      )
+      state = state.replace(
+        params=jax.device_put(params, state_shardings.params),
+        batch_stats=jax.device_put(batch_stats, state_shardings.batch_stats),
+      )
+      reporter.info(
+        f'initialised from {config.model.image.init or "(random image tower)"} and '
+        f'{config.model.text.init or "(random text tower)"}'
+      )
   else:
     reporter.info(f'resuming from the checkpoint at step {latest} in {checkpointer.directory}')
     state = checkpointer.restore(

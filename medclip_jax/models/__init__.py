@@ -30,6 +30,8 @@ def build(model_config) -> MedCLIP:
       num_heads=text.num_heads,
       intermediate_size=text.intermediate_size,
       max_position_embeddings=text.max_position_embeddings,
+      type_vocab_size=text.type_vocab_size,
+      layer_norm_eps=text.layer_norm_eps,
       dropout_rate=text.dropout_rate,
       pooling=text.pooling,
       dtype=dtype,
