@@ -69,6 +69,16 @@ class Checkpointer:
       ) from e
     return restored['state']
 
+  def restore_config(self, step: int) -> dict:
+    """The config saved with `step`, as a dict."""
+    return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
+
+  def restore_state(self, step: int, abstract_state):
+    """Only the train state of `step` (e.g. for export; no data iterator)."""
+    return self._manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+    )['state']
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 

@@ -42,3 +42,14 @@ def _tiny_config(tiny_data):
   config.eval.batch_size = 16
   config.eval.bn_recompute_batches = 2
   return config
+
+
+@pytest.fixture(scope='session')
+def trained_run(tmp_path_factory, tiny_config):
+  """(config, workdir, results) of a 12-step tiny run that no test modifies."""
+  from medclip_jax import train  # pylint: disable=import-outside-toplevel
+
+  config = tiny_config()
+  workdir = tmp_path_factory.mktemp('trained_run')
+  results = train.train_and_evaluate(config, str(workdir))
+  return config, workdir, results

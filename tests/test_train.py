@@ -34,17 +34,8 @@ def _train_rows(workdir):
   return {r['step']: r for r in rows if 'loss' in r}
 
 
-@pytest.fixture(scope='module')
-def uninterrupted(tmp_path_factory, tiny_config):
-  """A 12-step run that no test interrupts, shared by the tests below."""
-  config = tiny_config()
-  workdir = tmp_path_factory.mktemp('uninterrupted')
-  results = train.train_and_evaluate(config, str(workdir))
-  return config, workdir, results
-
-
-def test_loss_falls_and_logs_have_the_documented_keys(uninterrupted):
-  _, workdir, _ = uninterrupted
+def test_loss_falls_and_logs_have_the_documented_keys(trained_run):
+  _, workdir, _ = trained_run
   rows = _train_rows(workdir)
   assert sorted(rows) == list(range(1, 13))
   for row in rows.values():
@@ -56,8 +47,8 @@ def test_loss_falls_and_logs_have_the_documented_keys(uninterrupted):
   assert list((Path(workdir) / 'tb').glob('events.out.tfevents.*'))
 
 
-def test_final_evaluation_is_written_with_flat_keys(uninterrupted):
-  _, workdir, results = uninterrupted
+def test_final_evaluation_is_written_with_flat_keys(trained_run):
+  _, workdir, results = trained_run
   saved = json.loads((Path(workdir) / 'eval' / 'step_12.json').read_text())
   assert saved == results
   assert _EXPECTED_EVAL_KEYS <= set(saved)
@@ -65,8 +56,8 @@ def test_final_evaluation_is_written_with_flat_keys(uninterrupted):
   assert all(0.0 <= v <= 1.0 for k, v in saved.items() if k != 'retrieval.gallery_size')
 
 
-def test_checkpoints_hold_state_data_position_and_config(uninterrupted):
-  config, workdir, _ = uninterrupted
+def test_checkpoints_hold_state_data_position_and_config(trained_run):
+  config, workdir, _ = trained_run
   ckpt = checkpointing.Checkpointer(str(workdir), keep=3)
   assert ckpt.all_steps() == [6, 12]
   step_dir = ckpt.directory / '12'
@@ -76,8 +67,8 @@ def test_checkpoints_hold_state_data_position_and_config(uninterrupted):
   ckpt.close()
 
 
-def test_interrupted_run_resumes_with_the_same_data_order(uninterrupted, tmp_path, monkeypatch):
-  config, reference_dir, reference = uninterrupted
+def test_interrupted_run_resumes_with_the_same_data_order(trained_run, tmp_path, monkeypatch):
+  config, reference_dir, reference = trained_run
   save = checkpointing.Checkpointer.save
 
   def save_then_interrupt(self, step, *args):

@@ -1,0 +1,169 @@
+"""The exported two-tower model in PyTorch: torchvision ResNet + transformers BERT + two Linear layers.
+
+Imports only torch, torchvision, transformers, safetensors and PIL (no JAX), so an
+export can be used wherever PyTorch is:
+
+  from medclip_jax.torch_model import MedCLIP
+  model = MedCLIP.from_export('exported/demo').eval()
+  image = model.preprocess(PIL.Image.open('scan.png')).unsqueeze(0)
+  tokens = model.tokenize(['Axial CT of the brain showing a left frontal mass.'])
+  with torch.no_grad():
+    similarity = model.encode_image(image) @ model.encode_text(**tokens).T
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from safetensors.torch import load_file
+from torch import nn
+from torch.nn import functional as F
+from transformers import AutoTokenizer
+from transformers import BertModel
+
+_BLOCKS = {
+  18: (torchvision.models.resnet.BasicBlock, (2, 2, 2, 2)),
+  34: (torchvision.models.resnet.BasicBlock, (3, 4, 6, 3)),
+  50: (torchvision.models.resnet.Bottleneck, (3, 4, 6, 3)),
+  101: (torchvision.models.resnet.Bottleneck, (3, 4, 23, 3)),
+}
+
+
+class _ResNet(torchvision.models.resnet.ResNet):
+  """torchvision's ResNet at any base width (torchvision fixes it at 64).
+
+  Same modules and state_dict names as `torchvision.models.resnetNN()`; the
+  classifier is replaced by the identity, as the encoder outputs pooled features.
+  """
+
+  def __init__(self, depth: int, width: int):
+    nn.Module.__init__(self)  # torchvision's __init__ hard-codes width 64
+    block, layers = _BLOCKS[depth]
+    self._norm_layer = nn.BatchNorm2d
+    self.inplanes, self.dilation, self.groups, self.base_width = width, 1, 1, 64
+    self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    self.bn1 = nn.BatchNorm2d(width)
+    self.relu = nn.ReLU(inplace=True)
+    self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    self.layer1 = self._make_layer(block, width, layers[0])
+    self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2)
+    self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
+    self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)
+    self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+    self.fc = nn.Identity()
+
+
+def image_encoder(depth: int, width: int) -> nn.Module:
+  """A torchvision ResNet without classifier; `torchvision.models.resnetNN` itself at width 64."""
+  if depth not in _BLOCKS:
+    raise ValueError(f'ResNet depth must be one of {sorted(_BLOCKS)}, got {depth}.')
+  if width == 64:
+    model = getattr(torchvision.models, f'resnet{depth}')()
+    model.fc = nn.Identity()
+    return model
+  return _ResNet(depth, width)
+
+
+class MedCLIP(nn.Module):
+  """Image and text towers projected to a shared, L2-normalised embedding space."""
+
+  def __init__(
+    self,
+    image_encoder_module,
+    text_encoder,
+    image_projection,
+    text_projection,
+    logit_scale,
+    metadata,
+    tokenizer,
+  ):
+    super().__init__()
+    self.image_encoder = image_encoder_module
+    self.text_encoder = text_encoder
+    self.image_projection = image_projection
+    self.text_projection = text_projection
+    self.logit_scale = logit_scale
+    self.metadata = metadata
+    self.tokenizer = tokenizer
+
+  @classmethod
+  def from_export(cls, directory) -> 'MedCLIP':
+    """Loads what `python -m medclip_jax.export` wrote."""
+    directory = Path(directory)
+    metadata = json.loads((directory / 'medclip.json').read_text())
+    image = image_encoder(metadata['image']['depth'], metadata['image']['width'])
+    missing, unexpected = image.load_state_dict(
+      load_file(str(directory / 'image_encoder.safetensors')), strict=False
+    )
+    if missing or unexpected:
+      raise ValueError(
+        f'image_encoder.safetensors does not fit: missing {missing}, unexpected {unexpected}'
+      )
+    text_dir = directory / 'text_encoder'
+    text = BertModel.from_pretrained(str(text_dir), add_pooling_layer=False)
+    heads = load_file(str(directory / 'heads.safetensors'))
+
+    def linear(weight):
+      layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+      layer.weight.data.copy_(weight)
+      return layer
+
+    return cls(
+      image,
+      text,
+      linear(heads['image_projection.weight']),
+      linear(heads['text_projection.weight']),
+      nn.Parameter(heads['logit_scale']),
+      metadata,
+      AutoTokenizer.from_pretrained(str(text_dir)),
+    )
+
+  def preprocess(self, image: Image.Image) -> torch.Tensor:
+    """A PIL image -> normalised [3, H, W] float tensor, as in evaluation (centre square, resize)."""
+    size = self.metadata['image']['image_size']
+    image = image.convert('RGB')
+    side = min(image.width, image.height)
+    left, top = (image.width - side) / 2, (image.height - side) / 2
+    pixels = np.asarray(
+      image.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side)),
+      np.float32,
+    )
+    mean = np.asarray(self.metadata['image']['mean'], np.float32) * 255
+    std = np.asarray(self.metadata['image']['std'], np.float32) * 255
+    return torch.from_numpy(((pixels - mean) / std).transpose(2, 0, 1).copy())
+
+  def tokenize(self, texts: list[str]) -> dict:
+    """Captions -> {'input_ids', 'attention_mask'} tensors, padded as in training."""
+    tokens = self.tokenizer(
+      texts,
+      max_length=self.metadata['text']['max_length'],
+      padding='max_length',
+      truncation=True,
+      return_tensors='pt',
+    )
+    return {'input_ids': tokens['input_ids'], 'attention_mask': tokens['attention_mask']}
+
+  def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+    """Normalised images [B, 3, H, W] -> unit-norm embeddings [B, D]."""
+    return F.normalize(self.image_projection(self.image_encoder(pixels)), dim=-1)
+
+  def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Token ids and mask [B, T] -> unit-norm embeddings [B, D]."""
+    hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    if self.metadata['text']['pooling'] == 'cls':
+      pooled = hidden[:, 0]
+    else:
+      mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+      pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return F.normalize(self.text_projection(pooled), dim=-1)
+
+  def forward(self, pixels, input_ids, attention_mask):
+    """(image embeddings, text embeddings, logit scale exp'd), as in CLIP."""
+    return (
+      self.encode_image(pixels),
+      self.encode_text(input_ids, attention_mask),
+      self.logit_scale.exp(),
+    )

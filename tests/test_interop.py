@@ -1,0 +1,303 @@
+"""PyTorch interop: parity with torchvision and transformers, round trips, export."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import torch
+import torchvision
+import transformers
+
+from medclip_jax import convert
+from medclip_jax import export
+from medclip_jax import models
+from medclip_jax.data import tokenizer as tokenizer_lib
+from medclip_jax.errors import UserError
+
+MINILM = tokenizer_lib.bundled_minilm_dir()
+
+
+def _numpy_state(module):
+  return {k: v.detach().numpy() for k, v in module.state_dict().items()}
+
+
+@pytest.fixture(scope='module')
+def torch_resnet50():
+  torch.manual_seed(0)
+  model = torchvision.models.resnet50()
+  # Random running statistics, so that eval-mode BatchNorm is not the identity,
+  # and scales below 1 so that features have a trained network's magnitude
+  # (units, not hundreds: torchvision's init doubles activations per block).
+  for module in model.modules():
+    if isinstance(module, torch.nn.BatchNorm2d):
+      module.running_mean.uniform_(-0.5, 0.5)
+      module.running_var.uniform_(0.5, 2.0)
+      module.weight.data.uniform_(0.2, 0.6)
+      module.bias.data.uniform_(-0.2, 0.2)
+  return model.eval()
+
+
+def _flax_resnet50_variables(state):
+  net = models.ResNet(depth=50)
+  abstract = jax.eval_shape(
+    lambda: net.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False)
+  )
+  params, batch_stats = convert.resnet_from_torchvision(
+    state, abstract['params'], abstract['batch_stats']
+  )
+  return net, {'params': params, 'batch_stats': batch_stats}
+
+
+def test_resnet50_matches_torchvision_at_224px(torch_resnet50):
+  net, variables = _flax_resnet50_variables(_numpy_state(torch_resnet50))
+  x = np.random.default_rng(0).normal(size=(2, 3, 224, 224)).astype(np.float32)
+  with torch.no_grad():
+    torch_resnet50.fc = torch.nn.Identity()
+    expected = torch_resnet50(torch.from_numpy(x)).numpy()
+  got = np.asarray(
+    jax.jit(lambda v, a: net.apply(v, a, train=False))(variables, x.transpose(0, 2, 3, 1))
+  )
+  assert got.shape == expected.shape == (2, 2048)
+  assert 1 < np.abs(expected).max() < 100
+  np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_resnet_round_trip_is_exact(torch_resnet50):
+  state = _numpy_state(torch_resnet50)
+  _, variables = _flax_resnet50_variables(state)
+  back = convert.resnet_to_torchvision(variables['params'], variables['batch_stats'])
+  expected = {
+    k: v for k, v in state.items() if not k.startswith('fc.') and 'num_batches_tracked' not in k
+  }
+  assert back.keys() == expected.keys()
+  for key, value in expected.items():
+    np.testing.assert_array_equal(back[key], value, err_msg=key)
+
+
+@pytest.fixture(scope='module')
+def minilm():
+  hf = transformers.BertModel.from_pretrained(str(MINILM), add_pooling_layer=False).eval()
+  text = ml_collections.ConfigDict(convert.hf_bert_config(MINILM))
+  encoders = {
+    pooling: models.BertEncoder(
+      vocab_size=text.vocab_size,
+      hidden_size=text.hidden_size,
+      num_layers=text.num_layers,
+      num_heads=text.num_heads,
+      intermediate_size=text.intermediate_size,
+      max_position_embeddings=text.max_position_embeddings,
+      type_vocab_size=text.type_vocab_size,
+      layer_norm_eps=text.layer_norm_eps,
+      pooling=pooling,
+    )
+    for pooling in ('cls', 'mean')
+  }
+  ids = jnp.zeros((1, 8), jnp.int32)
+  abstract = jax.eval_shape(
+    lambda: encoders['cls'].init(jax.random.PRNGKey(0), ids, ids, train=False)
+  )
+  params = convert.bert_from_hf(
+    convert.read_tensors(MINILM / 'model.safetensors'), abstract['params']
+  )
+  return hf, encoders, params
+
+
+def test_bert_matches_transformers_with_padding(minilm):
+  hf, encoders, params = minilm
+  tok = tokenizer_lib.load(str(MINILM))
+  batch = tok(
+    ['Axial CT of the brain showing a left frontal mass.', 'Normal chest radiograph.'],
+    padding='max_length',
+    max_length=24,
+    return_tensors='np',
+  )
+  assert batch['attention_mask'][1].sum() < 24  # the second caption is padded
+  with torch.no_grad():
+    hidden = hf(
+      input_ids=torch.from_numpy(batch['input_ids']),
+      attention_mask=torch.from_numpy(batch['attention_mask']),
+    ).last_hidden_state.numpy()
+  mask = batch['attention_mask'][..., None].astype(np.float32)
+  expected = {'cls': hidden[:, 0], 'mean': (hidden * mask).sum(1) / mask.sum(1)}
+  for pooling, encoder in encoders.items():
+    got = encoder.apply(
+      {'params': params}, batch['input_ids'], batch['attention_mask'], train=False
+    )
+    np.testing.assert_allclose(
+      np.asarray(got), expected[pooling], atol=1e-4, rtol=0, err_msg=pooling
+    )
+
+
+def test_bert_round_trip_is_exact(minilm):
+  _, _, params = minilm
+  original = convert.read_tensors(MINILM / 'model.safetensors')
+  back = convert.bert_to_hf(params)
+  kept = {
+    k: v for k, v in original.items() if not k.startswith(('pooler.', 'embeddings.position_ids'))
+  }
+  assert back.keys() == kept.keys()
+  for key, value in kept.items():
+    np.testing.assert_array_equal(back[key], value, err_msg=key)
+
+
+@pytest.fixture(scope='module')
+def exported(trained_run, tmp_path_factory):
+  _, workdir, _ = trained_run
+  return export.export(str(workdir), str(tmp_path_factory.mktemp('export')))
+
+
+def test_exported_model_embeds_like_the_flax_model(trained_run, exported):
+  from medclip_jax import checkpointing, evaluate, sharding, train  # pylint: disable=import-outside-toplevel
+  from medclip_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from medclip_jax.torch_model import MedCLIP  # pylint: disable=import-outside-toplevel
+
+  config, workdir, _ = trained_run
+  model, _, abstract_state = train.model_and_optimizer(config)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  ckpt = checkpointing.Checkpointer(str(workdir), keep=3)
+  state = ckpt.restore_state(
+    ckpt.latest_step(),
+    checkpointing.abstract_like(abstract_state, jax.tree.map(lambda _: device, abstract_state)),
+  )
+  ckpt.close()
+  mesh = sharding.create_mesh({'data': -1})
+  evaluator = evaluate.Evaluator(model, config, mesh, {})
+  batch = next(
+    pipeline.eval_batches(
+      config.data, 'test', global_batch_size=8, process_index=0, process_count=1, label_vocabs={}
+    )
+  )
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  flax_image = np.asarray(evaluator._encode_images(variables, batch['image']))  # pylint: disable=protected-access
+  flax_text = np.asarray(
+    evaluator._encode_texts(variables, batch['input_ids'], batch['attention_mask'])
+  )  # pylint: disable=protected-access
+
+  torch_model = MedCLIP.from_export(exported).eval()
+  mean = np.asarray(config.data.mean, np.float32) * 255
+  std = np.asarray(config.data.std, np.float32) * 255
+  pixels = torch.from_numpy(
+    ((batch['image'].astype(np.float32) - mean) / std).transpose(0, 3, 1, 2).copy()
+  )
+  with torch.no_grad():
+    torch_image = torch_model.encode_image(pixels).numpy()
+    torch_text = torch_model.encode_text(
+      torch.from_numpy(batch['input_ids']).long(), torch.from_numpy(batch['attention_mask']).long()
+    ).numpy()
+  np.testing.assert_allclose(torch_image, flax_image, atol=1e-4, rtol=0)
+  np.testing.assert_allclose(torch_text, flax_text, atol=1e-4, rtol=0)
+
+
+_FRESH_PROCESS = """
+import sys
+for blocked in ('jax', 'flax', 'optax', 'orbax', 'grain'):
+    sys.modules[blocked] = None  # importing any of them now fails
+import PIL.Image, torch
+from medclip_jax.torch_model import MedCLIP
+model = MedCLIP.from_export(sys.argv[1]).eval()
+image = model.preprocess(PIL.Image.new('L', (80, 60), 128)).unsqueeze(0)
+tokens = model.tokenize(['CT of the brain.', 'Chest radiograph.'])
+with torch.no_grad():
+    sims = model.encode_image(image) @ model.encode_text(**tokens).T
+print(tuple(sims.shape), bool(torch.isfinite(sims).all()))
+"""
+
+
+def test_export_loads_in_a_process_without_jax(exported):
+  out = subprocess.run(
+    [sys.executable, '-c', _FRESH_PROCESS, str(exported)],
+    capture_output=True,
+    text=True,
+    check=True,
+    cwd=os.getcwd(),
+  )
+  assert out.stdout.strip().splitlines()[-1] == '(1, 2) True'
+
+
+def test_export_writes_the_documented_files(exported, trained_run):
+  config, _, _ = trained_run
+  meta = json.loads((exported / 'medclip.json').read_text())
+  assert meta['embed_dim'] == config.model.embed_dim and meta['step'] == config.train.steps
+  assert meta['text'] == {
+    'pooling': config.model.text.pooling,
+    'max_length': config.data.max_text_length,
+  }
+  tok = transformers.AutoTokenizer.from_pretrained(str(exported / 'text_encoder'))
+  assert tok.unk_token_id not in tok('brain mass', add_special_tokens=False)['input_ids']
+
+
+def test_import_errors_name_the_problem(tmp_path, minilm):
+  _, _, params = minilm
+  junk = tmp_path / 'weights.pth'
+  junk.write_bytes(b'not a checkpoint at all')
+  with pytest.raises(UserError, match='not a PyTorch or safetensors checkpoint'):
+    convert.read_tensors(junk)
+  junk_st = tmp_path / 'weights.safetensors'
+  junk_st.write_bytes(b'\x00' * 16)
+  with pytest.raises(UserError, match='not a PyTorch or safetensors checkpoint'):
+    convert.read_tensors(junk_st)
+
+  roberta = tmp_path / 'roberta'
+  roberta.mkdir()
+  hf = json.loads((MINILM / 'config.json').read_text())
+  (roberta / 'config.json').write_text(json.dumps({**hf, 'model_type': 'roberta'}))
+  with pytest.raises(UserError, match="model_type is 'roberta'"):
+    convert.hf_bert_config(roberta)
+
+  resnet18 = _numpy_state(torchvision.models.resnet18())
+  net = models.ResNet(depth=50)
+  abstract = jax.eval_shape(
+    lambda: net.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  )
+  with pytest.raises(UserError, match=r'(?s)missing \(165\).*layer1.0.conv3.weight.*wrong shape'):
+    convert.resnet_from_torchvision(resnet18, abstract['params'], abstract['batch_stats'])
+
+  shrunk = {
+    k: v[:10] if k == 'embeddings.word_embeddings.weight' else v
+    for k, v in convert.bert_to_hf(params).items()
+  }
+  with pytest.raises(UserError, match='embeddings.word_embeddings.weight: checkpoint'):
+    convert.bert_from_hf(shrunk, params)
+
+
+def test_export_of_a_workdir_without_checkpoints_is_a_user_error(tmp_path):
+  with pytest.raises(UserError, match='No checkpoints in'):
+    export.export(str(tmp_path), str(tmp_path / 'out'))
+
+
+def test_config_init_takes_text_tower_size_tokenizer_and_weights_from_the_directory(
+  tiny_config, minilm
+):
+  _, _, minilm_params = minilm
+  config = tiny_config()
+  config.model.text.init = f'hf:{tokenizer_lib.BUNDLED_MINILM}'
+  convert.resolve_pretrained_config(config)
+  assert (config.model.text.hidden_size, config.model.text.num_layers) == (384, 6)
+  assert config.data.tokenizer == str(MINILM)
+
+  model = models.build(config.model)
+  size, length = config.data.image_size, config.data.max_text_length
+  abstract = jax.eval_shape(
+    lambda: model.init(
+      {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)},
+      jnp.zeros((1, size, size, 3)),
+      jnp.zeros((1, length), jnp.int32),
+      jnp.ones((1, length), jnp.int32),
+      train=False,
+    )
+  )
+  zeros = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)
+  params, _ = convert.load_pretrained(config, zeros['params'], zeros['batch_stats'])
+  for a, b in zip(jax.tree.leaves(params['text_encoder']), jax.tree.leaves(minilm_params)):
+    np.testing.assert_array_equal(a, b)
+  assert not np.any(params['image_projection']['kernel'])  # other weights untouched
+
+  config.model.image.init = 'timm:/somewhere'
+  with pytest.raises(UserError, match="expected one of 'torchvision:PATH'"):
+    convert.load_pretrained(config, zeros['params'], zeros['batch_stats'])
