@@ -71,7 +71,9 @@ class Checkpointer:
 
   def restore_config(self, step: int) -> dict:
     """The config saved with `step`, as a dict."""
-    return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
+    return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))[
+      'config'
+    ]
 
   def restore_state(self, step: int, abstract_state):
     """Only the train state of `step` (e.g. for export; no data iterator)."""

@@ -16,6 +16,11 @@ def param_group(top_level_key: str) -> str:
   return top_level_key if top_level_key in TOWERS else 'heads'
 
 
+def frozen_groups(config) -> set[str]:
+  """The parameter groups whose learning-rate multiplier is 0."""
+  return {name for name, mult in dict(config.lr_multipliers).items() if float(mult) == 0.0}
+
+
 def learning_rate_schedule(config) -> optax.Schedule:
   """Linear warmup to `config.learning_rate`, then cosine decay to 0."""
   return optax.warmup_cosine_decay_schedule(

@@ -87,16 +87,23 @@ def model_and_optimizer(config):
   return model, tx, abstract_state
 
 
-def make_train_step(model, tx, schedule, mesh, data_config):
+def make_train_step(model, tx, schedule, mesh, config):
   """The update: forward both towers, global InfoNCE, AdamW, clamp the scale."""
-  mean, std = tuple(data_config.mean), tuple(data_config.std)
+  mean, std = tuple(config.data.mean), tuple(config.data.std)
   axes = sharding.batch_axes(mesh)
+  frozen = optimizer_lib.frozen_groups(config.train)
 
   def train_step(state: TrainState, batch):
     dropout_rng = jax.random.fold_in(state.rng, state.step)
     images = pipeline.normalize(batch['image'], mean, std)
 
     def loss_fn(params):
+      # No backward pass through frozen groups (clipping would otherwise keep
+      # their unused gradients alive).
+      params = {
+        k: jax.lax.stop_gradient(v) if optimizer_lib.param_group(k) in frozen else v
+        for k, v in params.items()
+      }
       (image_emb, text_emb, log_scale), updates = model.apply(
         {'params': params, 'batch_stats': state.batch_stats},
         images,
@@ -175,7 +182,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # ---- Update step ----
   train_step = jax.jit(
-    make_train_step(model, tx, schedule, mesh, config.data),
+    make_train_step(model, tx, schedule, mesh, config),
     in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
     out_shardings=(state_shardings, sharding.replicated(mesh)),
     donate_argnums=0,

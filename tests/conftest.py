@@ -28,6 +28,8 @@ def _tiny_config(tiny_data):
   config.data.image_size = 32
   config.data.max_text_length = 24
   config.model.embed_dim = 32
+  config.model.text.init = ''  # a tiny random text tower instead of MiniLM
+  config.train.lr_multipliers = {'image_encoder': 1.0, 'text_encoder': 1.0, 'heads': 1.0}
   config.model.image.depth = 18
   config.model.image.width = 8
   config.model.text.hidden_size = 32

@@ -120,6 +120,8 @@ def _tiny_flags(data_dir):
     '--config.data.image_size=32',
     '--config.data.max_text_length=24',
     '--config.model.embed_dim=32',
+    '--config.model.text.init=',
+    '--config.train.lr_multipliers.text_encoder=1.0',
     '--config.model.image.width=8',
     '--config.model.text.hidden_size=32',
     '--config.model.text.num_layers=1',
