@@ -14,9 +14,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
-  # Axis name -> size; -1 takes all remaining devices. The batch is split over
-  # every axis.
-  config.mesh = {'data': -1}
+  # Device mesh: the batch is split over both axes; with fsdp > 1, parameters
+  # and optimizer state of at least fsdp_min_size elements are split over
+  # 'fsdp' too. -1 takes all remaining devices.
+  config.mesh = {'data': -1, 'fsdp': 1}
+  config.fsdp_min_size = 2**16
 
   config.data = ml_collections.ConfigDict()
   config.data.dir = ''

@@ -50,16 +50,11 @@ class Checkpointer:
   def restore(self, step: int, abstract_state, data_iterator):
     """Restores `step` into the shapes and shardings of `abstract_state`.
 
-    `data_iterator` is moved to the saved position in place.
+    The state is resharded as needed, so a checkpoint written by N processes
+    restores on M. `data_iterator` is moved to the saved position in place.
     """
     try:
-      restored = self._manager.restore(
-        step,
-        args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state),
-          data=grain.checkpoint.CheckpointRestore(data_iterator),
-        ),
-      )
+      state = self.restore_state(step, abstract_state)
     except (ValueError, KeyError, TypeError) as e:
       raise UserError(
         f'The checkpoint at {self.directory / str(step)} does not fit the '
@@ -67,7 +62,20 @@ class Checkpointer:
         'it was written?). Use a fresh --workdir for a different model, or '
         f'restore the config the checkpoint was trained with. Orbax said: {e}'
       ) from e
-    return restored['state']
+    self._restore_data_position(step, data_iterator)
+    return state
+
+  def _restore_data_position(self, step: int, data_iterator) -> None:
+    # Each process saved its own iterator state. Every process's position is
+    # the same global batch index (see data/pipeline.py), so when the process
+    # count changed, any saved file gives the position.
+    data_dir = self.directory / str(step) / 'data'
+    index, count = jax.process_index(), jax.process_count()
+    own = data_dir / f'process_{index}-of-{count}.json'
+    saved = [own] if own.exists() else sorted(data_dir.glob('process_*-of-*.json'))
+    if not saved:
+      raise UserError(f'The checkpoint at {data_dir.parent} has no data-iterator position.')
+    data_iterator.set_state(json.loads(saved[0].read_text()))
 
   def restore_config(self, step: int) -> dict:
     """The config saved with `step`, as a dict."""

@@ -4,6 +4,7 @@ Any config field can be overridden, e.g. `--config.train.batch_size=64`.
 Rerunning the same command resumes from the latest checkpoint in the workdir.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -22,7 +23,31 @@ _WORKDIR = flags.DEFINE_string(
   None,
   'Directory for checkpoints, logs and evaluations (default: runs/<config file name>).',
 )
+_DISTRIBUTED = flags.DEFINE_bool(
+  'distributed',
+  False,
+  'Join a multi-process run with jax.distributed.initialize. Without the three '
+  'flags below, the cluster is detected from the environment (SLURM, TPU pods, '
+  'Open MPI, GKE).',
+)
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index, 0..num_processes-1.')
 flags.mark_flags_as_required(['config'])
+
+
+def initialize_distributed() -> None:
+  """Connects the processes of a multi-host run (each then sees every device)."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  if 'cpu' in os.environ.get('JAX_PLATFORMS', ''):
+    # CPU devices in several processes talk over gloo (the local test cluster).
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(
+    coordinator_address=_COORDINATOR.value,
+    num_processes=_NUM_PROCESSES.value,
+    process_id=_PROCESS_ID.value,
+  )
 
 
 def main(argv):
@@ -32,6 +57,8 @@ def main(argv):
     # Orbax and grain log every file operation at INFO; --verbosity=0 shows it.
     logging.set_verbosity(logging.WARNING)
   workdir = _WORKDIR.value or str(Path('runs') / Path(flags.FLAGS['config'].config_filename).stem)
+  if _DISTRIBUTED.value:
+    initialize_distributed()
   # Imported after flag parsing so that `--help` answers quickly.
   from medclip_jax import train  # pylint: disable=import-outside-toplevel
 

