@@ -43,6 +43,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.embed_dim = 512
   config.model.dtype = 'float32'  # compute dtype; parameters stay float32
+  # 'infonce' (CLIP: softmax over the global batch) or 'sigmoid' (SigLIP:
+  # independent match/no-match per pair, texts passed round a device ring).
+  config.model.loss = 'infonce'
+  config.model.logit_scale_init = 2.6593  # log(1/0.07), CLIP's; SigLIP uses log(10)
+  config.model.logit_bias_init = -10.0  # sigmoid loss only
   config.model.image = ml_collections.ConfigDict()
   config.model.image.depth = 50
   config.model.image.width = 64

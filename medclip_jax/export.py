@@ -6,6 +6,7 @@ writes
   image_encoder.safetensors  torchvision ResNet keys, BatchNorm running stats included (no fc.*)
   text_encoder/              a directory BertModel.from_pretrained and AutoTokenizer.from_pretrained load
   heads.safetensors          image_projection.weight, text_projection.weight, logit_scale
+                             (and logit_bias, with the sigmoid loss)
   medclip.json               embedding size, pooling, image size, mean/std, max text length, step, config
 
 `medclip_jax.torch_model.MedCLIP.from_export(DIR)` rebuilds the two-tower model
@@ -95,14 +96,14 @@ def export(workdir: str, out: str, step: int | None = None) -> Path:
   _save_safetensors(convert.bert_to_hf(params['text_encoder']), text_dir / 'model.safetensors')
   _hf_bert_config(config.model.text).save_pretrained(str(text_dir))
   tokenizer_lib.load(config.data.tokenizer).save_pretrained(str(text_dir))
-  _save_safetensors(
-    {
-      'image_projection.weight': np.asarray(params['image_projection']['kernel']).T,
-      'text_projection.weight': np.asarray(params['text_projection']['kernel']).T,
-      'logit_scale': np.asarray(params['logit_scale'], np.float32),
-    },
-    out / 'heads.safetensors',
-  )
+  heads = {
+    'image_projection.weight': np.asarray(params['image_projection']['kernel']).T,
+    'text_projection.weight': np.asarray(params['text_projection']['kernel']).T,
+    'logit_scale': np.asarray(params['logit_scale'], np.float32),
+  }
+  if 'logit_bias' in params:
+    heads['logit_bias'] = np.asarray(params['logit_bias'], np.float32)
+  _save_safetensors(heads, out / 'heads.safetensors')
   metadata = {
     'embed_dim': config.model.embed_dim,
     'image': {
@@ -113,6 +114,7 @@ def export(workdir: str, out: str, step: int | None = None) -> Path:
       'std': list(config.data.std),
     },
     'text': {'pooling': config.model.text.pooling, 'max_length': config.data.max_text_length},
+    'loss': config.model.loss,
     'step': step,
     'config': config.to_dict(),
   }

@@ -78,6 +78,7 @@ class MedCLIP(nn.Module):
     text_projection,
     logit_scale,
     metadata,
+    logit_bias,
     tokenizer,
   ):
     super().__init__()
@@ -87,6 +88,7 @@ class MedCLIP(nn.Module):
     self.text_projection = text_projection
     self.logit_scale = logit_scale
     self.metadata = metadata
+    self.logit_bias = logit_bias  # present when trained with the sigmoid loss
     self.tokenizer = tokenizer
 
   @classmethod
@@ -118,6 +120,7 @@ class MedCLIP(nn.Module):
       linear(heads['text_projection.weight']),
       nn.Parameter(heads['logit_scale']),
       metadata,
+      nn.Parameter(heads['logit_bias']) if 'logit_bias' in heads else None,
       AutoTokenizer.from_pretrained(str(text_dir)),
     )
 

@@ -88,7 +88,7 @@ def model_and_optimizer(config):
 
 
 def make_train_step(model, tx, schedule, mesh, config):
-  """The update: forward both towers, global InfoNCE, AdamW, clamp the scale."""
+  """The update: forward both towers, global contrastive loss, AdamW, clamp the scale."""
   mean, std = tuple(config.data.mean), tuple(config.data.std)
   axes = sharding.batch_axes(mesh)
   frozen = optimizer_lib.frozen_groups(config.train)
@@ -113,7 +113,12 @@ def make_train_step(model, tx, schedule, mesh, config):
         rngs={'dropout': dropout_rng},
         mutable=['batch_stats'],
       )
-      loss = losses.infonce(image_emb, text_emb, jnp.exp(log_scale), mesh, axes)
+      if config.model.loss == 'sigmoid':
+        loss = losses.sigmoid(
+          image_emb, text_emb, jnp.exp(log_scale), params['logit_bias'], mesh, axes
+        )
+      else:
+        loss = losses.infonce(image_emb, text_emb, jnp.exp(log_scale), mesh, axes)
       return loss, updates['batch_stats']
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -71,14 +71,14 @@ def test_infonce_perfect_pairs_have_low_loss():
   assert float(losses.infonce(eye, np.roll(eye, 1, axis=0), 100.0, mesh)) > 10
 
 
-def _run_devices(n):
+def _run_devices(n, snippet=_GRAD_SNIPPET):
   env = {
     **os.environ,
     'XLA_FLAGS': f'--xla_force_host_platform_device_count={n}',
     'JAX_PLATFORMS': 'cpu',
   }
   out = subprocess.run(
-    [sys.executable, '-c', _GRAD_SNIPPET],
+    [sys.executable, '-c', snippet],
     env=env,
     check=True,
     capture_output=True,
@@ -92,5 +92,44 @@ def test_global_batch_loss_and_gradients_do_not_depend_on_device_count():
   one, eight = _run_devices(1), _run_devices(8)
   assert (one['devices'], eight['devices']) == (1, 8)
   np.testing.assert_allclose(eight['loss'], one['loss'], atol=1e-6)
+  np.testing.assert_allclose(np.array(eight['gi']), np.array(one['gi']), atol=1e-6)
+  np.testing.assert_allclose(np.array(eight['gt']), np.array(one['gt']), atol=1e-6)
+
+
+def numpy_sigmoid(img, txt, scale, bias):
+  logits = scale * img.astype(np.float64) @ txt.astype(np.float64).T + bias
+  labels = 2 * np.eye(len(img)) - 1
+  return np.sum(np.log1p(np.exp(-labels * logits))) / len(img)
+
+
+@pytest.mark.parametrize('batch,dim,scale,bias', [(8, 4, 10.0, -10.0), (24, 16, 3.0, 0.5)])
+def test_sigmoid_matches_numpy(batch, dim, scale, bias):
+  rng = np.random.default_rng(batch)
+  img, txt = _unit(rng, (batch, dim)), _unit(rng, (batch, dim))
+  mesh = sharding.create_mesh({'data': -1})
+  got = losses.sigmoid(
+    jnp.asarray(img, jnp.float32), jnp.asarray(txt, jnp.float32), scale, bias, mesh
+  )
+  np.testing.assert_allclose(float(got), numpy_sigmoid(img, txt, scale, bias), rtol=1e-5)
+
+
+_SIGMOID_SNIPPET = """
+import json, jax, jax.numpy as jnp, numpy as np
+from medclip_jax import losses, sharding
+rng = np.random.default_rng(0)
+img = rng.normal(size=(32, 16)); img /= np.linalg.norm(img, axis=1, keepdims=True)
+txt = rng.normal(size=(32, 16)); txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+mesh = sharding.create_mesh({'data': min(2, jax.device_count()), 'fsdp': -1})
+f = jax.jit(jax.value_and_grad(lambda a, b: losses.sigmoid(a, b, 10.0, -5.0, mesh, ('data', 'fsdp')), argnums=(0, 1)))
+loss, (gi, gt) = f(jnp.asarray(img, jnp.float32), jnp.asarray(txt, jnp.float32))
+print(json.dumps({'devices': jax.device_count(), 'loss': float(loss),
+                  'gi': np.asarray(gi).tolist(), 'gt': np.asarray(gt).tolist()}))
+"""
+
+
+def test_sigmoid_ring_over_eight_devices_equals_one_device():
+  one, eight = _run_devices(1, _SIGMOID_SNIPPET), _run_devices(8, _SIGMOID_SNIPPET)
+  assert (one['devices'], eight['devices']) == (1, 8)
+  np.testing.assert_allclose(eight['loss'], one['loss'], atol=1e-5)
   np.testing.assert_allclose(np.array(eight['gi']), np.array(one['gi']), atol=1e-6)
   np.testing.assert_allclose(np.array(eight['gt']), np.array(one['gt']), atol=1e-6)

@@ -166,3 +166,19 @@ def test_sigkill_mid_training_then_rerun_resumes_from_the_checkpoint(tiny_data, 
   assert rerun.returncode == 0, out
   assert f'resuming from the checkpoint at step {saved}' in out
   assert f'training steps {saved + 1}..{saved + 5}' in out
+
+
+def test_sigmoid_loss_trains_and_exports_its_bias(tiny_config, tmp_path):
+  from medclip_jax import export  # pylint: disable=import-outside-toplevel
+
+  config = tiny_config()
+  config.model.loss = 'sigmoid'
+  config.model.logit_scale_init = float(np.log(10.0))
+  config.train.steps = 6
+  train.train_and_evaluate(config, str(tmp_path))
+  rows = _train_rows(tmp_path)
+  assert rows[6]['loss'] < rows[1]['loss']
+  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+
+  heads = load_file(str(export.export(str(tmp_path), str(tmp_path / 'out')) / 'heads.safetensors'))
+  assert heads['logit_bias'].size == 1 and heads['logit_bias'].item() != -10.0  # trained

@@ -17,6 +17,10 @@ def build(model_config) -> MedCLIP:
     raise ValueError(
       f'config.model.dtype must be one of {sorted(_DTYPES)}, got {model_config.dtype!r}.'
     )
+  if model_config.loss not in ('infonce', 'sigmoid'):
+    raise ValueError(
+      f"config.model.loss must be 'infonce' or 'sigmoid', got {model_config.loss!r}."
+    )
   dtype = _DTYPES[model_config.dtype]
   image, text = model_config.image, model_config.text
   return MedCLIP(
@@ -37,5 +41,7 @@ def build(model_config) -> MedCLIP:
       dtype=dtype,
     ),
     embed_dim=model_config.embed_dim,
+    logit_scale_init=model_config.logit_scale_init,
+    logit_bias_init=model_config.logit_bias_init if model_config.loss == 'sigmoid' else None,
     dtype=dtype,
   )

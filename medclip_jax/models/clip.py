@@ -30,6 +30,8 @@ class MedCLIP(nn.Module):
   text_encoder: nn.Module
   embed_dim: int = 512
   logit_scale_init: float = math.log(1 / 0.07)
+  # A learnable offset of the logits, for the sigmoid loss; None: no such param.
+  logit_bias_init: float | None = None
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -45,6 +47,10 @@ class MedCLIP(nn.Module):
     self.logit_scale = self.param(
       'logit_scale', lambda _: jnp.asarray(self.logit_scale_init, jnp.float32)
     )
+    if self.logit_bias_init is not None:
+      self.logit_bias = self.param(
+        'logit_bias', lambda _: jnp.asarray(self.logit_bias_init, jnp.float32)
+      )
 
   def encode_image(self, images, train: bool):
     """Images [B, H, W, 3] -> unit-norm float32 embeddings [B, embed_dim]."""
