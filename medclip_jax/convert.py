@@ -237,17 +237,22 @@ def resolve_pretrained_config(config) -> None:
   config.data.tokenizer = str(directory)
 
 
-def load_pretrained(config, params: dict, batch_stats: dict) -> tuple[dict, dict]:
-  """Replaces tower weights (NumPy trees) by the checkpoints the config names."""
-  params, batch_stats = dict(params), dict(batch_stats)
+def load_pretrained(config, params, batch_stats) -> tuple[dict, dict]:
+  """Tower weights from the checkpoints the config names, as NumPy subtrees.
+
+  `params` and `batch_stats` give the expected structure (shape-only trees are
+  enough). Returns `({top-level key: params subtree}, {key: batch_stats
+  subtree})` for the towers that have an init; the caller places them.
+  """
+  new_params, new_batch_stats = {}, {}
   if config.model.image.init:
     _, path = _split_spec(config.model.image.init, ('torchvision',), 'config.model.image.init')
-    params['image_encoder'], batch_stats['image_encoder'] = resnet_from_torchvision(
+    new_params['image_encoder'], new_batch_stats['image_encoder'] = resnet_from_torchvision(
       read_tensors(path), params['image_encoder'], batch_stats['image_encoder']
     )
   directory = text_init_dir(config)
   if directory is not None:
-    params['text_encoder'] = bert_from_hf(
+    new_params['text_encoder'] = bert_from_hf(
       read_tensors(hf_weights_file(directory)), params['text_encoder']
     )
-  return params, batch_stats
+  return new_params, new_batch_stats

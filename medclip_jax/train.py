@@ -145,9 +145,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   Returns the final evaluation results.
   """
   workdir = str(Path(workdir).absolute())
-  reporter = reporting.Reporter(workdir, config.train.steps)
-
+  # Problems a user can fix are reported before anything is written.
+  info = check_data(config.data)
   convert.resolve_pretrained_config(config)
+  reporter = reporting.Reporter(workdir, config.train.steps)
 
   # ---- Mesh ----
   mesh = sharding.create_mesh(config.mesh)
@@ -157,7 +158,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   )
 
   # ---- Input ----
-  info = check_data(config.data)
   label_vocabs = info.get('labels', {})
   local_batch = sharding.check_batch_size(config.train.batch_size, mesh, 'train.batch_size')
   tokenizer = tokenizer_lib.load(config.data.tokenizer)
@@ -201,12 +201,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
       lambda r: create_train_state(model, tx, config, r), out_shardings=state_shardings
     )(rng)
     if config.model.image.init or config.model.text.init:
+      # Every process reads the files and places its own shards of them.
       params, batch_stats = convert.load_pretrained(
-        config, jax.device_get(state.params), jax.device_get(state.batch_stats)
+        config, abstract_state.params, abstract_state.batch_stats
       )
+      place = lambda new, shardings: jax.device_put(new, {k: shardings[k] for k in new})
       state = state.replace(
-        params=jax.device_put(params, state_shardings.params),
-        batch_stats=jax.device_put(batch_stats, state_shardings.batch_stats),
+        params={**state.params, **place(params, state_shardings.params)},
+        batch_stats={**state.batch_stats, **place(batch_stats, state_shardings.batch_stats)},
       )
       reporter.info(
         f'initialised from {config.model.image.init or "(random image tower)"} and '

@@ -293,11 +293,36 @@ def test_config_init_takes_text_tower_size_tokenizer_and_weights_from_the_direct
     )
   )
   zeros = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)
-  params, _ = convert.load_pretrained(config, zeros['params'], zeros['batch_stats'])
+  params, batch_stats = convert.load_pretrained(config, zeros['params'], zeros['batch_stats'])
+  assert (set(params), batch_stats) == ({'text_encoder'}, {})  # only the tower with an init
   for a, b in zip(jax.tree.leaves(params['text_encoder']), jax.tree.leaves(minilm_params)):
     np.testing.assert_array_equal(a, b)
-  assert not np.any(params['image_projection']['kernel'])  # other weights untouched
 
   config.model.image.init = 'timm:/somewhere'
   with pytest.raises(UserError, match="expected one of 'torchvision:PATH'"):
     convert.load_pretrained(config, zeros['params'], zeros['batch_stats'])
+
+
+def test_demo_config_trains_from_minilm_with_the_text_tower_locked(tiny_data, tmp_path, minilm):
+  from configs import demo  # pylint: disable=import-outside-toplevel
+  from medclip_jax import checkpointing, train  # pylint: disable=import-outside-toplevel
+
+  _, _, minilm_params = minilm
+  config = demo.get_config()  # text tower: the bundled MiniLM, lr multiplier 0
+  config.data.dir = tiny_data
+  config.data.image_size = 32
+  config.model.image.width = 8
+  config.train.batch_size = 8
+  config.train.steps = 2
+  config.eval.batch_size = 16
+  config.eval.bn_recompute_batches = 1
+  train.train_and_evaluate(config, str(tmp_path))
+  _, _, abstract = train.model_and_optimizer(config)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  ckpt = checkpointing.Checkpointer(str(tmp_path), keep=3)
+  state = ckpt.restore_state(
+    2, checkpointing.abstract_like(abstract, jax.tree.map(lambda _: device, abstract))
+  )
+  ckpt.close()
+  for a, b in zip(jax.tree.leaves(state.params['text_encoder']), jax.tree.leaves(minilm_params)):
+    np.testing.assert_array_equal(a, b)
