@@ -16,34 +16,58 @@ def tiny_data(tmp_path_factory):
   return str(out)
 
 
+# The demo config shrunk to tiny towers and 12 steps: applied to config
+# objects by `tiny_config` and passed as --config.* flags by `tiny_flags`.
+TINY = {
+  'data.image_size': 32,
+  'data.max_text_length': 24,
+  'model.embed_dim': 32,
+  'model.image.width': 8,
+  'model.text.init': '',  # a tiny random text tower instead of MiniLM
+  'model.text.hidden_size': 32,
+  'model.text.num_layers': 1,
+  'model.text.num_heads': 2,
+  'model.text.intermediate_size': 64,
+  'train.lr_multipliers.text_encoder': 1.0,
+  'train.batch_size': 16,
+  'train.steps': 12,
+  'train.warmup_steps': 2,
+  'train.log_every': 1,
+  'train.checkpoint_every': 6,
+  'eval.batch_size': 16,
+  'eval.bn_recompute_batches': 2,
+}
+
+
 @pytest.fixture(scope='session')
 def tiny_config(tiny_data):
-  """Makes fresh copies of the demo config shrunk to tiny towers and 12 steps."""
-  return lambda: _tiny_config(tiny_data)
+  """Makes fresh copies of the tiny config."""
+
+  def make():
+    config = demo.get_config()
+    config.data.dir = tiny_data
+    for path, value in TINY.items():
+      *parents, leaf = path.split('.')
+      node = config
+      for name in parents:
+        node = node[name]
+      node[leaf] = value
+    return config
+
+  return make
 
 
-def _tiny_config(tiny_data):
-  config = demo.get_config()
-  config.data.dir = tiny_data
-  config.data.image_size = 32
-  config.data.max_text_length = 24
-  config.model.embed_dim = 32
-  config.model.text.init = ''  # a tiny random text tower instead of MiniLM
-  config.train.lr_multipliers = {'image_encoder': 1.0, 'text_encoder': 1.0, 'heads': 1.0}
-  config.model.image.depth = 18
-  config.model.image.width = 8
-  config.model.text.hidden_size = 32
-  config.model.text.num_layers = 1
-  config.model.text.num_heads = 2
-  config.model.text.intermediate_size = 64
-  config.train.batch_size = 16
-  config.train.steps = 12
-  config.train.warmup_steps = 2
-  config.train.log_every = 1
-  config.train.checkpoint_every = 6
-  config.eval.batch_size = 16
-  config.eval.bn_recompute_batches = 2
-  return config
+@pytest.fixture(scope='session')
+def tiny_flags(tiny_data):
+  """Command-line flags giving the tiny config, with `overrides` on top."""
+
+  def make(**overrides):
+    values = {**TINY, **{k.replace('__', '.'): v for k, v in overrides.items()}}
+    return ['--config=configs/demo.py', f'--config.data.dir={tiny_data}'] + [
+      f'--config.{path}={value}' for path, value in values.items()
+    ]
+
+  return make
 
 
 @pytest.fixture(scope='session')

@@ -83,21 +83,11 @@ def test_resnet_round_trip_is_exact(torch_resnet50):
 @pytest.fixture(scope='module')
 def minilm():
   hf = transformers.BertModel.from_pretrained(str(MINILM), add_pooling_layer=False).eval()
-  text = ml_collections.ConfigDict(convert.hf_bert_config(MINILM))
-  encoders = {
-    pooling: models.BertEncoder(
-      vocab_size=text.vocab_size,
-      hidden_size=text.hidden_size,
-      num_layers=text.num_layers,
-      num_heads=text.num_heads,
-      intermediate_size=text.intermediate_size,
-      max_position_embeddings=text.max_position_embeddings,
-      type_vocab_size=text.type_vocab_size,
-      layer_norm_eps=text.layer_norm_eps,
-      pooling=pooling,
-    )
-    for pooling in ('cls', 'mean')
-  }
+  text = ml_collections.ConfigDict({**convert.hf_bert_config(MINILM), 'pooling': 'cls'})
+  encoders = {}
+  for pooling in ('cls', 'mean'):
+    text.pooling = pooling
+    encoders[pooling] = models.build_text_encoder(text)
   ids = jnp.zeros((1, 8), jnp.int32)
   abstract = jax.eval_shape(
     lambda: encoders['cls'].init(jax.random.PRNGKey(0), ids, ids, train=False)

@@ -114,36 +114,11 @@ def test_medpix_without_data_explains_instead_of_a_traceback(tmp_path):
   assert 'python -m medclip_jax.data.prepare --format=medpix' in out
 
 
-def _tiny_flags(data_dir):
-  return [
-    f'--config.data.dir={data_dir}',
-    '--config.data.image_size=32',
-    '--config.data.max_text_length=24',
-    '--config.model.embed_dim=32',
-    '--config.model.text.init=',
-    '--config.train.lr_multipliers.text_encoder=1.0',
-    '--config.model.image.width=8',
-    '--config.model.text.hidden_size=32',
-    '--config.model.text.num_layers=1',
-    '--config.model.text.num_heads=2',
-    '--config.model.text.intermediate_size=64',
-    '--config.train.batch_size=16',
-    '--config.train.warmup_steps=2',
-    '--config.eval.batch_size=16',
-    '--config.eval.bn_recompute_batches=2',
-  ]
-
-
-def test_sigkill_mid_training_then_rerun_resumes_from_the_checkpoint(tiny_data, tmp_path):
-  args = [
-    '--config=configs/demo.py',
-    f'--workdir={tmp_path}',
-    *_tiny_flags(tiny_data),
-    '--config.train.steps=100000',
-    '--config.train.log_every=5',
-    '--config.train.checkpoint_every=5',
-  ]
-  proc = _main(args, start_new_session=True)
+def test_sigkill_mid_training_then_rerun_resumes_from_the_checkpoint(tiny_flags, tmp_path):
+  every = {'train__log_every': 5, 'train__checkpoint_every': 5}
+  proc = _main(
+    [f'--workdir={tmp_path}', *tiny_flags(train__steps=100000, **every)], start_new_session=True
+  )
   checkpoints = tmp_path / 'checkpoints'
   deadline = time.time() + 240
   while time.time() < deadline and not (checkpoints / '10').exists():
@@ -154,14 +129,7 @@ def test_sigkill_mid_training_then_rerun_resumes_from_the_checkpoint(tiny_data, 
   saved = checkpointing.Checkpointer(str(tmp_path), keep=3).latest_step()
   assert saved is not None and saved >= 10
 
-  rerun = _main(
-    [
-      *args[:-3],
-      f'--config.train.steps={saved + 5}',
-      '--config.train.log_every=5',
-      '--config.train.checkpoint_every=5',
-    ]
-  )
+  rerun = _main([f'--workdir={tmp_path}', *tiny_flags(train__steps=saved + 5, **every)])
   out, _ = rerun.communicate(timeout=300)
   assert rerun.returncode == 0, out
   assert f'resuming from the checkpoint at step {saved}' in out
