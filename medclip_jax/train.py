@@ -44,7 +44,7 @@ class TrainState:
 def check_data(data_config) -> dict:
   """The dataset's info, or a UserError saying how to prepare the data."""
   try:
-    return records.read_dataset_info(data_config.dir)
+    info = records.read_dataset_info(data_config.dir)
   except FileNotFoundError as e:
     raise UserError(
       f'No prepared dataset found in {Path(data_config.dir).absolute()} '
@@ -52,6 +52,12 @@ def check_data(data_config) -> dict:
       f'dataset_info.json written by the prepare command; for this config '
       f'run:\n  {data_config.prepare_command}\nthen start training again.'
     ) from e
+  if info.get('splits', {}).get(data_config.train_split, {}).get('count') == 0:
+    raise UserError(
+      f'The {data_config.train_split!r} split in {data_config.dir} is empty: nothing to train '
+      'on. Check the skipped records in its dataset_info.json.'
+    )
+  return info
 
 
 def create_train_state(model, tx, config, rng) -> TrainState:

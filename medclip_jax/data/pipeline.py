@@ -18,6 +18,7 @@ from PIL import Image
 
 from medclip_jax.data import records
 from medclip_jax.data import tokenizer as tokenizer_lib
+from medclip_jax.errors import UserError
 
 # Words whose meaning a left-right flip reverses.
 _LATERALITY_SWAP = {'left': 'right', 'right': 'left'}
@@ -174,6 +175,11 @@ def eval_batches(
   source = _source(data_config.dir, split)
   preprocess = Preprocess(data_config, label_vocabs=label_vocabs, train=False)
   n = len(source)
+  if n == 0:
+    raise UserError(
+      f'The {split!r} split in {data_config.dir} has no records to evaluate on; '
+      'set config.eval.split to a split that has some.'
+    )
   padded = -(-n // global_batch_size) * global_batch_size
   pad_example = None
 
