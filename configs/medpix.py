@@ -2,7 +2,7 @@
 
 Prepare the MedPix export once, then train:
 
-  python -m medclip_jax.data.prepare --format=medpix --input=/path/to/medpix --output=data/medpix
+  python -m medclip_jax.data.prepare --format=medpix --input=/path/to/medpix/export.csv --output=data/medpix
   python -m medclip_jax.main --config=configs/medpix.py --workdir=runs/medpix
 
 Without prepared data the run stops with a message saying where the data
