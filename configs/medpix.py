@@ -19,7 +19,7 @@ def get_config():
   config.data.dir = 'data/medpix'
   config.data.prepare_command = (
     'python -m medclip_jax.data.prepare --format=medpix '
-    '--input=/path/to/medpix --output=data/medpix'
+    '--input=/path/to/medpix/export.csv --output=data/medpix'
   )
   config.data.image_size = 224
   config.data.max_text_length = 128
