@@ -1,0 +1,29 @@
+"""Every config file builds its model and documents the command that runs it."""
+
+import importlib
+from pathlib import Path
+
+import jax
+import pytest
+
+from medclip_jax import convert
+from medclip_jax import train
+
+CONFIGS = sorted(
+  p.stem for p in Path('configs').glob('*.py') if p.stem not in ('__init__', 'default')
+)
+
+
+def test_the_expected_configs_exist():
+  assert {'demo', 'medpix', 'roco'} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_config_builds_its_model_and_documents_its_command(name):
+  module = importlib.import_module(f'configs.{name}')
+  assert f'--config=configs/{name}.py' in module.__doc__
+  config = module.get_config()
+  assert config.data.prepare_command.startswith('python -m medclip_jax.data.prepare')
+  convert.resolve_pretrained_config(config)
+  _, _, abstract = train.model_and_optimizer(config)  # shapes only, nothing allocated
+  assert jax.tree.leaves(abstract.params)
