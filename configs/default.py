@@ -3,6 +3,8 @@
 Not a runnable config by itself: see demo.py and medpix.py.
 """
 
+import math
+
 import ml_collections
 
 from medclip_jax.data.tokenizer import BUNDLED_MINILM
@@ -46,7 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
   # 'infonce' (CLIP: softmax over the global batch) or 'sigmoid' (SigLIP:
   # independent match/no-match per pair, texts passed round a device ring).
   config.model.loss = 'infonce'
-  config.model.logit_scale_init = 2.6593  # log(1/0.07), CLIP's; SigLIP uses log(10)
+  config.model.logit_scale_init = math.log(1 / 0.07)  # CLIP's; SigLIP uses log(10)
   config.model.logit_bias_init = -10.0  # sigmoid loss only
   config.model.image = ml_collections.ConfigDict()
   config.model.image.depth = 50

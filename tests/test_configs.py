@@ -1,6 +1,7 @@
 """Every config file builds its model and documents the command that runs it."""
 
 import importlib
+import math
 from pathlib import Path
 
 import jax
@@ -24,6 +25,7 @@ def test_config_builds_its_model_and_documents_its_command(name):
   assert f'--config=configs/{name}.py' in module.__doc__
   config = module.get_config()
   assert config.data.prepare_command.startswith('python -m medclip_jax.data.prepare')
+  assert config.model.loss == 'infonce' and config.model.logit_scale_init == math.log(1 / 0.07)
   convert.resolve_pretrained_config(config)
   _, _, abstract = train.model_and_optimizer(config)  # shapes only, nothing allocated
   assert jax.tree.leaves(abstract.params)
