@@ -1,0 +1,189 @@
+"""What every dataset format shares: the `Source` a builder returns, `Skipped`
+inputs, option checks, and the conversion of a real format's `Entry`s into
+records (robust image and caption reading from medclip_jax.data.ingest).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from medclip_jax.data import ingest
+
+
+class OptionError(ValueError):
+  """A bad format name or option value (reported without a traceback)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+  """Yielded by a format instead of a record it could not convert."""
+
+  id: str
+  reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """What a format builder returns.
+
+  records: yields record dicts (and `Skipped` for inputs that failed), once.
+  split_of: the split rule, record -> one of records.SPLITS; it must keep
+    every group in a single split.
+  labels: the label vocabularies the format defines; classes seen in the
+    records are added to them in dataset_info.json.
+  info: extra dataset_info.json fields (e.g. image_size, seed); read after
+    the records are exhausted, so a format may fill it while yielding them.
+  max_bad_fraction: if set, prepare fails (writing nothing) when more than
+    this fraction of the inputs are skipped.
+  """
+
+  records: Iterable[dict | Skipped]
+  split_of: Callable[[dict], str]
+  labels: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
+  info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  max_bad_fraction: float | None = None
+
+
+# Real formats read their inputs into `Entry`s, which `real_source` converts
+# (skipping bad ones), splits and limits the same way.
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One input of a real format, before its image and caption are checked."""
+
+  id: str
+  group: str
+  image: str  # path
+  caption: str | bytes
+  labels: Mapping[str, str]
+
+
+def check_real_options(
+  format: str,  # pylint: disable=redefined-builtin
+  input: str | None,  # pylint: disable=redefined-builtin
+  want_dir: bool,
+  val_fraction: float,
+  test_fraction: float,
+  limit: int,
+  max_side: int,
+  max_bad_fraction: float,
+) -> None:
+  if not input:
+    raise OptionError(
+      f'format {format!r} needs --input (the dataset {"directory" if want_dir else "file"}).'
+    )
+  if not os.path.exists(input):
+    raise OptionError(f'--input={input!r} does not exist.')
+  if want_dir != os.path.isdir(input):
+    raise OptionError(
+      f'format {format!r}: --input={input!r} must be a {"directory" if want_dir else "file"}.'
+    )
+  if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
+    raise OptionError(
+      f'val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be >= 0 '
+      'and add up to less than 1.'
+    )
+  if limit < 0:
+    raise OptionError(f'limit must be >= 0 (0 = all), got {limit}.')
+  if max_side < 16:
+    raise OptionError(f'max_side must be >= 16, got {max_side}.')
+  if not 0 <= max_bad_fraction <= 1:
+    raise OptionError(f'max_bad_fraction must be in [0, 1], got {max_bad_fraction}.')
+
+
+def convert(entries: Iterable[Entry | Skipped], max_side: int, repaired: list) -> Iterator:
+  """Records (or Skipped) for `entries`; notes repaired captions in `repaired`."""
+  for entry in entries:
+    if isinstance(entry, Skipped):
+      yield entry
+      continue
+    try:
+      caption, was_repaired = ingest.clean_caption(entry.caption)
+      image = ingest.load_image(entry.image, max_side)
+    except ingest.BadRecord as e:
+      yield Skipped(entry.id, e.reason)
+      continue
+    if was_repaired:
+      repaired.append({'id': entry.id, 'reason': 'invalid UTF-8 in caption replaced'})
+    yield {
+      'id': entry.id,
+      'group': entry.group,
+      'image': image,
+      'caption': caption,
+      'labels': dict(entry.labels),
+    }
+
+
+def real_source(
+  entries: Iterable[Entry | Skipped],
+  split_of: Callable[[dict], str],
+  *,
+  input: str,  # pylint: disable=redefined-builtin
+  limit: int,
+  max_side: int,
+  max_bad_fraction: float,
+  **info,
+) -> Source:
+  repaired: list[dict] = []
+  if limit:
+    entries = itertools.islice(entries, limit)
+  return Source(
+    records=convert(entries, max_side, repaired),
+    split_of=split_of,
+    info={'input': os.path.abspath(input), 'max_side': max_side, 'repaired': repaired, **info},
+    max_bad_fraction=max_bad_fraction,
+  )
+
+
+def hash_split(seed: int, val_fraction: float, test_fraction: float) -> Callable[[dict], str]:
+  return lambda record: ingest.split_by_group(record['group'], seed, val_fraction, test_fraction)
+
+
+def text(value: Any) -> str:
+  """A table cell as clean text ('' for a missing one)."""
+  if value is None:
+    return ''
+  return ingest.repair_text(str(value))[0].strip()
+
+
+def read_table(path: str) -> tuple[list[str], list[dict | None]]:
+  """The columns and rows of a .csv, .json (a list of objects) or .jsonl file.
+
+  Undecodable bytes are kept as surrogate escapes (see ingest.clean_caption);
+  a row that is not an object (a bad JSON line) is None.
+  """
+  ext = os.path.splitext(path)[1].lower()
+  with open(path, encoding='utf-8-sig', errors='surrogateescape', newline='') as f:
+    if ext == '.csv':
+      reader = csv.DictReader(f)
+      rows = list(reader)
+      return list(reader.fieldnames or []), rows
+    if ext == '.jsonl':
+      rows = []
+      for line in f:
+        if not line.strip():
+          continue
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError:
+          row = None
+        rows.append(row if isinstance(row, dict) else None)
+    elif ext == '.json':
+      try:
+        data = json.load(f)
+      except json.JSONDecodeError as e:
+        raise OptionError(f'{path!r} is not valid JSON: {e}') from e
+      if not isinstance(data, list):
+        raise OptionError(f'{path!r} must hold a JSON list of objects.')
+      rows = [row if isinstance(row, dict) else None for row in data]
+    else:
+      raise OptionError(f'{path!r}: expected a .csv, .json or .jsonl file.')
+  columns = list(dict.fromkeys(key for row in rows if row for key in row))
+  return columns, rows
