@@ -60,7 +60,9 @@ class Entry:
 
   id: str
   group: str
-  image: str  # path
+  # A path, or for inputs that are not image files (DICOM) a function of
+  # max_side returning PNG bytes, raising ingest.BadRecord on failure.
+  image: str | Callable[[int], bytes]
   caption: str | bytes
   labels: Mapping[str, str]
 
@@ -106,7 +108,10 @@ def convert(entries: Iterable[Entry | Skipped], max_side: int, repaired: list) -
       continue
     try:
       caption, was_repaired = ingest.clean_caption(entry.caption)
-      image = ingest.load_image(entry.image, max_side)
+      if callable(entry.image):
+        image = entry.image(max_side)
+      else:
+        image = ingest.load_image(entry.image, max_side)
     except ingest.BadRecord as e:
       yield Skipped(entry.id, e.reason)
       continue
