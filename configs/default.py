@@ -36,6 +36,10 @@ def get_config() -> ml_collections.ConfigDict:
   # ('skip').
   config.data.hflip_prob = 0.0
   config.data.laterality = 'swap'
+  # What training pairs each image with: 'caption', or a template filled from
+  # the record's labels, e.g. '{modality} of the {body_part}.' (records
+  # lacking a label it names keep their caption). Evaluation uses captions.
+  config.data.train_text = 'caption'
   config.data.tokenizer = BUNDLED_MINILM  # or a Hugging Face model directory
   config.data.max_text_length = 64
   config.data.num_threads = 2  # reader threads per process

@@ -136,6 +136,7 @@ def make_train_step(model, tx, schedule, mesh, config):
       'learning_rate': schedule(state.step),
       'grad_norm': optax.tree.norm(grads),
       'logit_scale': jnp.exp(params['logit_scale']),
+      'truncated_texts': jnp.sum(batch['truncated']),
     }
     new_state = state.replace(
       step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
@@ -143,6 +144,23 @@ def make_train_step(model, tx, schedule, mesh, config):
     return new_state, metrics
 
   return train_step
+
+
+def init_state(model, tx, config, state_shardings, rng) -> TrainState:
+  """A fresh TrainState, each array created directly in its sharding."""
+  return jax.jit(
+    lambda r: create_train_state(model, tx, config, r), out_shardings=state_shardings
+  )(rng)
+
+
+def jit_train_step(model, tx, schedule, mesh, config, state_shardings):
+  """The jitted update: (state, global batch) -> (state, metrics); state donated."""
+  return jax.jit(
+    make_train_step(model, tx, schedule, mesh, config),
+    in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+    out_shardings=(state_shardings, sharding.replicated(mesh)),
+    donate_argnums=0,
+  )
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -153,6 +171,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   workdir = str(Path(workdir).absolute())
   # Problems a user can fix are reported before anything is written.
   info = check_data(config.data)
+  train_text = pipeline.describe_train_text(config.data, info)
   convert.resolve_pretrained_config(config)
   reporter = reporting.Reporter(workdir, config.train.steps)
 
@@ -173,6 +192,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       f'{len(tokenizer)} tokens but config.model.text.vocab_size is '
       f'{config.model.text.vocab_size}; make them agree.'
     )
+  reporter.info(train_text)
   train_iter = pipeline.train_iterator(
     config.data,
     seed=config.seed,
@@ -192,20 +212,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   reporter.info(f'model: {n_params / 1e6:.2f}M parameters')
 
   # ---- Update step ----
-  train_step = jax.jit(
-    make_train_step(model, tx, schedule, mesh, config),
-    in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-    out_shardings=(state_shardings, sharding.replicated(mesh)),
-    donate_argnums=0,
-  )
+  train_step = jit_train_step(model, tx, schedule, mesh, config, state_shardings)
 
   # ---- Checkpoint ----
   checkpointer = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
   latest = checkpointer.latest_step()
   if latest is None:
-    state = jax.jit(
-      lambda r: create_train_state(model, tx, config, r), out_shardings=state_shardings
-    )(rng)
+    state = init_state(model, tx, config, state_shardings, rng)
     if config.model.image.init or config.model.text.init:
       # Every process reads the files and places its own shards of them.
       params, batch_stats = convert.load_pretrained(
@@ -260,6 +273,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   total = config.train.steps
   start = int(state.step)
   pending = []
+  truncated = 0  # texts cut off at max_text_length tokens in this run
   if start < total:
     reporter.info(f'training steps {start + 1}..{total}, global batch {config.train.batch_size}')
   try:
@@ -279,6 +293,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         )
       if step % config.train.log_every == 0 or step == total:
         logged = jax.device_get(pending)
+        truncated += sum(int(m['truncated_texts']) for m in logged)
         scalars = {k: float(np.mean([m[k] for m in logged])) for k in logged[0]}
         scalars['learning_rate'] = float(logged[-1]['learning_rate'])
         reporter.train_progress(step, scalars, config.train.batch_size)
@@ -300,5 +315,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     checkpointer.wait()
     checkpointer.close()
     reporter.close()
+  if truncated:
+    texts = (total - start) * config.train.batch_size
+    reporter.info(
+      f'{truncated} of {texts} training texts ({truncated / texts:.1%}) were longer than '
+      f'config.data.max_text_length={config.data.max_text_length} tokens and were truncated.'
+    )
   reporter.info(evaluate.format_table(total, results))
   return results

@@ -1,5 +1,6 @@
 """Tests of the record format, the synthetic generator and the prepare CLI."""
 
+import collections
 import io
 import os
 import re
@@ -147,9 +148,12 @@ def test_dataset_info(dataset):
 
 
 def test_records_decode_and_match_their_labels(dataset):
-  data_dir, _ = dataset
+  data_dir, info = dataset
   for split in records.SPLITS:
     recs = _split_records(data_dir, split)
+    for name in synthetic.LABELS:
+      counts = collections.Counter(r['labels'][name] for r in recs)
+      assert info['label_counts'][split][name] == dict(sorted(counts.items()))
     assert sorted(r['id'] for r in recs) == [
       f'synthetic-{split}-{i:06d}' for i in range(COUNTS[split])
     ]

@@ -22,13 +22,16 @@ def data_config(**overrides):
       crop_scale=(0.5, 1.0),
       hflip_prob=0.0,
       laterality='swap',
+      train_text='caption',
+      dir='data/x',
+      train_split='train',
     )
   )
   config.update(overrides)
   return config
 
 
-def _record(caption, image=None):
+def _record(caption, image=None, labels=None):
   if image is None:
     image = np.zeros((20, 30), np.uint8)
     image[:, :5] = 255  # a bright stripe on the image's left edge
@@ -40,7 +43,7 @@ def _record(caption, image=None):
       'group': 'x',
       'image': buf.getvalue(),
       'caption': caption,
-      'labels': {'laterality': 'left'},
+      'labels': {'laterality': 'left'} if labels is None else labels,
     }
   )
 
@@ -105,3 +108,57 @@ def test_flip_skip_policy_leaves_lateral_captions_unflipped():
 def test_flips_are_off_by_default():
   pre = pipeline.Preprocess(data_config(crop_scale=(1.0, 1.0)), train=True)
   assert not any(_flipped(pre, 'Normal chest.', seed)[0] for seed in range(10))
+
+
+def _text(pre, ex):
+  return pre.tokenizer.decode(ex['input_ids'], skip_special_tokens=True)
+
+
+def test_train_text_template_uses_labels_and_falls_back_to_the_caption():
+  config = data_config(train_text='{modality} of the {body_part}.', max_text_length=32)
+  train = pipeline.Preprocess(config, train=True)
+  rng = np.random.default_rng(0)
+  labelled = _record('Axial image, large mass.', labels={'modality': 'MRI', 'body_part': 'brain'})
+  unlabelled = _record('Axial image, large mass.', labels={'modality': 'MRI'})
+  assert _text(train, train(labelled, rng)) == 'mri of the brain.'
+  assert _text(train, train(unlabelled, rng)) == 'axial image, large mass.'
+  # Evaluation always pairs images with their captions.
+  evaluation = pipeline.Preprocess(config, train=False)
+  assert _text(evaluation, evaluation(labelled)) == 'axial image, large mass.'
+
+
+def test_long_texts_are_truncated_and_flagged():
+  pre = pipeline.Preprocess(data_config(max_text_length=8))
+  short, long = pre(_record('CT of the chest.')), pre(_record('a b c d e f g h i j k'))
+  assert short['truncated'] == 0 and long['truncated'] == 1
+  assert long['attention_mask'].sum() == 8 and _text(pre, long) == 'a b c d e f'
+
+
+@pytest.mark.parametrize(
+  'template,message',
+  [
+    ('a scan.', 'names no label'),
+    ('{} scan.', 'write fields as'),
+    ('{modality!r} scan.', 'write fields as'),
+    ('{modality scan.', 'Bad text template'),
+  ],
+)
+def test_bad_text_templates_are_user_errors(template, message):
+  with pytest.raises(UserError, match=message):
+    pipeline.describe_train_text(data_config(train_text=template), {'labels': {'modality': []}})
+
+
+def test_describe_train_text_checks_labels_and_counts_records_lacking_them():
+  info = {
+    'labels': {'modality': ['CT', 'MRI'], 'body_part': ['brain']},
+    'splits': {'train': {'count': 10}},
+    'label_counts': {'train': {'modality': {'CT': 4, 'MRI': 5}, 'body_part': {'brain': 10}}},
+  }
+  describe = lambda template: pipeline.describe_train_text(data_config(train_text=template), info)
+  assert describe('{modality} scan.').endswith(
+    '1 of 10 train records lack a label it names and keep their caption'
+  )
+  assert '1 of 10' in describe('{modality} of the {body_part}.')
+  with pytest.raises(UserError, match='label.*plane.*its labels are body_part, modality'):
+    describe('{plane} view.')
+  assert pipeline.describe_train_text(data_config(), info) == 'training text: captions'

@@ -150,3 +150,23 @@ def test_sigmoid_loss_trains_and_exports_its_bias(tiny_config, tmp_path):
 
   heads = load_file(str(export.export(str(tmp_path), str(tmp_path / 'out')) / 'heads.safetensors'))
   assert heads['logit_bias'].size == 1 and heads['logit_bias'].item() != -10.0  # trained
+
+
+def test_training_on_label_text_reports_truncated_texts(tiny_config, tmp_path, capsys):
+  config = tiny_config()
+  config.data.train_text = '{modality} of the {body_part}.'
+  config.data.max_text_length = 5  # '[CLS] ct of the brain . [SEP]' does not fit
+  config.train.steps = 3
+  config.eval.bn_recompute_batches = 0
+  train.train_and_evaluate(config, str(tmp_path))
+  out = capsys.readouterr().out
+  assert (
+    "training text: '{modality} of the {body_part}.' filled from labels; "
+    '0 of 96 train records lack a label it names' in out
+  )
+  assert (
+    '48 of 48 training texts (100.0%) were longer than config.data.max_text_length=5 tokens'
+    in out
+  )
+  rows = _train_rows(tmp_path)
+  assert [rows[s]['truncated_texts'] for s in (1, 2, 3)] == [16, 16, 16]

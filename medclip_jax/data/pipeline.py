@@ -10,6 +10,7 @@ normalised on the device by `normalize`.
 
 import io
 import re
+import string
 
 import grain
 import jax.numpy as jnp
@@ -43,6 +44,68 @@ def swap_laterality(caption: str) -> str:
   return _LATERALITY_RE.sub(swap, caption)
 
 
+def template_fields(template: str) -> list[str]:
+  """The label names in a text template like '{modality} of the {body_part}.'.
+
+  Raises ValueError for a template with no named fields, positional or
+  formatted fields, or bad braces.
+  """
+  try:
+    parsed = list(string.Formatter().parse(template))
+  except ValueError as e:
+    raise ValueError(f'Bad text template {template!r}: {e}.') from e
+  fields = []
+  for _, name, spec, conversion in parsed:
+    if name is None:
+      continue
+    if not name.isidentifier() or spec or conversion:
+      raise ValueError(
+        f'Bad text template {template!r}: write fields as {{label_name}}, e.g. '
+        "'{modality} of the {body_part}.'"
+      )
+    fields.append(name)
+  if not fields:
+    raise ValueError(f'Text template {template!r} names no label, e.g. {{modality}}.')
+  return list(dict.fromkeys(fields))
+
+
+def describe_train_text(data_config, info: dict) -> str:
+  """What training pairs images with, checked against the dataset's labels.
+
+  Raises UserError for a template that is malformed or names a label the
+  dataset does not have.
+  """
+  if data_config.train_text == 'caption':
+    return 'training text: captions'
+  try:
+    fields = template_fields(data_config.train_text)
+  except ValueError as e:
+    raise UserError(f'config.data.train_text: {e} Or set it to "caption".') from e
+  known = info.get('labels', {})
+  unknown = [f for f in fields if f not in known]
+  if unknown:
+    raise UserError(
+      f'config.data.train_text={data_config.train_text!r} names label(s) '
+      f'{", ".join(unknown)} that {data_config.dir} does not have; its labels are '
+      f'{", ".join(sorted(known)) or "(none)"}. Use those, or "caption".'
+    )
+  split = data_config.train_split
+  total = info.get('splits', {}).get(split, {}).get('count', 0)
+  counts = info.get('label_counts', {}).get(split)
+  if counts is None:
+    lacking = 'an unknown number of records (prepared before label counts were recorded)'
+  else:
+    # A record lacking any one of the labels keeps its caption; per-label
+    # counts give the exact number only when at most one label is missing.
+    missing = max(total - sum(counts.get(f, {}).values()) for f in fields)
+    exact = len(fields) == 1 or missing == 0
+    lacking = f'{"" if exact else "at least "}{missing} of {total}'
+  return (
+    f'training text: {data_config.train_text!r} filled from labels; {lacking} '
+    f'{split} records lack a label it names and keep their caption'
+  )
+
+
 def decode_image(data: bytes) -> Image.Image:
   image = Image.open(io.BytesIO(data))
   image.draft('RGB', (image.width, image.height))  # JPEG: decode no larger than needed
@@ -72,6 +135,12 @@ class Preprocess:
   """Turns one serialised record into model inputs (picklable for workers)."""
 
   def __init__(self, data_config, label_vocabs=None, train=False):
+    # Training may pair images with label text instead of captions;
+    # evaluation always uses the captions.
+    self.template = None
+    if train and data_config.train_text != 'caption':
+      self.template = data_config.train_text
+      self.template_fields = template_fields(self.template)
     self.image_size = data_config.image_size
     self.max_length = data_config.max_text_length
     self.tokenizer_spec = data_config.tokenizer
@@ -105,22 +174,43 @@ class Preprocess:
       caption = swap_laterality(caption)
     return image[:, ::-1], caption
 
+  def text(self, record: dict) -> str:
+    """The caption, or the template filled from the record's labels if it has them all."""
+    if self.template and all(f in record['labels'] for f in self.template_fields):
+      return self.template.format(**record['labels'])
+    return record['caption']
+
+  def tokenize(self, text: str) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Token ids and mask, padded to max_length, and whether text was cut off."""
+    tokens = self.tokenizer(
+      text,
+      max_length=self.max_length,
+      padding='max_length',
+      truncation=True,
+      return_overflowing_tokens=True,
+    )
+    ids, mask = tokens['input_ids'], tokens['attention_mask']
+    if ids and isinstance(ids[0], list):  # fast tokenizers: one row per overflow window
+      return np.asarray(ids[0], np.int32), np.asarray(mask[0], np.int32), len(ids) > 1
+    truncated = bool(tokens.get('overflowing_tokens'))
+    return np.asarray(ids, np.int32), np.asarray(mask, np.int32), truncated
+
   def __call__(self, raw: bytes, rng: np.random.Generator | None = None):
     record = records.decode(raw)
     image = decode_image(record['image'])
-    caption = record['caption']
+    caption = self.text(record)
     if self.train:
       pixels = random_crop(image, self.image_size, self.crop_scale, rng)
       pixels, caption = self._flip(pixels, caption, rng)
     else:
       pixels = center_crop(image, self.image_size)
-    tokens = self.tokenizer(
-      caption, max_length=self.max_length, padding='max_length', truncation=True
-    )
+    input_ids, attention_mask, truncated = self.tokenize(caption)
     example = {
       'image': np.ascontiguousarray(pixels),
-      'input_ids': np.asarray(tokens['input_ids'], np.int32),
-      'attention_mask': np.asarray(tokens['attention_mask'], np.int32),
+      'input_ids': input_ids,
+      'attention_mask': attention_mask,
+      # Counted by the trainer: texts longer than the text tower takes.
+      'truncated': np.int32(truncated),
     }
     for field, vocab in self.label_vocabs.items():
       example[f'label/{field}'] = np.int32(vocab.get(record['labels'].get(field), -1))

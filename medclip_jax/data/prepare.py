@@ -101,6 +101,7 @@ def prepare(
   writers = {split: records.SplitWriter(output, split, num_shards) for split in records.SPLITS}
   skipped: list[dict] = []
   labels = {name: set(values) for name, values in source.labels.items()}
+  label_counts = {split: collections.defaultdict(collections.Counter) for split in records.SPLITS}
   caption_words: list[int] = []
   split_of_group: dict[str, str] = {}
   seen_ids: set[str] = set()
@@ -126,6 +127,7 @@ def prepare(
       writers[split].write(item)
       for name, value in item['labels'].items():
         labels.setdefault(name, set()).add(value)
+        label_counts[split][name][value] += 1
       caption_words.append(len(item['caption'].split()))
     if source.max_bad_fraction is not None:
       _check_bad_fraction(format, len(seen_ids), skipped, source.max_bad_fraction)
@@ -144,6 +146,11 @@ def prepare(
     'converted': sum(s['count'] for s in splits.values()),
     'skipped': skipped,
     'labels': {name: sorted(values) for name, values in labels.items()},
+    # Records per class and split: class balance, and how many records lack a label.
+    'label_counts': {
+      split: {name: dict(sorted(counts.items())) for name, counts in sorted(by_name.items())}
+      for split, by_name in label_counts.items()
+    },
     'caption_length': {
       'min': min(caption_words, default=0),
       'mean': round(sum(caption_words) / max(1, len(caption_words)), 2),

@@ -230,9 +230,10 @@ def write_dataset_info(output_dir: str, info: dict) -> str:
 
   Keys written by medclip_jax.data.prepare: 'format', 'splits' ({split:
   {'count', 'files' (basenames)}}), 'converted', 'skipped' ([{'id',
-  'reason'}]), 'labels' ({name: sorted classes}), 'caption_length' ({'min',
-  'mean', 'max'} in words), 'image_size', 'seed'. The formatting is stable
-  (sorted keys) so equal infos give equal files.
+  'reason'}]), 'labels' ({name: sorted classes}), 'label_counts' ({split:
+  {name: {class: records}}}), 'caption_length' ({'min', 'mean', 'max'} in
+  words), and what the format adds (e.g. 'image_size', 'seed'). The
+  formatting is stable (sorted keys) so equal infos give equal files.
   """
   os.makedirs(output_dir, exist_ok=True)
   path = os.path.join(output_dir, DATASET_INFO)
