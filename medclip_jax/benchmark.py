@@ -1,0 +1,142 @@
+"""Throughput benchmark: the input pipeline alone, then the train step alone.
+
+    python -m medclip_jax.benchmark --config=configs/demo.py [--steps=10]
+
+Reads the config's prepared data (config.data.dir) and prints
+  - input: examples/s of the training pipeline by itself (read, decode, crop,
+    tokenize and batch, with the config's reader threads and workers);
+  - step: pairs/s of the jitted train step by itself, fed one batch again and
+    again, timed after warm-up steps (the first compiles), and the step's
+    TFLOP/s per device from XLA's cost analysis;
+  - their ratio. Below a few times, the devices wait for input: raise
+    config.data.num_threads or config.data.workers.
+Every config field can be overridden as in main, e.g.
+--config.train.batch_size=128. BENCHMARKS.md records the measured figures.
+"""
+
+import time
+
+import jax
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from medclip_jax import convert
+from medclip_jax import optimizer as optimizer_lib
+from medclip_jax import sharding
+from medclip_jax import train
+from medclip_jax.data import pipeline
+from medclip_jax.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file.')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Train steps timed (after the warm-up).')
+_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed train steps first (the first compiles).')
+_INPUT_BATCHES = flags.DEFINE_integer('input_batches', 20, 'Input batches timed.')
+flags.mark_flags_as_required(['config'])
+
+
+def measure_input(config, batches: int) -> float:
+  """Examples per second the training pipeline delivers on this process."""
+  local_batch = config.train.batch_size // jax.process_count()
+  it = pipeline.train_iterator(
+    config.data,
+    seed=config.seed,
+    local_batch_size=local_batch,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  next(it)  # starts the reader threads (and workers)
+  start = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  return batches * local_batch / (time.perf_counter() - start)
+
+
+def _step_flops(compiled) -> float | None:
+  """FLOPs of one step per device, from XLA's cost analysis (None if absent)."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, list):  # older jax: one dict per program
+    analysis = analysis[0] if analysis else None
+  flops = (analysis or {}).get('flops')
+  return float(flops) if flops and flops > 0 else None
+
+
+def measure_step(config, steps: int, warmup: int) -> dict:
+  """Seconds per train step, pairs/s and TFLOP/s per device, after `warmup` steps."""
+  mesh = sharding.create_mesh(config.mesh)
+  local_batch = sharding.check_batch_size(config.train.batch_size, mesh, 'train.batch_size')
+  model, tx, abstract_state = train.model_and_optimizer(config)
+  state_shardings = sharding.state_shardings(abstract_state, mesh, config.fsdp_min_size)
+  step_fn = train.jit_train_step(
+    model, tx, optimizer_lib.learning_rate_schedule(config.train), mesh, config, state_shardings
+  )
+  state = train.init_state(model, tx, config, state_shardings, jax.random.PRNGKey(config.seed))
+  local = next(
+    pipeline.train_iterator(
+      config.data,
+      seed=config.seed,
+      local_batch_size=local_batch,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
+  )
+  batch = sharding.to_global_batch(local, mesh)
+  flops = _step_flops(step_fn.lower(state, batch).compile())
+  for _ in range(warmup):
+    state, metrics = step_fn(state, batch)
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = step_fn(state, batch)
+  jax.block_until_ready(metrics)
+  seconds = (time.perf_counter() - start) / steps
+  return {
+    'step_seconds': seconds,
+    'step_pairs_per_s': config.train.batch_size / seconds,
+    'tflops_per_device': None if flops is None else flops / seconds / 1e12,
+  }
+
+
+def run(config, steps: int = 10, warmup: int = 2, input_batches: int = 20) -> dict:
+  """Both measurements and their ratio (input examples/s over step pairs/s)."""
+  train.check_data(config.data)
+  convert.resolve_pretrained_config(config)  # sizes of a pretrained text tower
+  results = {'input_examples_per_s': measure_input(config, input_batches)}
+  results.update(measure_step(config, steps, warmup))
+  results['input_to_step_ratio'] = results['input_examples_per_s'] / results['step_pairs_per_s']
+  return results
+
+
+def format_results(config, results: dict) -> str:
+  tflops = results['tflops_per_device']
+  return '\n'.join(
+    [
+      f'{jax.device_count()} {jax.devices()[0].platform} device(s), global batch '
+      f'{config.train.batch_size}, image {config.data.image_size} px, '
+      f'text {config.data.max_text_length} tokens',
+      f'input pipeline: {results["input_examples_per_s"]:8.1f} examples/s',
+      f'train step:     {results["step_pairs_per_s"]:8.1f} pairs/s '
+      f'({results["step_seconds"] * 1e3:.0f} ms/step'
+      + ('' if tflops is None else f', {tflops:.3f} TFLOP/s per device')
+      + ')',
+      f'input / step:   {results["input_to_step_ratio"]:8.1f}x',
+    ]
+  )
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  config = _CONFIG.value
+  try:
+    results = run(config, _STEPS.value, _WARMUP.value, _INPUT_BATCHES.value)
+  except UserError as e:
+    raise SystemExit(f'benchmark: {e}') from None
+  print(format_results(config, results))
+
+
+if __name__ == '__main__':
+  app.run(main)
