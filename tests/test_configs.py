@@ -16,7 +16,7 @@ CONFIGS = sorted(
 
 
 def test_the_expected_configs_exist():
-  assert {'demo', 'medpix', 'roco'} <= set(CONFIGS)
+  assert {'demo', 'medpix', 'roco', 'pubmedvision'} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize('name', CONFIGS)

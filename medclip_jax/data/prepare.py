@@ -8,13 +8,21 @@ r"""Converts a dataset into medclip_jax records (ArrayRecord shards + info).
         [--label_columns=a,b] [--group_column=patient]
     python -m medclip_jax.data.prepare --format=medpix --input=EXPORT.csv ...
     python -m medclip_jax.data.prepare --format=roco --input=ROCO_DIR ...
+    python -m medclip_jax.data.prepare --format=pubmedvision \
+        --input=PubMedVision_Alignment_VQA.json [--sample=4096] ...
+    python -m medclip_jax.data.prepare --format=reports --input=REPORTS_DIR \
+        [--images=IMAGES_DIR] [--sections=impression,findings] ...
+    python -m medclip_jax.data.prepare --format=dicom --input=DICOM_DIR \
+        [--captions=captions.csv] ...
 
 writes DIR/{train,val,test}.array_record-*-of-* and DIR/dataset_info.json
-(see medclip_jax.data.records). Real formats ('manifest', 'medpix', 'roco')
-also take [--max_side=512] [--limit=0] [--seed=0] [--val_fraction=0.05
---test_fraction=0.1] [--max_bad_fraction=0.05]: inputs that cannot be read
-are skipped and listed in dataset_info.json, but if more than
-max_bad_fraction of them fail, nothing is written.
+(see medclip_jax.data.records). Each format's module in
+medclip_jax.data.formats documents what it reads and its rules. Real formats
+(all but 'synthetic') also take [--max_side=512] [--limit=0] [--seed=0]
+[--val_fraction=0.05 --test_fraction=0.1] [--max_bad_fraction=0.05]: inputs
+that cannot be read are skipped and listed in dataset_info.json, but if more
+than max_bad_fraction of them fail, nothing is written. ROCO keeps its
+official splits; the others split by case or patient.
 
 Adding a format: see medclip_jax.data.formats. The CLI passes each format's
 builder exactly the flags its signature names.
@@ -171,11 +179,15 @@ flags.DEFINE_integer('num_val', 500, 'synthetic: validation examples.')
 flags.DEFINE_integer('num_test', 1000, 'synthetic: test examples.')
 flags.DEFINE_integer('image_size', 64, 'Image side in pixels.')
 flags.DEFINE_integer('num_shards', 4, 'ArrayRecord shards per split (fewer for a small split).')
-flags.DEFINE_string('input', None, 'manifest, medpix: the table file; roco: the dataset directory.')
+flags.DEFINE_string(
+  'input',
+  None,
+  'manifest, medpix, pubmedvision: the table / JSON file; roco, reports, dicom: the directory.',
+)
 flags.DEFINE_integer('limit', 0, 'Real formats: read at most this many inputs (0 = all).')
 flags.DEFINE_integer('max_side', ingest.DEFAULT_MAX_SIDE, 'Real formats: longest image side.')
-flags.DEFINE_float('val_fraction', 0.05, 'manifest, medpix: share of groups in val.')
-flags.DEFINE_float('test_fraction', 0.1, 'manifest, medpix: share of groups in test.')
+flags.DEFINE_float('val_fraction', 0.05, 'Real formats but roco: share of groups in val.')
+flags.DEFINE_float('test_fraction', 0.1, 'Real formats but roco: share of groups in test.')
 flags.DEFINE_float(
   'max_bad_fraction', 0.05, 'Real formats: fail if more than this share of inputs is bad.'
 )

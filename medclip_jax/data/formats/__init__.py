@@ -11,8 +11,11 @@ failures into `base.Skipped` with a reason. Register a new builder here.
 from collections.abc import Callable
 
 from medclip_jax.data.formats import base
+from medclip_jax.data.formats import dicom
 from medclip_jax.data.formats import manifest
 from medclip_jax.data.formats import medpix
+from medclip_jax.data.formats import pubmedvision
+from medclip_jax.data.formats import reports
 from medclip_jax.data.formats import roco
 from medclip_jax.data.formats import synthetic
 
@@ -22,4 +25,7 @@ FORMATS: dict[str, Callable[..., base.Source]] = {
   'manifest': manifest.source,
   'medpix': medpix.source,
   'roco': roco.source,
+  'dicom': dicom.source,
+  'pubmedvision': pubmedvision.source,
+  'reports': reports.source,
 }
