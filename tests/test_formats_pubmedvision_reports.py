@@ -13,12 +13,16 @@ import io
 import json
 import os
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from medclip_jax.data import prepare
 from medclip_jax.data import records
 from medclip_jax.data.formats import pubmedvision
+from tests.test_dicom import _dataset
+from tests.test_dicom import _file_bytes
+from tests.test_dicom import _ramp
 from tests.test_ingest import MAX_SIDE
 from tests.test_ingest import _all_records
 from tests.test_ingest import _assert_groups_in_one_split
@@ -279,7 +283,10 @@ def write_reports_fixture(directory):
     # Renamed so that truncated.png and truncated.jpg get different ids.
     stem, ext = os.path.splitext(name)
     study('10000003', 50000005, None, {f'{stem}_{ext[1:]}{ext}': data}, reason)
-  study('10000003', 50000005, None, {'scan.dcm': b'DICM'}, 'unsupported file type .dcm')
+  study('10000003', 50000005, None, {'scan.dcm': b'DICM'}, 'not a DICOM file')
+  # MIMIC-CXR's original DICOMs convert like the JPGs.
+  chest = _dataset('cxr', _ramp(np.uint16, 0, 4095), 'MONOCHROME1', bits=12)
+  study('10000020', 50000020, _report('Clear.', 'Normal chest.'), {'x.dcm': _file_bytes(chest)})
   no_sections = _report(indication='Cough.')
   study(
     '10000004',
@@ -309,7 +316,7 @@ def _caption_of(recs, study):
 def test_reports_converts_good_and_reports_bad(tmp_path):
   kwargs, good, bad = write_reports_fixture(tmp_path / 'mimic')
   info, recs = _prepare('reports', tmp_path / 'out', kwargs)
-  assert info['converted'] == len(good) == 22 and sorted(recs) == good
+  assert info['converted'] == len(good) == 23 and sorted(recs) == good
   assert _skipped(info) == bad and len(bad) == 11
   assert info['repaired'] == [
     {'id': f'p10000002/s50000004/{n}', 'reason': 'invalid UTF-8 in caption replaced'} for n in 'ab'
@@ -320,12 +327,15 @@ def test_reports_converts_good_and_reports_bad(tmp_path):
   assert _caption_of(recs, 'p10000002/s50000003') == 'Small left effusion.'  # empty impression
   assert _caption_of(recs, 'p10000002/s50000004') == 'Bad \ufffd\ufffd bytes, ___ kept.'
   assert recs['p10000001/s50000002/mode_p']['group'] == 'p10000001'
-  assert len({r['group'] for r in recs.values()}) == 9
+  assert len({r['group'] for r in recs.values()}) == 10
   assert sum(bool(v['count']) for v in info['splits'].values()) >= 2
   for rec in recs.values():
     assert max(Image.open(io.BytesIO(rec['image'])).size) <= MAX_SIDE
   huge = Image.open(io.BytesIO(recs['p10000002/s50000003/huge']['image']))
   assert huge.size == (MAX_SIDE, MAX_SIDE)
+  # The DICOM's raw values rise left to right; MONOCHROME1 shows them darkening.
+  chest = np.asarray(Image.open(io.BytesIO(recs['p10000020/s50000020/x']['image'])))
+  assert chest.ndim == 2 and chest[:, 0].mean() > chest[:, -1].mean() + 100
 
 
 def test_reports_sections_flag(tmp_path):
@@ -364,7 +374,7 @@ def test_reports_images_default_to_input(tmp_path):
 
 def test_reports_bad_inputs(tmp_path):
   kwargs, _, _ = write_reports_fixture(tmp_path / 'mimic')
-  with pytest.raises(prepare.TooManyBadRecords, match='11 of 33 reports inputs'):
+  with pytest.raises(prepare.TooManyBadRecords, match='11 of 34 reports inputs'):
     prepare.prepare('reports', str(tmp_path / 'out'), **{**kwargs, 'max_bad_fraction': 0.1})
   _assert_nothing_written(tmp_path / 'out')
   with pytest.raises(prepare.OptionError, match='found no reports'):

@@ -366,6 +366,16 @@ def _png(ds: pydicom.Dataset, max_side: int) -> bytes:
   return out.getvalue()
 
 
+def load_image(path: str, max_side: int = ingest.DEFAULT_MAX_SIDE) -> bytes:
+  """The image of the DICOM file at `path` as PNG bytes (the rules above).
+
+  For formats whose images may be DICOM (reports); raises ingest.BadRecord.
+  """
+  with _quiet():
+    ds = _read(path)
+  return _png(ds, max_side)
+
+
 def source(
   input: str | None = None,  # pylint: disable=redefined-builtin
   captions: str = '',

@@ -20,27 +20,28 @@ defaults to --input). Only the folder structure matters, not the names:
   'WET READ:'), and runs to the next header; a name used twice has both
   texts joined. Whitespace is collapsed; de-identification blanks ('___')
   are kept.
+- DICOM images (MIMIC-CXR's originals) are read by the dicom format's rules
+  (window, MONOCHROME1 inversion, compressed transfer syntaxes; see
+  medclip_jax.data.formats.dicom); their tags are not used.
 - Skipped, with a reason: a study whose report has no image ('no image',
   id `patient/study`); each image of a study that has no report ('no
   report'), whose report is empty ('empty report') or has none of the
-  sections (e.g. 'no impression or findings section'); files that
-  ingest.load_image cannot read by type, e.g. DICOM ('unsupported file type
-  .dcm': convert to JPG first); and every image or caption failure (see
-  `base.convert`).
+  sections (e.g. 'no impression or findings section'); and every image or
+  caption failure (see `base.convert` and the dicom format).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterator
 
 from medclip_jax.data import ingest
 from medclip_jax.data.formats import base
+from medclip_jax.data.formats import dicom
 
-_IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.tif', '.tiff', '.bmp')
-# DICOM marks a study folder too, so that its images are reported, not ignored.
-_STUDY_EXTENSIONS = (*_IMAGE_EXTENSIONS, '.dcm')
+_IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.tif', '.tiff', '.bmp', '.dcm')
 _HEADER = re.compile(r'^[ \t]*([A-Z][A-Z ()/&-]*):', re.MULTILINE)
 _SECTION_NAME = re.compile(r'[a-z][a-z ()/&-]*')
 
@@ -103,7 +104,7 @@ def _scan(root: str) -> tuple[dict, dict]:
       stem, ext = os.path.splitext(name)
       if ext.lower() == '.txt':
         reports.setdefault((patient, stem), []).append(os.path.join(directory, name))
-    if any(os.path.splitext(f)[1].lower() in _STUDY_EXTENSIONS for f in files):
+    if any(os.path.splitext(f)[1].lower() in _IMAGE_EXTENSIONS for f in files):
       key = (os.path.basename(os.path.dirname(directory)), os.path.basename(directory))
       studies.setdefault(key, []).extend(os.path.join(directory, f) for f in files)
   return reports, studies
@@ -142,12 +143,11 @@ def source(
     for path in paths:
       stem, ext = os.path.splitext(os.path.basename(path))
       record_id = base.text(f'{patient}/{study}/{stem}')
-      if ext.lower() not in _IMAGE_EXTENSIONS:
-        yield base.Skipped(record_id, f'unsupported file type {ext.lower() or "(none)"}')
-      elif caption is None:
+      if caption is None:
         yield base.Skipped(record_id, reason)
       else:
-        yield base.Entry(record_id, base.text(patient), path, caption, labels={})
+        image = functools.partial(dicom.load_image, path) if ext.lower() == '.dcm' else path
+        yield base.Entry(record_id, base.text(patient), image, caption, labels={})
 
   def entries():
     for patient, study in sorted(reports.keys() | studies.keys()):
