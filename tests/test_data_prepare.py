@@ -327,3 +327,18 @@ def test_cli_writes_dataset(tmp_path):
   info = records.read_dataset_info(str(tmp_path))
   assert info['seed'] == 5
   assert {s: v['count'] for s, v in info['splits'].items()} == {'train': 3, 'val': 2, 'test': 1}
+
+
+def test_prepare_reports_progress_with_the_final_counts(tmp_path):
+  calls = []
+  info = prepare.prepare(
+    'synthetic',
+    str(tmp_path),
+    num_train=5,
+    num_val=1,
+    num_test=1,
+    image_size=SIZE,
+    progress=lambda converted, skipped: calls.append((converted, skipped)),
+  )
+  assert calls[-1] == (info['converted'], 0) == (7, 0)
+  assert calls[:-1] == [(n, 0) for n in range(7)]  # before each input

@@ -85,12 +85,15 @@ def prepare(
   output: str,
   *,
   num_shards: int = 4,  # pylint: disable=redefined-builtin
+  progress: Callable[[int, int], None] | None = None,
   **options,
 ) -> dict:
   """Converts dataset `format` into `output`; returns the dataset info.
 
   `options` are the format builder's keyword arguments (for 'synthetic':
-  seed, num_train, num_val, num_test, image_size). Raises OptionError for an
+  seed, num_train, num_val, num_test, image_size). `progress`, if given, is
+  called with the (converted, skipped) counts so far as inputs are read, and
+  with the final counts at the end. Raises OptionError for an
   unknown format or a bad option, and TooManyBadRecords (writing nothing)
   when more inputs are skipped than the format's max_bad_fraction allows.
   A record whose id was seen before is skipped as a 'duplicate id'.
@@ -115,6 +118,8 @@ def prepare(
   seen_ids: set[str] = set()
   try:
     for item in source.records:
+      if progress:
+        progress(len(seen_ids), len(skipped))
       if isinstance(item, Skipped):
         skipped.append({'id': item.id, 'reason': item.reason})
         continue
@@ -137,6 +142,8 @@ def prepare(
         labels.setdefault(name, set()).add(value)
         label_counts[split][name][value] += 1
       caption_words.append(len(item['caption'].split()))
+    if progress:
+      progress(len(seen_ids), len(skipped))
     if source.max_bad_fraction is not None:
       _check_bad_fraction(format, len(seen_ids), skipped, source.max_bad_fraction)
   except BaseException:
@@ -214,6 +221,21 @@ def _options_from_flags(builder: Callable[..., Source]) -> dict:
   return {name: FLAGS[name].value for name in names if name in FLAGS}
 
 
+def _progress_printer(interval: float = 10.0) -> Callable[[int, int], None]:
+  """A `progress` callback printing a line at most every `interval` seconds."""
+  start = last = time.monotonic()
+
+  def report(converted: int, skipped: int) -> None:
+    nonlocal last
+    now = time.monotonic()
+    if now - last >= interval:
+      last = now
+      rate = (converted + skipped) / (now - start)
+      print(f'... {converted} converted, {skipped} skipped, {rate:.0f} inputs/s', flush=True)
+
+  return report
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
@@ -225,6 +247,7 @@ def main(argv: Sequence[str]) -> None:
       FLAGS.format,
       FLAGS.output,
       num_shards=FLAGS.num_shards,
+      progress=_progress_printer(),
       **_options_from_flags(FORMATS[FLAGS.format]),
     )
   except (OptionError, errors.UserError) as e:
