@@ -24,6 +24,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.dir = ''
+  # A dataset built by medclip_jax.data.tfds_builders instead of prepared
+  # shards, e.g. 'medclip_manifest/ct' (needs tensorflow-datasets); then
+  # config.data.dir is its TFDS data_dir ('' for TFDS's default).
+  config.data.tfds_name = ''
   config.data.prepare_command = ''  # shown when config.data.dir has no data
   config.data.train_split = 'train'
   config.data.image_size = 224

@@ -41,17 +41,40 @@ class TrainState:
   rng: jax.Array  # uint32[2] key; per-step keys are folded from it
 
 
+def _tfds_info(data_config) -> dict:
+  """The dataset info of a TFDS-built dataset, or a UserError."""
+  try:
+    from medclip_jax.data import tfds_builders  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise UserError(
+      f'config.data.tfds_name={data_config.tfds_name!r} needs tensorflow-datasets: '
+      'pip install tensorflow-datasets==4.9.10 (TensorFlow itself is not needed).'
+    ) from e
+  try:
+    return tfds_builders.dataset_info(data_config.tfds_name, data_config.dir or None)
+  except Exception as e:  # TFDS raises several types for a dataset it cannot find.
+    raise UserError(
+      f'No TFDS dataset {data_config.tfds_name!r} found in '
+      f'{data_config.dir or "the default TFDS data_dir"} (config.data.dir): {e} Build it with '
+      'python -m medclip_jax.data.tfds_builders (see its --help), or unset config.data.tfds_name '
+      'to read prepared shards.'
+    ) from e
+
+
 def check_data(data_config) -> dict:
   """The dataset's info, or a UserError saying how to prepare the data."""
-  try:
-    info = records.read_dataset_info(data_config.dir)
-  except FileNotFoundError as e:
-    raise UserError(
-      f'No prepared dataset found in {Path(data_config.dir).absolute()} '
-      f'(config.data.dir). Training reads ArrayRecord shards and '
-      f'dataset_info.json written by the prepare command; for this config '
-      f'run:\n  {data_config.prepare_command}\nthen start training again.'
-    ) from e
+  if data_config.tfds_name:
+    info = _tfds_info(data_config)
+  else:
+    try:
+      info = records.read_dataset_info(data_config.dir)
+    except FileNotFoundError as e:
+      raise UserError(
+        f'No prepared dataset found in {Path(data_config.dir).absolute()} '
+        f'(config.data.dir). Training reads ArrayRecord shards and '
+        f'dataset_info.json written by the prepare command; for this config '
+        f'run:\n  {data_config.prepare_command}\nthen start training again.'
+      ) from e
   if info.get('splits', {}).get(data_config.train_split, {}).get('count') == 0:
     raise UserError(
       f'The {data_config.train_split!r} split in {data_config.dir} is empty: nothing to train '
@@ -148,9 +171,9 @@ def make_train_step(model, tx, schedule, mesh, config):
 
 def init_state(model, tx, config, state_shardings, rng) -> TrainState:
   """A fresh TrainState, each array created directly in its sharding."""
-  return jax.jit(
-    lambda r: create_train_state(model, tx, config, r), out_shardings=state_shardings
-  )(rng)
+  return jax.jit(lambda r: create_train_state(model, tx, config, r), out_shardings=state_shardings)(
+    rng
+  )
 
 
 def jit_train_step(model, tx, schedule, mesh, config, state_shardings):

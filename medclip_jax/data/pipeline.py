@@ -217,8 +217,14 @@ class Preprocess:
     return example
 
 
-def _source(data_dir: str, split: str):
-  return grain.sources.ArrayRecordDataSource(records.split_files(data_dir, split))
+def _source(data_config, split: str):
+  """The serialised records of `split`: prepared shards, or a dataset built by TFDS."""
+  if data_config.tfds_name:
+    # Only runs on TFDS data need tensorflow-datasets installed.
+    from medclip_jax.data import tfds_builders  # pylint: disable=import-outside-toplevel
+
+    return tfds_builders.RecordSource(data_config.tfds_name, split, data_config.dir or None)
+  return grain.sources.ArrayRecordDataSource(records.split_files(data_config.dir, split))
 
 
 def _read_options(data_config):
@@ -233,7 +239,7 @@ def train_iterator(
   """An endless, checkpointable iterator of this process's training batches."""
   preprocess = Preprocess(data_config, train=True)
   ds = (
-    grain.MapDataset.source(_source(data_config.dir, data_config.train_split))
+    grain.MapDataset.source(_source(data_config, data_config.train_split))
     .seed(seed)
     .shuffle()
     .repeat()
@@ -262,7 +268,7 @@ def eval_batches(
   Yields this process's rows of each global batch; padding rows have
   'mask' == 0. The number of global batches is the same on every process.
   """
-  source = _source(data_config.dir, split)
+  source = _source(data_config, split)
   preprocess = Preprocess(data_config, label_vocabs=label_vocabs, train=False)
   n = len(source)
   if n == 0:
