@@ -14,6 +14,7 @@ from PIL import Image
 from medclip_jax.data import ingest
 from medclip_jax.data import prepare
 from medclip_jax.data import records
+from medclip_jax.data.formats import base
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_SIDE = 64
@@ -483,3 +484,28 @@ def test_training_runs_on_a_prepared_manifest_with_messy_records(tmp_path, tiny_
   results = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert results['retrieval.gallery_size'] == 8
   assert 'zeroshot.modality.top1' in results
+
+
+def test_manifest_parquet_reads_like_csv(tmp_path):
+  import pyarrow  # pylint: disable=import-outside-toplevel
+  import pyarrow.parquet  # pylint: disable=import-outside-toplevel
+
+  from tests import dataset_fixtures  # pylint: disable=import-outside-toplevel
+
+  options, good, bad = dataset_fixtures.write_manifest_fixture(tmp_path)
+  columns, rows = base.read_table(options['input'])
+  # Captions as raw bytes: Parquet strings must be UTF-8, binary cells need not.
+  table = {c: [row[c] for row in rows] for c in columns}
+  table['text'] = [t.encode('utf-8', 'surrogateescape') for t in table['text']]
+  parquet = tmp_path / 'manifest.parquet'
+  pyarrow.parquet.write_table(pyarrow.table(table), parquet)
+  from_csv = prepare.prepare('manifest', str(tmp_path / 'csv'), **options)
+  from_parquet = prepare.prepare(
+    'manifest', str(tmp_path / 'parquet'), **{**options, 'input': str(parquet)}
+  )
+  for key in ('converted', 'skipped', 'repaired', 'labels', 'label_counts', 'splits'):
+    assert from_parquet[key] == from_csv[key], key
+  assert from_parquet['converted'] == len(good) and len(from_parquet['skipped']) == len(bad)
+  (tmp_path / 'broken.parquet').write_bytes(b'PAR1 not really')
+  with pytest.raises(prepare.OptionError, match='not a readable Parquet file'):
+    prepare.prepare('manifest', str(tmp_path / 'x'), input=str(tmp_path / 'broken.parquet'))

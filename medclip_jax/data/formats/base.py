@@ -158,13 +158,28 @@ def text(value: Any) -> str:
   return ingest.repair_text(str(value))[0].strip()
 
 
+def _read_parquet(path: str) -> tuple[list[str], list[dict]]:
+  # Imported here: only Parquet tables need pyarrow, and it is slow to import.
+  import pyarrow  # pylint: disable=import-outside-toplevel
+  import pyarrow.parquet  # pylint: disable=import-outside-toplevel
+
+  try:
+    table = pyarrow.parquet.read_table(path)
+  except (pyarrow.ArrowException, OSError) as e:
+    raise OptionError(f'{path!r} is not a readable Parquet file: {e}') from e
+  return table.column_names, table.to_pylist()
+
+
 def read_table(path: str) -> tuple[list[str], list[dict | None]]:
-  """The columns and rows of a .csv, .json (a list of objects) or .jsonl file.
+  """The columns and rows of a .csv, .json (a list of objects), .jsonl or .parquet file.
 
   Undecodable bytes are kept as surrogate escapes (see ingest.clean_caption);
-  a row that is not an object (a bad JSON line) is None.
+  a row that is not an object (a bad JSON line) is None. Parquet cells keep
+  their types (binary captions stay bytes).
   """
   ext = os.path.splitext(path)[1].lower()
+  if ext == '.parquet':
+    return _read_parquet(path)
   with open(path, encoding='utf-8-sig', errors='surrogateescape', newline='') as f:
     if ext == '.csv':
       reader = csv.DictReader(f)
@@ -189,6 +204,6 @@ def read_table(path: str) -> tuple[list[str], list[dict | None]]:
         raise OptionError(f'{path!r} must hold a JSON list of objects.')
       rows = [row if isinstance(row, dict) else None for row in data]
     else:
-      raise OptionError(f'{path!r}: expected a .csv, .json or .jsonl file.')
+      raise OptionError(f'{path!r}: expected a .csv, .json, .jsonl or .parquet file.')
   columns = list(dict.fromkeys(key for row in rows if row for key in row))
   return columns, rows

@@ -21,7 +21,7 @@ def source(
   max_side: int = ingest.DEFAULT_MAX_SIDE,
   max_bad_fraction: float = 0.05,
 ) -> base.Source:
-  """A CSV / JSON / JSONL table of image paths (relative to it) and captions."""
+  """A CSV / JSON / JSONL / Parquet table of image paths (relative to it) and captions."""
   base.check_real_options(
     'manifest', input, False, val_fraction, test_fraction, limit, max_side, max_bad_fraction
   )
