@@ -3,6 +3,7 @@
 Every file under --input is one input: it becomes a record or is skipped
 with a reason ('empty file', 'not a DICOM file', 'truncated or corrupt
 DICOM', 'no pixel data' for DICOMDIRs, reports and other non-image objects,
+'not a picture (SEG: segmentation)' for segmentations, dose grids and the like,
 'burned-in annotation (may show PHI)' where BurnedInAnnotation is YES,
 'image too large', 'unsupported transfer syntax', 'cannot decode ...' when
 a compressed transfer syntax's decoder is not installed, 'no caption').
@@ -106,6 +107,14 @@ _MODALITY_NOUNS = {
   'XA': 'Angiogram',
   'RF': 'Fluoroscopy image',
   'OT': 'Medical image',
+}
+# Objects with pixel data that are not pictures of the patient: a CLIP
+# image tower should not learn label maps, dose grids or parametric maps.
+_NOT_PICTURES = {
+  'SEG': 'segmentation',
+  'RTDOSE': 'radiotherapy dose',
+  'RTSTRUCT': 'radiotherapy structures',
+  'RWV': 'real world value map',
 }
 _PIXEL_KEYWORDS = ('PixelData', 'FloatPixelData', 'DoubleFloatPixelData')
 # A file without the preamble starts with a file meta (group 0002) or dataset
@@ -260,6 +269,9 @@ def _read(path: str) -> pydicom.Dataset:
     raise ingest.BadRecord(_CORRUPT)
   if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
     raise ingest.BadRecord('no pixel data')
+  modality = base.text(ds.get('Modality')).upper()
+  if modality in _NOT_PICTURES:
+    raise ingest.BadRecord(f'not a picture ({modality}: {_NOT_PICTURES[modality]})')
   if base.text(ds.get('BurnedInAnnotation')).upper() == 'YES':
     raise ingest.BadRecord('burned-in annotation (may show PHI)')
   if 'TransferSyntaxUID' not in ds.file_meta:
