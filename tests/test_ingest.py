@@ -509,3 +509,33 @@ def test_manifest_parquet_reads_like_csv(tmp_path):
   (tmp_path / 'broken.parquet').write_bytes(b'PAR1 not really')
   with pytest.raises(prepare.OptionError, match='not a readable Parquet file'):
     prepare.prepare('manifest', str(tmp_path / 'x'), input=str(tmp_path / 'broken.parquet'))
+
+
+def test_manifest_parquet_with_embedded_images(tmp_path):
+  import pyarrow  # pylint: disable=import-outside-toplevel
+  import pyarrow.parquet  # pylint: disable=import-outside-toplevel
+
+  good, bad = _good_images(), _bad_images()
+  # Hugging Face datasets' Image struct: bytes, with or without the file's name.
+  cells = [{'bytes': good['mode_l.png'], 'path': 'scan_a.png'}]
+  cells.append({'bytes': good['mode_cmyk.jpg'], 'path': None})
+  cells.append({'bytes': bad['truncated.png'][0], 'path': 'broken.png'})
+  cells.append({'bytes': None, 'path': None})
+  captions = ['Axial CT.', 'Chest X-ray.', 'Broken.', 'No image.']
+  table = pyarrow.table({'image': cells, 'caption': captions})
+  pyarrow.parquet.write_table(table, tmp_path / 'train.parquet')
+  info = prepare.prepare(
+    'manifest',
+    str(tmp_path / 'out'),
+    input=str(tmp_path / 'train.parquet'),
+    max_side=MAX_SIDE,
+    max_bad_fraction=0.5,
+  )
+  assert info['skipped'] == [
+    {'id': 'broken.png', 'reason': 'truncated or corrupt image'},
+    {'id': 'row 4', 'reason': 'no image path'},
+  ]
+  recs = {r['id']: r for rs in _all_records(tmp_path / 'out').values() for r in rs}
+  assert sorted(recs) == ['row 2', 'scan_a.png']
+  assert Image.open(io.BytesIO(recs['row 2']['image'])).mode == 'RGB'  # CMYK converted
+  assert recs['scan_a.png']['caption'] == 'Axial CT.'

@@ -1,4 +1,11 @@
-"""`manifest`: a generic table of image paths, captions and optional labels."""
+"""`manifest`: a generic table of images, captions and optional labels.
+
+The image column holds paths (relative to the table's folder, or absolute),
+or, in Parquet tables, the image file's bytes: a binary cell, or a Hugging
+Face `datasets` Image struct {'bytes', 'path'} (as in datasets saved to or
+downloaded as Parquet). A record's id is its path, or for embedded bytes
+without a path 'row N'; its group is --group_column's value, else its id.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ def source(
   max_side: int = ingest.DEFAULT_MAX_SIDE,
   max_bad_fraction: float = 0.05,
 ) -> base.Source:
-  """A CSV / JSON / JSONL / Parquet table of image paths (relative to it) and captions."""
+  """A CSV / JSON / JSONL / Parquet table of images and captions (see the module docstring)."""
   base.check_real_options(
     'manifest', input, False, val_fraction, test_fraction, limit, max_side, max_bad_fraction
   )
@@ -37,12 +44,29 @@ def source(
     )
   root = os.path.dirname(os.path.abspath(input))
 
+  def image_of(cell, number: int):
+    """(id, path or loader) of an image cell; (None, None) if it has no image."""
+    if isinstance(cell, dict):  # Hugging Face Image struct
+      data, path = cell.get('bytes'), cell.get('path')
+    elif isinstance(cell, bytes):
+      data, path = cell, None
+    else:
+      data, path = None, cell
+    # The id is clean text; the file is looked up by the name as read (it may
+    # hold undecodable bytes, kept as surrogate escapes).
+    name = base.text(path)
+    if data:
+      return name or f'row {number}', lambda max_side: ingest.load_image(data, max_side)
+    if name:
+      return name, ingest.find_image(str(path).strip(), [root])
+    return None, None
+
   def entries():
     for number, row in enumerate(rows, start=1):
       if row is None:
         yield base.Skipped(f'row {number}', 'bad JSON line')
         continue
-      name = base.text(row.get(image_column))
+      name, image = image_of(row.get(image_column), number)
       if not name:
         yield base.Skipped(f'row {number}', 'no image path')
         continue
@@ -50,7 +74,7 @@ def source(
       yield base.Entry(
         id=name,
         group=group or name,
-        image=ingest.find_image(str(row[image_column]).strip(), [root]),
+        image=image,
         caption=row.get(caption_column) or '',
         labels={c: base.text(row.get(c)) for c in labels if base.text(row.get(c))},
       )
