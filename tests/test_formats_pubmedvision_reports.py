@@ -203,7 +203,7 @@ def test_pubmedvision_bad_inputs(tmp_path):
     prepare.prepare('pubmedvision', str(tmp_path / 'out'), **{**kwargs, 'max_bad_fraction': 0.1})
   _assert_nothing_written(tmp_path / 'out')
   (tmp_path / 'other.json').write_text(json.dumps([{'id': 'x', 'image': ['a.png']}]))
-  with pytest.raises(prepare.OptionError, match="no record has 'conversations'"):
+  with pytest.raises(prepare.OptionError, match="its first record has no 'conversations'"):
     prepare.prepare('pubmedvision', str(tmp_path / 'o'), input=str(tmp_path / 'other.json'))
   (tmp_path / 'data.csv').write_text('id,image\n')
   with pytest.raises(prepare.OptionError, match=r'must be the \.json'):
@@ -387,3 +387,20 @@ def test_reports_bad_inputs(tmp_path):
       str(tmp_path / 'o'),
       input=str(tmp_path / 'mimic' / 'mimic-cxr-reports' / 'LICENSE.txt'),
     )
+
+
+def test_pubmedvision_json_is_streamed_in_chunks(tmp_path, monkeypatch):
+  from medclip_jax.data.formats import base  # pylint: disable=import-outside-toplevel
+
+  kwargs, good, bad = write_pubmedvision_fixture(tmp_path / 'pmv')
+  whole, _ = _prepare('pubmedvision', tmp_path / 'whole', kwargs)
+  monkeypatch.setattr(base, '_CHUNK', 5)  # items, numbers and strings cut across reads
+  streamed, recs = _prepare('pubmedvision', tmp_path / 'streamed', kwargs)
+  assert streamed == {**whole, 'splits': streamed['splits']} and sorted(recs) == good
+  assert {s: v['count'] for s, v in streamed['splits'].items()} == {
+    s: v['count'] for s, v in whole['splits'].items()
+  }
+  broken = tmp_path / 'broken.json'
+  broken.write_text('[{"id": "a", "image": ["x.png"], "conversations": []},\n{"id": "b" ')
+  with pytest.raises(prepare.OptionError, match='not valid JSON.*item 2'):
+    prepare.prepare('pubmedvision', str(tmp_path / 'o'), input=str(broken))

@@ -10,6 +10,7 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -158,6 +159,86 @@ def text(value: Any) -> str:
   return ingest.repair_text(str(value))[0].strip()
 
 
+_CHUNK = 1 << 20  # characters read at a time by iter_json
+_NOT_NUMBER = re.compile(r'[^0-9.eE+-]')
+
+
+def _json_list_items(f, path: str) -> Iterator[Any]:
+  """The items of the JSON list in file `f`, parsed one at a time."""
+  decoder = json.JSONDecoder()
+  buf, pos, eof = '', 0, False
+
+  def fill() -> None:
+    nonlocal buf, pos, eof
+    more = f.read(_CHUNK)
+    eof = not more
+    buf, pos = buf[pos:] + more, 0
+
+  def skip_space() -> str:
+    """The next non-space character ('' at the end), not consumed."""
+    nonlocal pos
+    while True:
+      while pos < len(buf) and buf[pos].isspace():
+        pos += 1
+      if pos < len(buf) or eof:
+        return buf[pos : pos + 1]
+      fill()
+
+  fill()
+  if skip_space() != '[':
+    raise OptionError(f'{path!r} must hold a JSON list of objects.')
+  pos += 1
+  if skip_space() == ']':
+    return
+  count = 0  # items parsed
+  while True:
+    skip_space()  # raw_decode does not skip leading space
+    try:
+      item, end = decoder.raw_decode(buf, pos)
+    except json.JSONDecodeError as e:
+      if eof:
+        raise OptionError(f'{path!r} is not valid JSON: {e.msg} in item {count + 1}.') from e
+      fill()  # the item runs past the buffer
+      continue
+    if isinstance(item, (int, float)) and not eof and not _NOT_NUMBER.search(buf, end, end + 64):
+      fill()  # the number may go on in the next chunk: parse it again
+      continue
+    pos, count = end, count + 1
+    yield item
+    following = skip_space()
+    if following == ']':
+      return
+    if following != ',':
+      raise OptionError(
+        f'{path!r} is not valid JSON: expected , or ] after item {count}, got {following!r}.'
+      )
+    pos += 1
+
+
+def iter_json(path: str) -> Iterator[dict | None]:
+  """The objects of a .json list or a .jsonl file, read one at a time.
+
+  For files too large to load whole (PubMedVision's JSON is over a gigabyte).
+  An item or line that is not an object (or not JSON, in .jsonl) is None;
+  undecodable bytes are kept as surrogate escapes. Raises OptionError for a
+  .json file that is not a valid list.
+  """
+  jsonl = os.path.splitext(path)[1].lower() == '.jsonl'
+  with open(path, encoding='utf-8-sig', errors='surrogateescape') as f:
+    if not jsonl:
+      for item in _json_list_items(f, path):
+        yield item if isinstance(item, dict) else None
+      return
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        item = json.loads(line)
+      except json.JSONDecodeError:
+        item = None
+      yield item if isinstance(item, dict) else None
+
+
 def _read_parquet(path: str) -> tuple[list[str], list[dict]]:
   # Imported here: only Parquet tables need pyarrow, and it is slow to import.
   import pyarrow  # pylint: disable=import-outside-toplevel
@@ -180,30 +261,13 @@ def read_table(path: str) -> tuple[list[str], list[dict | None]]:
   ext = os.path.splitext(path)[1].lower()
   if ext == '.parquet':
     return _read_parquet(path)
-  with open(path, encoding='utf-8-sig', errors='surrogateescape', newline='') as f:
-    if ext == '.csv':
+  if ext == '.csv':
+    with open(path, encoding='utf-8-sig', errors='surrogateescape', newline='') as f:
       reader = csv.DictReader(f)
       rows = list(reader)
       return list(reader.fieldnames or []), rows
-    if ext == '.jsonl':
-      rows = []
-      for line in f:
-        if not line.strip():
-          continue
-        try:
-          row = json.loads(line)
-        except json.JSONDecodeError:
-          row = None
-        rows.append(row if isinstance(row, dict) else None)
-    elif ext == '.json':
-      try:
-        data = json.load(f)
-      except json.JSONDecodeError as e:
-        raise OptionError(f'{path!r} is not valid JSON: {e}') from e
-      if not isinstance(data, list):
-        raise OptionError(f'{path!r} must hold a JSON list of objects.')
-      rows = [row if isinstance(row, dict) else None for row in data]
-    else:
-      raise OptionError(f'{path!r}: expected a .csv, .json, .jsonl or .parquet file.')
+  if ext not in ('.json', '.jsonl'):
+    raise OptionError(f'{path!r}: expected a .csv, .json, .jsonl or .parquet file.')
+  rows = list(iter_json(path))
   columns = list(dict.fromkeys(key for row in rows if row for key in row))
   return columns, rows

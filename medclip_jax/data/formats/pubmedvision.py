@@ -29,7 +29,8 @@ with image paths relative to the JSON's directory or to its images/ folder
   depends on the ids and the seed, not on the order of the file, and a
   sample contains every smaller sample of the same seed. Asking for more
   than there is takes all (dataset_info.json 'sample': requested, available,
-  taken).
+  taken). The file is read as a stream, so sampling the full (>1 GB) JSON
+  holds only the sample in memory.
 - Splits: hashed by group = the record's image path. PubMedVision ids
   (Alignment_VQA_<n>) do not name the paper, and the same figure can carry
   several records (e.g. the Alignment and InstructionTuning files joined),
@@ -61,8 +62,14 @@ def _answer(conversations) -> str | None:
   return None
 
 
-def _sample_key(seed: int, record_id: str) -> bytes:
-  return hashlib.sha256(f'{seed}:{record_id}'.encode('utf-8', 'surrogateescape')).digest()
+def _sample_key(seed: int, record_id: str) -> int:
+  digest = hashlib.sha256(f'{seed}:{record_id}'.encode('utf-8', 'surrogateescape')).digest()
+  return int.from_bytes(digest, 'big')
+
+
+def _record_id(row: dict | None, number: int) -> str:
+  """A record's id, or its position for records without one (or not objects)."""
+  return (base.text(row.get('id')) if row else '') or f'record {number}'
 
 
 def source(
@@ -86,33 +93,38 @@ def source(
       f'format pubmedvision: --input={input!r} must be the .json (or .jsonl) file of '
       'PubMedVision records, e.g. PubMedVision_Alignment_VQA.json.'
     )
-  columns, rows = base.read_table(input)
-  missing = [key for key in ('image', 'conversations') if key not in columns]
+  first = next((row for row in base.iter_json(input) if row is not None), {})
+  missing = [key for key in ('image', 'conversations') if key not in first]
   if missing:
     raise base.OptionError(
-      f'{input!r} is not PubMedVision data: no record has {" or ".join(map(repr, missing))}; '
-      f'the keys are {", ".join(map(repr, columns)) or "none"}. PubMedVision records have id, '
-      'image (a list of paths), conversations (human / gpt turns), modality and body_part.'
+      f'{input!r} is not PubMedVision data: its first record has no '
+      f'{" or ".join(map(repr, missing))}; its keys are {", ".join(map(repr, first)) or "none"}. '
+      'PubMedVision records have id, image (a list of paths), conversations (human / gpt '
+      'turns), modality and body_part.'
     )
-  # A record's id, or its position for records without one (or not objects).
-  ids = [
-    (base.text(row.get('id')) if row else '') or f'record {number}'
-    for number, row in enumerate(rows, start=1)
-  ]
-  chosen = range(len(rows))
+  # Streamed: the full PubMedVision JSON is over a gigabyte. A sample keeps
+  # only its N records (a heap on the negated hash: the N smallest hashes).
+  numbered = enumerate(base.iter_json(input), start=1)
+  counts = {'requested': sample, 'available': 0, 'taken': 0}
   if sample:
-    chosen = sorted(heapq.nsmallest(sample, chosen, key=lambda i: _sample_key(seed, ids[i])))
+    heap = []
+    for number, row in numbered:
+      counts['available'] += 1
+      item = (-_sample_key(seed, _record_id(row, number)), number, row)
+      if len(heap) < sample:
+        heapq.heappush(heap, item)
+      elif item > heap[0]:
+        heapq.heapreplace(heap, item)
+    numbered = sorted(((number, row) for _, number, row in heap), key=lambda pair: pair[0])
   root = os.path.dirname(os.path.abspath(input))
   directories = [root, os.path.join(root, 'images')]
-  extra_images = sum(
-    len(rows[i]['image']) - 1
-    for i in chosen
-    if rows[i] and isinstance(rows[i].get('image'), list) and rows[i]['image']
-  )
 
   def entries():
-    for i in chosen:
-      row, record_id = rows[i], ids[i]
+    for number, row in numbered:
+      record_id = _record_id(row, number)
+      if not sample:
+        counts['available'] += 1
+      counts['taken'] += 1
       if row is None:
         yield base.Skipped(record_id, 'not a JSON object')
         continue
@@ -131,6 +143,7 @@ def source(
         yield base.Skipped(record_id, 'no gpt turn')
         continue
       name = images[0].strip()
+      source.info['extra_images_ignored'] += len(images) - 1
       yield base.Entry(
         id=record_id,
         group=base.text(os.path.normpath(name)),
@@ -139,7 +152,7 @@ def source(
         labels={k: base.text(row.get(k)) for k in _LABELS if base.text(row.get(k))},
       )
 
-  return base.real_source(
+  source = base.real_source(
     entries(),
     base.hash_split(seed, val_fraction, test_fraction),
     input=input,
@@ -149,6 +162,8 @@ def source(
     seed=seed,
     val_fraction=val_fraction,
     test_fraction=test_fraction,
-    sample={'requested': sample, 'available': len(rows), 'taken': len(chosen)},
-    extra_images_ignored=extra_images,
+    # Both filled in while the records are read (prepare reads info after them).
+    sample=counts,
+    extra_images_ignored=0,
   )
+  return source
