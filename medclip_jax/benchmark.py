@@ -36,52 +36,43 @@ _INPUT_BATCHES = flags.DEFINE_integer('input_batches', 20, 'Input batches timed.
 flags.mark_flags_as_required(['config'])
 
 
-def measure_input(config, batches: int) -> float:
-  """Examples per second the training pipeline delivers on this process."""
-  local_batch = config.train.batch_size // jax.process_count()
-  it = pipeline.train_iterator(
+def _train_iterator(config):
+  """This process's training batches, as the trainer reads them."""
+  return pipeline.train_iterator(
     config.data,
     seed=config.seed,
-    local_batch_size=local_batch,
+    local_batch_size=config.train.batch_size // jax.process_count(),
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
-  next(it)  # starts the reader threads (and workers)
+
+
+def measure_input(batches_iter, batches: int) -> float:
+  """Examples per second `batches_iter` delivers, after one warm-up batch."""
+  local_batch = len(next(batches_iter)['image'])  # starts the reader threads (and workers)
   start = time.perf_counter()
   for _ in range(batches):
-    next(it)
+    next(batches_iter)
   return batches * local_batch / (time.perf_counter() - start)
 
 
 def _step_flops(compiled) -> float | None:
   """FLOPs of one step per device, from XLA's cost analysis (None if absent)."""
-  analysis = compiled.cost_analysis()
-  if isinstance(analysis, list):  # older jax: one dict per program
-    analysis = analysis[0] if analysis else None
-  flops = (analysis or {}).get('flops')
+  flops = (compiled.cost_analysis() or {}).get('flops')
   return float(flops) if flops and flops > 0 else None
 
 
-def measure_step(config, steps: int, warmup: int) -> dict:
-  """Seconds per train step, pairs/s and TFLOP/s per device, after `warmup` steps."""
+def measure_step(config, local_batch: dict, steps: int, warmup: int) -> dict:
+  """Seconds per train step on `local_batch`, pairs/s and TFLOP/s per device."""
   mesh = sharding.create_mesh(config.mesh)
-  local_batch = sharding.check_batch_size(config.train.batch_size, mesh, 'train.batch_size')
+  sharding.check_batch_size(config.train.batch_size, mesh, 'train.batch_size')
   model, tx, abstract_state = train.model_and_optimizer(config)
   state_shardings = sharding.state_shardings(abstract_state, mesh, config.fsdp_min_size)
   step_fn = train.jit_train_step(
     model, tx, optimizer_lib.learning_rate_schedule(config.train), mesh, config, state_shardings
   )
   state = train.init_state(model, tx, config, state_shardings, jax.random.PRNGKey(config.seed))
-  local = next(
-    pipeline.train_iterator(
-      config.data,
-      seed=config.seed,
-      local_batch_size=local_batch,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
-    )
-  )
-  batch = sharding.to_global_batch(local, mesh)
+  batch = sharding.to_global_batch(local_batch, mesh)
   flops = _step_flops(step_fn.lower(state, batch).compile())
   for _ in range(warmup):
     state, metrics = step_fn(state, batch)
@@ -102,8 +93,9 @@ def run(config, steps: int = 10, warmup: int = 2, input_batches: int = 20) -> di
   """Both measurements and their ratio (input examples/s over step pairs/s)."""
   train.check_data(config.data)
   convert.resolve_pretrained_config(config)  # sizes of a pretrained text tower
-  results = {'input_examples_per_s': measure_input(config, input_batches)}
-  results.update(measure_step(config, steps, warmup))
+  batches = _train_iterator(config)
+  results = {'input_examples_per_s': measure_input(batches, input_batches)}
+  results.update(measure_step(config, next(batches), steps, warmup))
   results['input_to_step_ratio'] = results['input_examples_per_s'] / results['step_pairs_per_s']
   return results
 

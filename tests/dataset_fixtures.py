@@ -10,7 +10,9 @@ and a duplicate id.
 """
 
 from tests.test_ingest import _bad_images
+from tests.test_ingest import _csv_field
 from tests.test_ingest import _good_images
+from tests.test_ingest import _manifest
 from tests.test_ingest import _write
 from tests.test_ingest import _write_csv
 
@@ -25,32 +27,17 @@ OPTIONS = dict(
 
 
 def write_manifest_fixture(directory):
-  """A manifest CSV: columns path, text, patient, modality."""
-  images = directory / 'img'
-  rows, good, bad = [], [], {}
-  for i, (name, data) in enumerate(_good_images().items()):
-    _write(images, name, data)
-    rows.append([f'img/{name}', f'Scan number {i}', f'patient-{i % 3}', 'CT'])
-    good.append(f'img/{name}')
-  for name, (data, reason) in _bad_images().items():
-    _write(images, name, data)
-    rows.append([f'img/{name}', 'a caption', 'patient-9', 'MR'])
-    bad[f'img/{name}'] = reason
-  _write(images, 'blank.png', _good_images()['mode_l.png'])
-  rows.append(['img/blank.png', ' \t ', 'patient-9', 'MR'])
-  bad['img/blank.png'] = 'empty caption'
-  _write(images, 'utf8.png', _good_images()['mode_l.png'])
-  rows.append(['img/utf8.png', BAD_UTF8, 'patient-1', 'MR'])
-  _write(images, 'long.png', _good_images()['mode_rgba.png'])
-  rows.append(['img/long.png', LONG_CAPTION, 'patient-4', 'MR'])
-  good += ['img/utf8.png', 'img/long.png']
-  rows.append(['img/mode_l.png', 'the same image again', 'patient-1', 'CT'])
-  bad['img/mode_l.png'] = 'duplicate id'
-  path = directory / 'manifest.csv'
-  _write_csv(path, ['path', 'text', 'patient', 'modality'], rows)
+  """test_ingest's messy manifest CSV (columns path, text, patient, modality) plus a long caption."""
+  path, good, bad = _manifest(directory)
+  _write(directory / 'data' / 'img', 'long.png', _good_images()['mode_rgba.png'])
+  row = [b'img/long.png', LONG_CAPTION.encode(), b'patient-4', b'MR']
+  with open(path, 'ab') as f:
+    f.write(b','.join(map(_csv_field, row)) + b'\n')
+  good.append('img/long.png')
+  bad['img/mode_l.png'] = 'duplicate id'  # its last row
   options = dict(
     OPTIONS,
-    input=str(path),
+    input=path,
     image_column='path',
     caption_column='text',
     label_columns='modality',

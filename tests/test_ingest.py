@@ -497,7 +497,7 @@ def test_manifest_parquet_reads_like_csv(tmp_path):
   # Captions as raw bytes: Parquet strings must be UTF-8, binary cells need not.
   table = {c: [row[c] for row in rows] for c in columns}
   table['text'] = [t.encode('utf-8', 'surrogateescape') for t in table['text']]
-  parquet = tmp_path / 'manifest.parquet'
+  parquet = os.path.splitext(options['input'])[0] + '.parquet'  # beside the CSV and images
   pyarrow.parquet.write_table(pyarrow.table(table), parquet)
   from_csv = prepare.prepare('manifest', str(tmp_path / 'csv'), **options)
   from_parquet = prepare.prepare(

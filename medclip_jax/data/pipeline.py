@@ -189,11 +189,10 @@ class Preprocess:
       truncation=True,
       return_overflowing_tokens=True,
     )
+    # A fast tokenizer (tokenizer_lib.load) returns one row per window of
+    # max_length tokens: more than one means the text was cut off.
     ids, mask = tokens['input_ids'], tokens['attention_mask']
-    if ids and isinstance(ids[0], list):  # fast tokenizers: one row per overflow window
-      return np.asarray(ids[0], np.int32), np.asarray(mask[0], np.int32), len(ids) > 1
-    truncated = bool(tokens.get('overflowing_tokens'))
-    return np.asarray(ids, np.int32), np.asarray(mask, np.int32), truncated
+    return np.asarray(ids[0], np.int32), np.asarray(mask[0], np.int32), len(ids) > 1
 
   def __call__(self, raw: bytes, rng: np.random.Generator | None = None):
     record = records.decode(raw)

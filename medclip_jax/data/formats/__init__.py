@@ -4,8 +4,9 @@ A format is a builder function in its own module: its keyword arguments are
 named like the prepare flags it reads, and it returns a `base.Source` (the
 records, lazily, and the rule that puts each record in a split). Real
 formats read their inputs into `base.Entry`s and hand them to
-`base.real_source`, which loads images and cleans captions robustly and turns
-failures into `base.Skipped` with a reason. Register a new builder here.
+`base.real_source` (or `base.grouped_source`, which splits by case or
+patient), which loads images and cleans captions robustly and turns failures
+into `base.Skipped` with a reason. Register a new builder here.
 """
 
 from collections.abc import Callable

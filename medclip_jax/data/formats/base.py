@@ -148,8 +148,27 @@ def real_source(
   )
 
 
-def hash_split(seed: int, val_fraction: float, test_fraction: float) -> Callable[[dict], str]:
-  return lambda record: ingest.split_by_group(record['group'], seed, val_fraction, test_fraction)
+def grouped_source(
+  entries: Iterable[Entry | Skipped],
+  *,
+  seed: int,
+  val_fraction: float,
+  test_fraction: float,
+  **options,
+) -> Source:
+  """`real_source` split by a hash of each record's group (case, patient).
+
+  The seed and fractions are recorded in dataset_info.json with `options`'
+  extra fields.
+  """
+  return real_source(
+    entries,
+    lambda record: ingest.split_by_group(record['group'], seed, val_fraction, test_fraction),
+    seed=seed,
+    val_fraction=val_fraction,
+    test_fraction=test_fraction,
+    **options,
+  )
 
 
 def text(value: Any) -> str:

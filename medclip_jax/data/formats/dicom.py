@@ -429,15 +429,14 @@ def source(
       labels=labels,
     )
 
-  return base.real_source(
+  return base.grouped_source(
     (entry(path) for path in paths),
-    base.hash_split(seed, val_fraction, test_fraction),
+    seed=seed,
+    val_fraction=val_fraction,
+    test_fraction=test_fraction,
     input=input,
     limit=limit,
     max_side=max_side,
     max_bad_fraction=max_bad_fraction,
-    seed=seed,
-    val_fraction=val_fraction,
-    test_fraction=test_fraction,
     captions=caption_info,
   )

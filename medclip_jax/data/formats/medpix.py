@@ -62,14 +62,13 @@ def source(
         labels={k: base.text(row.get(c)) for k, c in labels.items() if base.text(row.get(c))},
       )
 
-  return base.real_source(
+  return base.grouped_source(
     entries(),
-    base.hash_split(seed, val_fraction, test_fraction),
+    seed=seed,
+    val_fraction=val_fraction,
+    test_fraction=test_fraction,
     input=input,
     limit=limit,
     max_side=max_side,
     max_bad_fraction=max_bad_fraction,
-    seed=seed,
-    val_fraction=val_fraction,
-    test_fraction=test_fraction,
   )

@@ -152,16 +152,15 @@ def source(
         labels={k: base.text(row.get(k)) for k in _LABELS if base.text(row.get(k))},
       )
 
-  source = base.real_source(
+  source = base.grouped_source(
     entries(),
-    base.hash_split(seed, val_fraction, test_fraction),
+    seed=seed,
+    val_fraction=val_fraction,
+    test_fraction=test_fraction,
     input=input,
     limit=limit,
     max_side=max_side,
     max_bad_fraction=max_bad_fraction,
-    seed=seed,
-    val_fraction=val_fraction,
-    test_fraction=test_fraction,
     # Both filled in while the records are read (prepare reads info after them).
     sample=counts,
     extra_images_ignored=0,

@@ -160,16 +160,15 @@ def source(
         else:
           yield from study_entries(patient, study, paths, *_caption(report, names))
 
-  return base.real_source(
+  return base.grouped_source(
     entries(),
-    base.hash_split(seed, val_fraction, test_fraction),
+    seed=seed,
+    val_fraction=val_fraction,
+    test_fraction=test_fraction,
     input=input,
     limit=limit,
     max_side=max_side,
     max_bad_fraction=max_bad_fraction,
     images=os.path.abspath(images),
     sections=names,
-    seed=seed,
-    val_fraction=val_fraction,
-    test_fraction=test_fraction,
   )
