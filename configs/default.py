@@ -8,6 +8,7 @@ import math
 import ml_collections
 
 from medclip_jax.data.tokenizer import BUNDLED_MINILM
+from medclip_jax.training.optimizer import DEFAULT_PARAM_GROUPS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,14 +51,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.prefetch = 64  # elements buffered per process
   config.data.workers = 0  # grain worker processes (0: in-process)
 
+  # What training minimises: objective name (a module in
+  # medclip_jax/objectives/) -> weight; weight 0 switches it off. 'infonce'
+  # (CLIP: softmax over the global batch), 'sigmoid' (SigLIP: independent
+  # match/no-match per pair, texts passed round a device ring).
+  config.objectives = {'infonce': 1.0, 'sigmoid': 0.0}
+
   config.model = ml_collections.ConfigDict()
   config.model.embed_dim = 512
   config.model.dtype = 'float32'  # compute dtype; parameters stay float32
-  # 'infonce' (CLIP: softmax over the global batch) or 'sigmoid' (SigLIP:
-  # independent match/no-match per pair, texts passed round a device ring).
-  config.model.loss = 'infonce'
   config.model.logit_scale_init = math.log(1 / 0.07)  # CLIP's; SigLIP uses log(10)
-  config.model.logit_bias_init = -10.0  # sigmoid loss only
+  # Start of the logit bias the 'sigmoid' objective learns (unused otherwise).
+  config.model.logit_bias_init = -10.0
   config.model.image = ml_collections.ConfigDict()
   config.model.image.depth = 50
   config.model.image.width = 64
@@ -91,23 +96,31 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.adam_b2 = 0.98
   config.train.adam_eps = 1e-6
   config.train.grad_clip_norm = 1.0
-  # Learning-rate multiplier per parameter group; 0 freezes the group.
+  # Parameter groups: name -> regular expression matched in full against each
+  # parameter's '/'-joined path (e.g. 'text_encoder/encoder/layer/0/output/dense/kernel');
+  # every parameter must match exactly one group.
+  config.train.param_groups = dict(DEFAULT_PARAM_GROUPS)
+  # Learning-rate multiplier per parameter group (default 1); 0 freezes the group.
   config.train.lr_multipliers = {'image_encoder': 1.0, 'text_encoder': 1.0, 'heads': 1.0}
   config.train.log_every = 50
   config.train.checkpoint_every = 1000
   config.train.keep_checkpoints = 3
 
+  # When and on what the evaluators run.
   config.eval = ml_collections.ConfigDict()
   config.eval.every = 0  # 0: only at the end of training
   config.eval.split = 'test'
   config.eval.batch_size = 256
-  config.eval.retrieval_ks = (1, 5, 10)
   # Batches used to recompute BatchNorm statistics before evaluating (0: use
   # the running averages as they are).
   config.eval.bn_recompute_batches = 20
-  # Zero-shot classification: label field -> prompt templates. A class's
-  # embedding averages every template filled with each of its phrases:
-  # class_names[field][label] (a tuple of synonyms), or the label itself.
-  config.eval.zeroshot = {}
-  config.eval.class_names = {}
+  # Which evaluators run: name -> {'type': a module in medclip_jax/evaluation/,
+  # its options}; results are reported as '<name>.<key>'.
+  config.evals = ml_collections.ConfigDict()
+  # Recall@K both ways over every record of the split.
+  config.evals.retrieval = {'type': 'retrieval', 'ks': (1, 5, 10)}
+  # Zero-shot classification: templates maps label field -> prompt templates.
+  # A class's embedding averages every template filled with each of its
+  # phrases: class_names[field][label] (a tuple of synonyms), or the label.
+  config.evals.zeroshot = {'type': 'zeroshot', 'templates': {}, 'class_names': {}}
   return config

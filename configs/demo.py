@@ -51,7 +51,7 @@ def get_config():
   config.eval.bn_recompute_batches = 20
   # Prompts phrased like the captions; '{body_part}' in a modality prompt
   # averages the class embedding over all body parts, and vice versa.
-  config.eval.zeroshot = {
+  config.evals.zeroshot.templates = {
     'modality': (
       '{} of the {body_part}.',
       '{body_part} {}.',
@@ -65,7 +65,7 @@ def get_config():
     'finding': ('{modality} of the {body_part} showing {}.',),
   }
   # The phrasings the captions use, so that each class's prompts cover them.
-  config.eval.class_names = {
+  config.evals.zeroshot.class_names = {
     'modality': synthetic.MODALITY_SYNONYMS,
     'body_part': {'brain': ('brain', 'head'), 'spine': ('spine', 'lumbar spine')},
   }

@@ -32,7 +32,7 @@ def get_config():
   config.train.batch_size = 256
   config.train.warmup_steps = 1000
   config.eval.every = 2000
-  config.eval.zeroshot = {
+  config.evals.zeroshot.templates = {
     'modality': ('a {} image.', '{} scan.'),
     'body_part': ('an image of the {}.', 'a scan of the {}.'),
   }

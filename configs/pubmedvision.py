@@ -33,7 +33,7 @@ def get_config():
   config.eval.every = 500
   config.eval.batch_size = 128
   # The second template of each field averages over every class of the other.
-  config.eval.zeroshot = {
+  config.evals.zeroshot.templates = {
     'modality': ('a {} image.', 'a {} image of the {body_part}.'),
     'body_part': ('an image of the {}.', 'a {modality} image of the {}.'),
   }

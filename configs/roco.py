@@ -19,5 +19,5 @@ def get_config():
   config.data.prepare_command = (
     'python -m medclip_jax.data.prepare --format=roco --input=/path/to/roco --output=data/roco'
   )
-  config.eval.zeroshot = {}
+  config.evals.zeroshot.templates = {}
   return config

@@ -22,29 +22,15 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from medclip_jax import convert
-from medclip_jax import optimizer as optimizer_lib
-from medclip_jax import sharding
-from medclip_jax import train
 from medclip_jax.data import pipeline
 from medclip_jax.errors import UserError
+from medclip_jax.training.setup import Setup
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Train steps timed (after the warm-up).')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed train steps first (the first compiles).')
 _INPUT_BATCHES = flags.DEFINE_integer('input_batches', 20, 'Input batches timed.')
 flags.mark_flags_as_required(['config'])
-
-
-def _train_iterator(config):
-  """This process's training batches, as the trainer reads them."""
-  return pipeline.train_iterator(
-    config.data,
-    seed=config.seed,
-    local_batch_size=config.train.batch_size // jax.process_count(),
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-  )
 
 
 def measure_input(batches_iter, batches: int) -> float:
@@ -62,17 +48,11 @@ def _step_flops(compiled) -> float | None:
   return float(flops) if flops and flops > 0 else None
 
 
-def measure_step(config, local_batch: dict, steps: int, warmup: int) -> dict:
+def measure_step(setup: Setup, local_batch: dict, steps: int, warmup: int) -> dict:
   """Seconds per train step on `local_batch`, pairs/s and TFLOP/s per device."""
-  mesh = sharding.create_mesh(config.mesh)
-  sharding.check_batch_size(config.train.batch_size, mesh, 'train.batch_size')
-  model, tx, abstract_state = train.model_and_optimizer(config)
-  state_shardings = sharding.state_shardings(abstract_state, mesh, config.fsdp_min_size)
-  step_fn = train.jit_train_step(
-    model, tx, optimizer_lib.learning_rate_schedule(config.train), mesh, config, state_shardings
-  )
-  state = train.init_state(model, tx, config, state_shardings, jax.random.PRNGKey(config.seed))
-  batch = sharding.to_global_batch(local_batch, mesh)
+  step_fn = setup.train_step
+  state = setup.init_state()
+  batch = setup.global_batch(local_batch)
   flops = _step_flops(step_fn.lower(state, batch).compile())
   for _ in range(warmup):
     state, metrics = step_fn(state, batch)
@@ -84,18 +64,18 @@ def measure_step(config, local_batch: dict, steps: int, warmup: int) -> dict:
   seconds = (time.perf_counter() - start) / steps
   return {
     'step_seconds': seconds,
-    'step_pairs_per_s': config.train.batch_size / seconds,
+    'step_pairs_per_s': setup.config.train.batch_size / seconds,
     'tflops_per_device': None if flops is None else flops / seconds / 1e12,
   }
 
 
 def run(config, steps: int = 10, warmup: int = 2, input_batches: int = 20) -> dict:
   """Both measurements and their ratio (input examples/s over step pairs/s)."""
-  train.check_data(config.data)
-  convert.resolve_pretrained_config(config)  # sizes of a pretrained text tower
-  batches = _train_iterator(config)
+  pipeline.dataset_info(config.data)  # or a UserError saying how to prepare the data
+  setup = Setup.create(config)
+  batches = setup.train_batches()
   results = {'input_examples_per_s': measure_input(batches, input_batches)}
-  results.update(measure_step(config, next(batches), steps, warmup))
+  results.update(measure_step(setup, next(batches), steps, warmup))
   results['input_to_step_ratio'] = results['input_examples_per_s'] / results['step_pairs_per_s']
   return results
 

@@ -60,10 +60,10 @@ def main(argv):
   if _DISTRIBUTED.value:
     initialize_distributed()
   # Imported after flag parsing so that `--help` answers quickly.
-  from medclip_jax import train  # pylint: disable=import-outside-toplevel
+  from medclip_jax.training import trainer  # pylint: disable=import-outside-toplevel
 
   try:
-    train.train_and_evaluate(_CONFIG.value, workdir)
+    trainer.train_and_evaluate(_CONFIG.value, workdir)
   except UserError as e:
     print(f'\nerror: {e}\n', file=sys.stderr)
     sys.exit(2)

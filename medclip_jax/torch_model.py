@@ -24,11 +24,11 @@ from torch.nn import functional as F
 from transformers import AutoTokenizer
 from transformers import BertModel
 
+from medclip_jax.interop import tables  # plain data: no JAX
+
 _BLOCKS = {
-  18: (torchvision.models.resnet.BasicBlock, (2, 2, 2, 2)),
-  34: (torchvision.models.resnet.BasicBlock, (3, 4, 6, 3)),
-  50: (torchvision.models.resnet.Bottleneck, (3, 4, 6, 3)),
-  101: (torchvision.models.resnet.Bottleneck, (3, 4, 23, 3)),
+  'basic': torchvision.models.resnet.BasicBlock,
+  'bottleneck': torchvision.models.resnet.Bottleneck,
 }
 
 
@@ -41,7 +41,8 @@ class _ResNet(torchvision.models.resnet.ResNet):
 
   def __init__(self, depth: int, width: int):
     nn.Module.__init__(self)  # torchvision's __init__ hard-codes width 64
-    block, layers = _BLOCKS[depth]
+    kind, layers = tables.RESNET_LAYOUTS[depth]
+    block = _BLOCKS[kind]
     self._norm_layer = nn.BatchNorm2d
     self.inplanes, self.dilation, self.groups, self.base_width = width, 1, 1, 64
     self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
@@ -58,8 +59,8 @@ class _ResNet(torchvision.models.resnet.ResNet):
 
 def image_encoder(depth: int, width: int) -> nn.Module:
   """A torchvision ResNet without classifier; `torchvision.models.resnetNN` itself at width 64."""
-  if depth not in _BLOCKS:
-    raise ValueError(f'ResNet depth must be one of {sorted(_BLOCKS)}, got {depth}.')
+  if depth not in tables.RESNET_LAYOUTS:
+    raise ValueError(f'ResNet depth must be one of {sorted(tables.RESNET_LAYOUTS)}, got {depth}.')
   if width == 64:
     model = getattr(torchvision.models, f'resnet{depth}')()
     model.fc = nn.Identity()
@@ -95,18 +96,20 @@ class MedCLIP(nn.Module):
   def from_export(cls, directory) -> 'MedCLIP':
     """Loads what `python -m medclip_jax.export` wrote."""
     directory = Path(directory)
-    metadata = json.loads((directory / 'medclip.json').read_text())
+    files = {name: directory / path for name, path in tables.EXPORT_FILES.items()}
+    metadata = json.loads(files['metadata'].read_text())
     image = image_encoder(metadata['image']['depth'], metadata['image']['width'])
     missing, unexpected = image.load_state_dict(
-      load_file(str(directory / 'image_encoder.safetensors')), strict=False
+      load_file(str(files['image_encoder'])), strict=False
     )
     if missing or unexpected:
       raise ValueError(
-        f'image_encoder.safetensors does not fit: missing {missing}, unexpected {unexpected}'
+        f'{files["image_encoder"].name} does not fit: missing {missing}, unexpected {unexpected}'
       )
-    text_dir = directory / 'text_encoder'
+    text_dir = files['text_encoder']
     text = BertModel.from_pretrained(str(text_dir), add_pooling_layer=False)
-    heads = load_file(str(directory / 'heads.safetensors'))
+    heads = load_file(str(files['heads']))
+    names = tables.HEADS
 
     def linear(weight):
       layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
@@ -116,11 +119,11 @@ class MedCLIP(nn.Module):
     return cls(
       image,
       text,
-      linear(heads['image_projection.weight']),
-      linear(heads['text_projection.weight']),
-      nn.Parameter(heads['logit_scale']),
+      linear(heads[names['image_projection']]),
+      linear(heads[names['text_projection']]),
+      nn.Parameter(heads[names['logit_scale']]),
       metadata,
-      nn.Parameter(heads['logit_bias']) if 'logit_bias' in heads else None,
+      nn.Parameter(heads[names['logit_bias']]) if names['logit_bias'] in heads else None,
       AutoTokenizer.from_pretrained(str(text_dir)),
     )
 

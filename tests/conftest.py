@@ -73,9 +73,9 @@ def tiny_flags(tiny_data):
 @pytest.fixture(scope='session')
 def trained_run(tmp_path_factory, tiny_config):
   """(config, workdir, results) of a 12-step tiny run that no test modifies."""
-  from medclip_jax import train  # pylint: disable=import-outside-toplevel
+  from medclip_jax.training import trainer  # pylint: disable=import-outside-toplevel
 
   config = tiny_config()
   workdir = tmp_path_factory.mktemp('trained_run')
-  results = train.train_and_evaluate(config, str(workdir))
+  results = trainer.train_and_evaluate(config, str(workdir))
   return config, workdir, results

@@ -7,8 +7,9 @@ from pathlib import Path
 import jax
 import pytest
 
-from medclip_jax import convert
-from medclip_jax import train
+from medclip_jax import evaluation
+from medclip_jax.interop import convert
+from medclip_jax.training import setup
 
 CONFIGS = sorted(
   p.stem for p in Path('configs').glob('*.py') if p.stem not in ('__init__', 'default')
@@ -25,7 +26,9 @@ def test_config_builds_its_model_and_documents_its_command(name):
   assert f'--config=configs/{name}.py' in module.__doc__
   config = module.get_config()
   assert config.data.prepare_command.startswith('python -m medclip_jax.data.prepare')
-  assert config.model.loss == 'infonce' and config.model.logit_scale_init == math.log(1 / 0.07)
+  assert {k: v for k, v in config.objectives.items() if v} == {'infonce': 1.0}
+  assert config.model.logit_scale_init == math.log(1 / 0.07)
   convert.resolve_pretrained_config(config)
-  _, _, abstract = train.model_and_optimizer(config)  # shapes only, nothing allocated
+  abstract = setup.shapes(config).abstract_state  # shapes only, nothing allocated
   assert jax.tree.leaves(abstract.params)
+  evaluation.build_evaluators(config.evals)  # every evaluator entry is well formed

@@ -11,6 +11,7 @@ normalised on the device by `normalize`.
 import io
 import re
 import string
+from pathlib import Path
 
 import grain
 import jax.numpy as jnp
@@ -104,6 +105,48 @@ def describe_train_text(data_config, info: dict) -> str:
     f'training text: {data_config.train_text!r} filled from labels; {lacking} '
     f'{split} records lack a label it names and keep their caption'
   )
+
+
+def _tfds_info(data_config) -> dict:
+  """The dataset info of a TFDS-built dataset, or a UserError."""
+  try:
+    from medclip_jax.data import tfds_builders  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise UserError(
+      f'config.data.tfds_name={data_config.tfds_name!r} needs tensorflow-datasets: '
+      'pip install tensorflow-datasets==4.9.10 (TensorFlow itself is not needed).'
+    ) from e
+  try:
+    return tfds_builders.dataset_info(data_config.tfds_name, data_config.dir or None)
+  except Exception as e:  # TFDS raises several types for a dataset it cannot find.
+    raise UserError(
+      f'No TFDS dataset {data_config.tfds_name!r} found in '
+      f'{data_config.dir or "the default TFDS data_dir"} (config.data.dir): {e} Build it with '
+      'python -m medclip_jax.data.tfds_builders (see its --help), or unset config.data.tfds_name '
+      'to read prepared shards.'
+    ) from e
+
+
+def dataset_info(data_config) -> dict:
+  """The info of the dataset `config.data` names, or a UserError saying how to prepare it."""
+  if data_config.tfds_name:
+    info = _tfds_info(data_config)
+  else:
+    try:
+      info = records.read_dataset_info(data_config.dir)
+    except FileNotFoundError as e:
+      raise UserError(
+        f'No prepared dataset found in {Path(data_config.dir).absolute()} '
+        f'(config.data.dir). Training reads ArrayRecord shards and '
+        f'dataset_info.json written by the prepare command; for this config '
+        f'run:\n  {data_config.prepare_command}\nthen start training again.'
+      ) from e
+  if info.get('splits', {}).get(data_config.train_split, {}).get('count') == 0:
+    raise UserError(
+      f'The {data_config.train_split!r} split in {data_config.dir} is empty: nothing to train '
+      'on. Check the skipped records in its dataset_info.json.'
+    )
+  return info
 
 
 def decode_image(data: bytes) -> Image.Image:

@@ -1,0 +1,75 @@
+"""Evaluators as data, in the manner of big_vision: `config.evals.<name> = {'type': ..., **options}`.
+
+An evaluator is a module in this package named by its type. It defines
+
+  class Evaluator:
+    def __init__(self, **options): ...            # the entry's other keys
+    def __call__(self, variables, split, embedder) -> {key: float}
+
+where `variables` are the model's, `split` the evaluated split already
+embedded (`embedding.EncodedSplit`) and `embedder` the shared jitted encoders
+(`embedding.Embedder`, e.g. for prompts). Its keys are reported as
+`<name>.<key>`. A new evaluator is one new file here plus one entry in
+`config.evals`. `config.eval` says when and on what: the split, the batch
+size, how often, and the BatchNorm recomputation before it.
+"""
+
+import importlib
+import pkgutil
+
+from medclip_jax.errors import UserError
+from medclip_jax.evaluation import embedding
+
+# Modules here that are not evaluators.
+_HELPERS = ('embedding', 'results')
+
+
+def available() -> list[str]:
+  """The evaluator types (modules in this package)."""
+  return sorted(
+    m.name
+    for m in pkgutil.iter_modules(__path__)
+    if not m.name.startswith('_') and m.name not in _HELPERS
+  )
+
+
+def build_evaluators(evals_config) -> dict:
+  """{name: Evaluator} for `config.evals`, or a UserError naming the bad entry."""
+  evaluators = {}
+  for name, entry in dict(evals_config).items():
+    options = dict(entry)
+    kind = options.pop('type', None)
+    if kind not in available():
+      raise UserError(
+        f'config.evals.{name}.type is {kind!r}; the evaluator types are {available()} '
+        '(modules in medclip_jax/evaluation/).'
+      )
+    module = importlib.import_module(f'{__name__}.{kind}')
+    try:
+      evaluators[name] = module.Evaluator(**options)
+    except TypeError as e:
+      raise UserError(f'config.evals.{name} has options {kind!r} does not take: {e}') from e
+  return evaluators
+
+
+def run_evaluators(evaluators: dict, variables, split, embedder) -> dict:
+  """Flat results {'<name>.<key>': value} of every evaluator on one embedded split."""
+  results = {}
+  for name, evaluator in evaluators.items():
+    results.update({f'{name}.{k}': v for k, v in evaluator(variables, split, embedder).items()})
+  return results
+
+
+class Evaluation:
+  """Embeds the evaluation split once and runs every configured evaluator on it."""
+
+  def __init__(self, model, config, mesh, label_vocabs: dict):
+    self.split = config.eval.split
+    self.label_vocabs = dict(label_vocabs)
+    self.embedder = embedding.Embedder(model, config, mesh)
+    self.evaluators = build_evaluators(config.evals)
+
+  def __call__(self, variables) -> dict:
+    """Flat results {'<name>.<key>': value} of the model `variables`."""
+    split = self.embedder.encode_split(variables, self.split, self.label_vocabs)
+    return run_evaluators(self.evaluators, variables, split, self.embedder)

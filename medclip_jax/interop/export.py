@@ -1,0 +1,103 @@
+"""A training checkpoint as PyTorch-loadable weights (the command: `python -m medclip_jax.export`).
+
+An export directory holds (names in `tables.EXPORT_FILES`)
+  image_encoder.safetensors  torchvision ResNet keys, BatchNorm running stats included (no fc.*)
+  text_encoder/              a directory BertModel.from_pretrained and AutoTokenizer.from_pretrained load
+  heads.safetensors          image_projection.weight, text_projection.weight, logit_scale
+                             (and logit_bias, with the sigmoid objective)
+  medclip.json               embedding size, pooling, image size, mean/std, max text length, step, config
+
+`medclip_jax.torch_model.MedCLIP.from_export(DIR)` rebuilds the two-tower model
+in PyTorch from these files.
+"""
+
+import json
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from medclip_jax.data import tokenizer as tokenizer_lib
+from medclip_jax.errors import UserError
+from medclip_jax.interop import convert
+from medclip_jax.interop import tables
+from medclip_jax.training import checkpointing
+from medclip_jax.training import setup as setup_lib
+
+
+def _save_safetensors(tensors: dict, path: Path) -> None:
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
+  # The 'pt' format tag tells transformers these are PyTorch-layout tensors.
+  save_file(
+    {k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata={'format': 'pt'}
+  )
+
+
+def _hf_bert_config(text_config: ml_collections.ConfigDict):
+  from transformers import BertConfig  # pylint: disable=import-outside-toplevel
+
+  return BertConfig(
+    **{hf: text_config[ours] for hf, ours in tables.HF_TO_TEXT.items()},
+    hidden_act='gelu',
+    attention_probs_dropout_prob=text_config.dropout_rate,
+    architectures=['BertModel'],
+  )
+
+
+def export(workdir: str, out: str, step: int | None = None) -> Path:
+  """Writes the export of `step` (default: the latest) of `workdir` to `out`."""
+  checkpointer = checkpointing.Checkpointer(workdir, keep=1_000_000)
+  steps = checkpointer.all_steps()
+  if not steps:
+    raise UserError(
+      f'No checkpoints in {checkpointer.directory}: --workdir must be the directory a training '
+      'run wrote (it holds checkpoints/<step>/).'
+    )
+  step = max(steps) if step is None else step
+  if step not in steps:
+    raise UserError(
+      f'No checkpoint for step {step} in {checkpointer.directory}; there are {steps}.'
+    )
+  config = ml_collections.ConfigDict(checkpointer.restore_config(step))
+  state = setup_lib.restore_on_one_device(config, checkpointer, step)
+  checkpointer.close()
+  params = jax.device_get(state.params)
+  batch_stats = jax.device_get(state.batch_stats)
+
+  out = Path(out)
+  text_dir = out / tables.EXPORT_FILES['text_encoder']
+  text_dir.mkdir(parents=True, exist_ok=True)
+  _save_safetensors(
+    convert.resnet_to_torchvision(params['image_encoder'], batch_stats['image_encoder']),
+    out / tables.EXPORT_FILES['image_encoder'],
+  )
+  _save_safetensors(convert.bert_to_hf(params['text_encoder']), text_dir / 'model.safetensors')
+  _hf_bert_config(config.model.text).save_pretrained(str(text_dir))
+  tokenizer_lib.load(config.data.tokenizer).save_pretrained(str(text_dir))
+  heads = {}
+  for key, name in tables.HEADS.items():
+    if key in params:  # logit_bias only with the sigmoid objective
+      value = params[key]
+      # Projections are Dense kernels [in, out]; torch's Linear weight is [out, in].
+      heads[name] = np.asarray(value['kernel']).T if isinstance(value, dict) else np.asarray(value)
+  _save_safetensors(heads, out / tables.EXPORT_FILES['heads'])
+  metadata = {
+    'embed_dim': config.model.embed_dim,
+    'image': {
+      'depth': config.model.image.depth,
+      'width': config.model.image.width,
+      'image_size': config.data.image_size,
+      'mean': list(config.data.mean),
+      'std': list(config.data.std),
+    },
+    'text': {'pooling': config.model.text.pooling, 'max_length': config.data.max_text_length},
+    'objectives': dict(config.objectives),
+    'step': step,
+    'config': config.to_dict(),
+  }
+  (out / tables.EXPORT_FILES['metadata']).write_text(
+    json.dumps(metadata, indent=2, default=list) + '\n'
+  )
+  return out

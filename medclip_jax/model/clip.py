@@ -1,0 +1,66 @@
+"""Two-tower CLIP model: image/text encoders, linear projections, logit scale."""
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+# Guards the normalisation against an all-zero embedding (e.g. a fully padded text).
+_NORM_EPS = 1e-6
+
+
+def _l2_normalize(x):
+  x = x.astype(jnp.float32)
+  # Clamping the squared norm (not the norm) keeps the gradient finite at zero.
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), _NORM_EPS**2))
+
+
+class MedCLIP(nn.Module):
+  """CLIP over any image encoder ``f(images, train)`` and text encoder
+  ``g(input_ids, attention_mask, train)`` that return pooled features [B, C].
+
+  Both towers are projected to ``embed_dim`` without bias and L2-normalised.
+  ``logit_scale`` is the raw log temperature; objectives exponentiate it and
+  the train step clamps it. Parameters an objective needs (the sigmoid loss's
+  bias) are the objective's, not the model's.
+  """
+
+  image_encoder: nn.Module
+  text_encoder: nn.Module
+  embed_dim: int = 512
+  logit_scale_init: float = math.log(1 / 0.07)
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.image_projection = nn.Dense(
+      self.embed_dim, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32
+    )
+    self.text_projection = nn.Dense(
+      self.embed_dim, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32
+    )
+    # Explicit float32 dtype: a weak-typed scalar turns strongly typed after
+    # the first optimiser update, which changes the jitted train step's
+    # input signature and forces a recompile.
+    self.logit_scale = self.param(
+      'logit_scale', lambda _: jnp.asarray(self.logit_scale_init, jnp.float32)
+    )
+
+  def encode_image(self, images, train: bool):
+    """Images [B, H, W, 3] -> unit-norm float32 embeddings [B, embed_dim]."""
+    return _l2_normalize(self.image_projection(self.image_encoder(images, train=train)))
+
+  def encode_text(self, input_ids, attention_mask, train: bool):
+    """Token ids and mask [B, T] -> unit-norm float32 embeddings [B, embed_dim]."""
+    features = self.text_encoder(input_ids, attention_mask, train=train)
+    return _l2_normalize(self.text_projection(features))
+
+  def __call__(self, images, input_ids, attention_mask, train: bool) -> dict:
+    """The named outputs objectives read: unit-norm ``image_embedding`` and
+    ``text_embedding`` [B, embed_dim] and the raw (log) ``logit_scale``."""
+    return {
+      'image_embedding': self.encode_image(images, train),
+      'text_embedding': self.encode_text(input_ids, attention_mask, train),
+      'logit_scale': self.logit_scale,
+    }

@@ -1,0 +1,198 @@
+"""ResNet image encoder with torchvision's exact layout and parameter names.
+
+The parameter tree mirrors torchvision's ``state_dict`` one-to-one (modules are
+named ``conv1``, ``bn1``, ``layer1`` -> ``'0'`` -> ``downsample`` -> ``'0'``/``'1'``
+...), so loading pretrained torchvision weights is a renaming table plus a
+kernel transpose; see :func:`state_dict_names`.
+"""
+
+import functools
+from typing import Any, Callable
+
+import jax.numpy as jnp
+from flax import linen as nn
+from flax import traverse_util
+
+from medclip_jax.interop import tables
+
+# torchvision initialises convs with kaiming_normal_(mode='fan_out',
+# nonlinearity='relu'): an untruncated normal with std sqrt(2 / fan_out).
+_conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+ModuleDef = Callable[..., nn.Module]
+
+
+def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
+  # Explicit symmetric padding: 'SAME' pads asymmetrically for stride 2,
+  # which would not match PyTorch (and pretrained weights) exactly.
+  pad = kernel // 2
+  return nn.Conv(
+    features,
+    (kernel, kernel),
+    strides=(stride, stride),
+    padding=((pad, pad), (pad, pad)),
+    use_bias=False,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=_conv_init,
+    name=name,
+  )
+
+
+class _Downsample(nn.Module):
+  """conv1x1 + BN shortcut, named '0' and '1' like torchvision's Sequential."""
+
+  features: int
+  stride: int
+  norm: ModuleDef
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x):
+    x = _conv(self.features, 1, self.stride, self.dtype, '0')(x)
+    return self.norm(name='1')(x)
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs (ResNet-18/34)."""
+
+  planes: int
+  stride: int
+  norm: ModuleDef
+  dtype: Any
+
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x):
+    out = _conv(self.planes, 3, self.stride, self.dtype, 'conv1')(x)
+    out = nn.relu(self.norm(name='bn1')(out))
+    out = _conv(self.planes, 3, 1, self.dtype, 'conv2')(out)
+    out = self.norm(name='bn2')(out)
+    return nn.relu(out + _shortcut(self, x))
+
+
+class Bottleneck(nn.Module):
+  """1x1 -> 3x3 -> 1x1 (ResNet-50/101), v1.5: the stride sits on the 3x3 conv."""
+
+  planes: int
+  stride: int
+  norm: ModuleDef
+  dtype: Any
+
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x):
+    out = _conv(self.planes, 1, 1, self.dtype, 'conv1')(x)
+    out = nn.relu(self.norm(name='bn1')(out))
+    out = _conv(self.planes, 3, self.stride, self.dtype, 'conv2')(out)
+    out = nn.relu(self.norm(name='bn2')(out))
+    out = _conv(self.planes * 4, 1, 1, self.dtype, 'conv3')(out)
+    out = self.norm(name='bn3')(out)
+    return nn.relu(out + _shortcut(self, x))
+
+
+def _shortcut(block, x):
+  # Same rule as torchvision: project whenever the shape changes.
+  features = block.planes * block.expansion
+  if block.stride != 1 or x.shape[-1] != features:
+    return _Downsample(features, block.stride, block.norm, block.dtype, name='downsample')(x)
+  return x
+
+
+class _Stage(nn.Module):
+  """One of layer1..layer4: blocks named '0', '1', ... as in torchvision."""
+
+  block: type
+  planes: int
+  num_blocks: int
+  stride: int
+  norm: ModuleDef
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x):
+    for i in range(self.num_blocks):
+      stride = self.stride if i == 0 else 1
+      x = self.block(self.planes, stride, self.norm, self.dtype, name=str(i))(x)
+    return x
+
+
+_BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
+
+
+class ResNet(nn.Module):
+  """torchvision ResNet without the fc head; returns pooled features [B, C].
+
+  C is ``8 * width`` for depths 18/34 and ``32 * width`` for 50/101
+  (512 / 2048 at torchvision's width 64). Input is NHWC float images.
+  """
+
+  depth: int = 50
+  width: int = 64
+  dtype: Any = jnp.float32
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+
+  def __post_init__(self):
+    if self.depth not in tables.RESNET_LAYOUTS:
+      raise ValueError(
+        f'Unsupported ResNet depth {self.depth}; expected one of {sorted(tables.RESNET_LAYOUTS)}.'
+      )
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    kind, layers = tables.RESNET_LAYOUTS[self.depth]
+    block = _BLOCKS[kind]
+    norm = functools.partial(
+      nn.BatchNorm,
+      use_running_average=not train,
+      momentum=self.bn_momentum,
+      epsilon=self.bn_epsilon,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+    )
+    x = jnp.asarray(x, self.dtype)
+    x = _conv(self.width, 7, 2, self.dtype, 'conv1')(x)
+    x = nn.relu(norm(name='bn1')(x))
+    # max_pool pads with -inf, matching PyTorch's MaxPool2d(3, 2, padding=1).
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for i, num_blocks in enumerate(layers):
+      x = _Stage(
+        block,
+        self.width * 2**i,
+        num_blocks,
+        1 if i == 0 else 2,
+        norm,
+        self.dtype,
+        name=f'layer{i + 1}',
+      )(x)
+    # Pool in float32 so low-precision compute still yields float32 features.
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+_LEAF_TO_TORCH = {
+  'params': {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias'},
+  'batch_stats': {'mean': 'running_mean', 'var': 'running_var'},
+}
+
+
+def state_dict_names(params, batch_stats) -> dict[str, tuple]:
+  """Map each torchvision state_dict key to ``(collection, path)`` in our tree.
+
+  ``collection`` is ``'params'`` or ``'batch_stats'``; ``path`` indexes that
+  collection, e.g. ``'layer1.0.conv1.weight' -> ('params', ('layer1', '0',
+  'conv1', 'kernel'))``. Conv kernels are HWIO here and OIHW in torch
+  (transpose ``(2, 3, 1, 0)``). torchvision's ``fc.*`` and
+  ``*.num_batches_tracked`` have no counterpart. Works on shape-only trees
+  (``jax.eval_shape``) as well as real ones.
+  """
+  names = {}
+  for collection, tree in (('params', params), ('batch_stats', batch_stats)):
+    renames = _LEAF_TO_TORCH[collection]
+    for path in traverse_util.flatten_dict(tree):
+      torch_key = '.'.join(path[:-1] + (renames[path[-1]],))
+      names[torch_key] = (collection, path)
+  return names

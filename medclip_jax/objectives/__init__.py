@@ -1,0 +1,64 @@
+"""Training objectives as data: `config.objectives` maps module names to weights.
+
+An objective is a module in this package. It defines
+
+  loss(outputs, batch, params, mesh) -> (scalar loss, {name: metric})
+      `outputs` are the model's named outputs (`MedCLIP.__call__`), `batch`
+      the global batch, `params` every trainable parameter (the model's and
+      the objectives'), `mesh` the device mesh the batch is sharded over;
+
+and, if it learns parameters of its own,
+
+  init_params(config) -> {top-level parameter name: initial array}.
+
+The train step adds up weight x loss over `config.objectives` and logs each
+term as `loss/<name>` and each metric as `<name>/<metric>`. An objective at
+weight 0 is off: it is not computed and its parameters do not exist, so the
+defaults can list every objective for the command line to switch on
+(`--config.objectives.sigmoid=1 --config.objectives.infonce=0`). A new
+objective is one new file here plus one entry in `config.objectives`; its
+parameters need a pattern in `config.train.param_groups` (an unmatched
+parameter is an error).
+"""
+
+import importlib
+import pkgutil
+from types import ModuleType
+
+from medclip_jax.errors import UserError
+
+
+def available() -> list[str]:
+  """The objective modules in this package."""
+  return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith('_'))
+
+
+def build(config) -> dict[str, tuple[float, ModuleType]]:
+  """{name: (weight, module)} of the objectives `config.objectives` switches on, or a UserError."""
+  weights = dict(config.objectives)
+  unknown = sorted(set(weights) - set(available()))
+  if unknown:
+    raise UserError(
+      f'config.objectives names {unknown}, which are not objectives; the objectives are '
+      f'{available()} (modules in medclip_jax/objectives/).'
+    )
+  active = {name: float(weight) for name, weight in weights.items() if float(weight) != 0.0}
+  if not active:
+    raise UserError(
+      f'config.objectives {weights} switches no objective on: give at least one a non-zero '
+      f'weight, e.g. --config.objectives.infonce=1; the objectives are {available()}.'
+    )
+  return {
+    name: (weight, importlib.import_module(f'{__name__}.{name}')) for name, weight in active.items()
+  }
+
+
+def init_params(objectives: dict, config) -> dict:
+  """The initial values of every parameter the objectives add, by top-level name."""
+  params = {}
+  for name, (_, module) in objectives.items():
+    for key, value in getattr(module, 'init_params', lambda _: {})(config).items():
+      if key in params:
+        raise ValueError(f'Objectives {name!r} and another both declare parameter {key!r}.')
+      params[key] = value
+  return params

@@ -1,0 +1,170 @@
+"""The one place a config becomes a trainer; training, the benchmark, export and the tests ask it.
+
+`Setup.create(config)` builds, in order: the device mesh; the model and its
+objectives; the optimizer and learning-rate schedule; the abstract state
+(shapes only, from `jax.eval_shape`) and its shardings; the jitted train step.
+Its methods give the initial state (fresh, with pretrained towers if the
+config names them, or restored from a checkpoint), this process's training
+batches, the evaluation and the BatchNorm recomputation. `shapes(config)` is
+the part that needs no devices (export, config checks).
+"""
+
+import dataclasses
+
+import jax
+import optax
+
+from medclip_jax import model as model_lib
+from medclip_jax import objectives as objectives_lib
+from medclip_jax import sharding
+from medclip_jax.data import pipeline
+from medclip_jax.data import tokenizer as tokenizer_lib
+from medclip_jax.errors import UserError
+from medclip_jax.evaluation import Evaluation
+from medclip_jax.interop import convert
+from medclip_jax.training import checkpointing
+from medclip_jax.training import optimizer as optimizer_lib
+from medclip_jax.training import state as state_lib
+from medclip_jax.training.precise_bn import PreciseBN
+from medclip_jax.training.step import make_train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+  """What a config describes, before any device holds anything."""
+
+  model: model_lib.MedCLIP
+  objectives: dict  # objectives.build(config): {name: (weight, module)}
+  tx: optax.GradientTransformation
+  abstract_state: state_lib.TrainState  # ShapeDtypeStructs
+
+
+def shapes(config) -> Shapes:
+  """The model, objectives, optimizer and abstract train state of `config`; nothing is allocated."""
+  model = model_lib.build(config.model)
+  objectives = objectives_lib.build(config)
+  rng = jax.random.PRNGKey(config.seed)
+  abstract_params, _ = jax.eval_shape(
+    lambda r: state_lib.initial_params(model, objectives, config, *jax.random.split(r)), rng
+  )
+  tx = optimizer_lib.create(config.train, abstract_params)
+  abstract_state = jax.eval_shape(lambda r: state_lib.create(model, objectives, tx, config, r), rng)
+  return Shapes(model, objectives, tx, abstract_state)
+
+
+def restore_on_one_device(config, checkpointer, step: int) -> state_lib.TrainState:
+  """The train state of checkpoint `step`, whole on the first device (export, inspection)."""
+  abstract = shapes(config).abstract_state
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = checkpointing.abstract_like(abstract, jax.tree.map(lambda _: device, abstract))
+  return checkpointer.restore_state(step, target)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """Everything a training run is assembled from; see the module docstring."""
+
+  config: object
+  mesh: jax.sharding.Mesh
+  model: model_lib.MedCLIP
+  objectives: dict
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  abstract_state: state_lib.TrainState
+  state_shardings: state_lib.TrainState  # a NamedSharding per leaf
+  local_batch_size: int  # this process's rows of each global batch
+  # (state, global batch) -> (state, metrics); the state is donated.
+  train_step: object
+
+  @classmethod
+  def create(cls, config) -> 'Setup':
+    """Takes a pretrained text tower's sizes into `config` (in place), then builds everything."""
+    convert.resolve_pretrained_config(config)
+    mesh = sharding.create_mesh(config.mesh)
+    local_batch = sharding.check_batch_size(config.train.batch_size, mesh, 'train.batch_size')
+    tokenizer = tokenizer_lib.load(config.data.tokenizer)
+    if len(tokenizer) > config.model.text.vocab_size:
+      raise UserError(
+        f'The tokenizer in {tokenizer_lib.resolve(config.data.tokenizer)} has '
+        f'{len(tokenizer)} tokens but config.model.text.vocab_size is '
+        f'{config.model.text.vocab_size}; make them agree.'
+      )
+    parts = shapes(config)
+    schedule = optimizer_lib.learning_rate_schedule(config.train)
+    state_shardings = sharding.state_shardings(parts.abstract_state, mesh, config.fsdp_min_size)
+    train_step = jax.jit(
+      make_train_step(parts.model, parts.objectives, parts.tx, schedule, mesh, config),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
+      donate_argnums=0,
+    )
+    return cls(
+      config=config,
+      mesh=mesh,
+      model=parts.model,
+      objectives=parts.objectives,
+      tx=parts.tx,
+      schedule=schedule,
+      abstract_state=parts.abstract_state,
+      state_shardings=state_shardings,
+      local_batch_size=local_batch,
+      train_step=train_step,
+    )
+
+  # ---- State ----
+
+  def init_state(self) -> state_lib.TrainState:
+    """The step-0 state, each array created in its sharding; pretrained towers if configured."""
+    state = jax.jit(
+      lambda r: state_lib.create(self.model, self.objectives, self.tx, self.config, r),
+      out_shardings=self.state_shardings,
+    )(jax.random.PRNGKey(self.config.seed))
+    if not (self.config.model.image.init or self.config.model.text.init):
+      return state
+    # Every process reads the files and places its own shards of them.
+    params, batch_stats = convert.load_pretrained(
+      self.config, self.abstract_state.params, self.abstract_state.batch_stats
+    )
+    place = lambda new, shardings: jax.device_put(new, {k: shardings[k] for k in new})
+    return state.replace(
+      params={**state.params, **place(params, self.state_shardings.params)},
+      batch_stats={**state.batch_stats, **place(batch_stats, self.state_shardings.batch_stats)},
+    )
+
+  def restore_state(self, checkpointer, step: int, data_iterator) -> state_lib.TrainState:
+    """Checkpoint `step`, resharded onto this mesh; `data_iterator` moves to its position."""
+    target = checkpointing.abstract_like(self.abstract_state, self.state_shardings)
+    return checkpointer.restore(step, target, data_iterator)
+
+  # ---- Data ----
+
+  def train_batches(self, seed: int | None = None, data_dir: str | None = None):
+    """This process's training batches (endless, checkpointable), as the trainer reads them.
+
+    `seed` defaults to the config's; `data_dir` reads another prepared directory.
+    """
+    data = self.config.data
+    if data_dir is not None:
+      data = data.copy_and_resolve_references()
+      data.dir = str(data_dir)
+    return pipeline.train_iterator(
+      data,
+      seed=self.config.seed if seed is None else seed,
+      local_batch_size=self.local_batch_size,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
+
+  def global_batch(self, local_batch):
+    """This process's rows as arrays sharded over the whole mesh."""
+    return sharding.to_global_batch(local_batch, self.mesh)
+
+  # ---- Evaluation ----
+
+  def evaluation(self, label_vocabs: dict) -> Evaluation:
+    """The configured evaluators (`config.evals`) on `config.eval.split`."""
+    return Evaluation(self.model, self.config, self.mesh, label_vocabs)
+
+  def precise_bn(self) -> PreciseBN:
+    """The BatchNorm recomputation run before each evaluation."""
+    return PreciseBN(self.model, self.config, self.mesh)

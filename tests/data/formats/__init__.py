@@ -1,0 +1,1 @@
+"""Tests of medclip_jax.data.formats."""

@@ -1,0 +1,238 @@
+"""Tests of the manifest format (CSV, JSONL and Parquet tables of image paths or embedded
+images), the options every real format checks, the prepare command line on bad data, and
+training on a prepared manifest."""
+
+import io
+import json
+import os
+
+import pytest
+from PIL import Image
+
+from medclip_jax.data import prepare
+from medclip_jax.data import records
+from medclip_jax.data.formats import base
+from tests.helpers import MAX_SIDE
+from tests.helpers import all_records
+from tests.helpers import assert_groups_in_one_split
+from tests.helpers import assert_nothing_written
+from tests.helpers import bad_images
+from tests.helpers import good_images
+from tests.helpers import noise
+from tests.helpers import png
+from tests.helpers import run_module
+from tests.helpers import write
+from tests.helpers import write_manifest
+from tests.helpers import write_manifest_fixture
+
+
+def _manifest_options(**overrides):
+  options = dict(
+    image_column='path',
+    caption_column='text',
+    label_columns='modality',
+    group_column='patient',
+    max_side=MAX_SIDE,
+    val_fraction=0.3,
+    test_fraction=0.3,
+    max_bad_fraction=0.5,
+  )
+  options.update(overrides)
+  return options
+
+
+def test_manifest_converts_good_and_reports_bad(tmp_path):
+  path, good, bad = write_manifest(tmp_path)
+  out = tmp_path / 'out'
+  info = prepare.prepare('manifest', str(out), input=path, **_manifest_options())
+  assert info == records.read_dataset_info(str(out))
+  assert info['converted'] == len(good) == 8
+  # The last row repeats img/mode_l.png.
+  assert info['skipped'] == [{'id': i, 'reason': r} for i, r in bad.items()] + [
+    {'id': 'img/mode_l.png', 'reason': 'duplicate id'}
+  ]
+  assert len(info['skipped']) == 7
+  assert info['repaired'] == [
+    {'id': 'img/bad_utf8.png', 'reason': 'invalid UTF-8 in caption replaced'}
+  ]
+  assert info['labels'] == {'modality': ['CT', 'MR']}
+  by_split = all_records(out)
+  assert {s: len(r) for s, r in by_split.items()} == {
+    s: v['count'] for s, v in info['splits'].items()
+  }
+  recs = {r['id']: r for split in by_split.values() for r in split}
+  assert sorted(recs) == sorted(good)
+  assert_groups_in_one_split(by_split)
+  assert recs['img/mode_1.png']['caption'] == 'A scan number 0'
+  assert recs['img/bad_utf8.png']['caption'] == 'bad \ufffd\ufffd bytes'
+  assert recs['img/mode_1.png']['group'] == 'patient-0'
+  modes = {}
+  for rec in recs.values():
+    image = Image.open(io.BytesIO(rec['image']))
+    assert max(image.size) <= MAX_SIDE
+    modes[rec['id']] = image.mode
+  assert modes['img/mode_i16.png'] == 'L' and modes['img/mode_cmyk.jpg'] == 'RGB'
+  assert Image.open(io.BytesIO(recs['img/huge.jpg']['image'])).size == (MAX_SIDE, MAX_SIDE)
+
+
+def test_manifest_jsonl_default_columns_limit_and_groups(tmp_path):
+  write(tmp_path, 'a.png', png(noise('L')))
+  lines = [json.dumps({'image': 'a.png', 'caption': f'caption {i}'}) for i in range(1)]
+  for i in range(20):
+    write(tmp_path / 'sub', f'{i}.png', png(noise('L', seed=i)))
+    lines.append(json.dumps({'image': f'sub/{i}.png', 'caption': f'caption {i}'}))
+  lines.append('{not json')
+  (tmp_path / 'm.jsonl').write_text('\n'.join(lines) + '\n')
+  info = prepare.prepare(
+    'manifest',
+    str(tmp_path / 'out'),
+    input=str(tmp_path / 'm.jsonl'),
+    max_side=MAX_SIDE,
+    val_fraction=0.25,
+    test_fraction=0.25,
+    max_bad_fraction=0.1,
+  )
+  assert info['converted'] == 21
+  assert info['skipped'] == [{'id': 'row 22', 'reason': 'bad JSON line'}]
+  by_split = all_records(tmp_path / 'out')
+  assert all(r['group'] == r['id'] for recs in by_split.values() for r in recs)
+  assert all(by_split[s] for s in records.SPLITS)  # 21 groups over 3 splits
+  limited = prepare.prepare(
+    'manifest', str(tmp_path / 'few'), input=str(tmp_path / 'm.jsonl'), limit=5
+  )
+  assert limited['converted'] == 5 and limited['skipped'] == []
+
+
+def test_too_many_bad_records_fails_and_writes_nothing(tmp_path):
+  path, _, _ = write_manifest(tmp_path)
+  out = tmp_path / 'out'
+  with pytest.raises(prepare.TooManyBadRecords) as e:
+    prepare.prepare('manifest', str(out), input=path, **_manifest_options(max_bad_fraction=0.05))
+  message = str(e.value)
+  assert '7 of 15 manifest inputs (46.7%)' in message
+  assert 'max_bad_fraction=0.05' in message
+  for reason in ('missing file: 1', 'truncated or corrupt image: 2', 'duplicate id: 1'):
+    assert reason in message
+  assert_nothing_written(out)
+
+
+def test_bad_options_are_reported(tmp_path):
+  with pytest.raises(prepare.OptionError, match='needs --input'):
+    prepare.prepare('manifest', str(tmp_path / 'o'))
+  with pytest.raises(prepare.OptionError, match='does not exist'):
+    prepare.prepare('medpix', str(tmp_path / 'o'), input=str(tmp_path / 'nope.csv'))
+  (tmp_path / 'm.csv').write_text('file,text\na.png,hi\n')
+  with pytest.raises(prepare.OptionError, match="no column 'image', 'caption'.*'file', 'text'"):
+    prepare.prepare('manifest', str(tmp_path / 'o'), input=str(tmp_path / 'm.csv'))
+  with pytest.raises(prepare.OptionError, match='add up to less than 1'):
+    prepare.prepare(
+      'manifest',
+      str(tmp_path / 'o'),
+      input=str(tmp_path / 'm.csv'),
+      val_fraction=0.5,
+      test_fraction=0.5,
+    )
+  with pytest.raises(prepare.OptionError, match='not a ROCO directory'):
+    prepare.prepare('roco', str(tmp_path / 'o'), input=str(tmp_path))
+
+
+def test_cli_reports_bad_data_and_missing_input_in_one_line(tmp_path):
+  path, _, _ = write_manifest(tmp_path)
+  result = run_module(
+    'medclip_jax.data.prepare',
+    '--format=manifest',
+    f'--output={tmp_path / "out"}',
+    f'--input={path}',
+    '--image_column=path',
+    '--caption_column=text',
+  )
+  assert result.returncode != 0
+  assert 'Traceback' not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+  assert 'could not be converted' in result.stderr and 'missing file: 1' in result.stderr
+  result = run_module('medclip_jax.data.prepare', '--format=roco', f'--output={tmp_path / "out"}')
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert "format 'roco' needs --input" in result.stderr
+  result = run_module(
+    'medclip_jax.data.prepare',
+    '--format=manifest',
+    f'--output={tmp_path / "ok"}',
+    f'--input={path}',
+    '--image_column=path',
+    '--caption_column=text',
+    '--max_bad_fraction=0.6',
+    f'--max_side={MAX_SIDE}',
+  )
+  assert result.returncode == 0, result.stderr
+  assert '7 skipped' in result.stdout
+
+
+def test_training_runs_on_a_prepared_manifest_with_messy_records(tmp_path, tiny_config):
+  from medclip_jax.training import trainer  # pylint: disable=import-outside-toplevel
+
+  path, _, _ = write_manifest(tmp_path)
+  out = tmp_path / 'prepared'
+  prepare.prepare(
+    'manifest', str(out), input=path, **_manifest_options(val_fraction=0.0, test_fraction=0.0)
+  )
+  config = tiny_config()
+  config.data.dir = str(out)
+  config.train.steps = 3
+  config.eval.split = 'train'  # everything is in train
+  config.evals.zeroshot.templates = {'modality': ('{} scan.',)}
+  config.evals.zeroshot.class_names = {}
+  results = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert results['retrieval.gallery_size'] == 8
+  assert 'zeroshot.modality.top1' in results
+
+
+def test_manifest_parquet_reads_like_csv(tmp_path):
+  import pyarrow  # pylint: disable=import-outside-toplevel
+  import pyarrow.parquet  # pylint: disable=import-outside-toplevel
+
+  options, good, bad = write_manifest_fixture(tmp_path)
+  columns, rows = base.read_table(options['input'])
+  # Captions as raw bytes: Parquet strings must be UTF-8, binary cells need not.
+  table = {c: [row[c] for row in rows] for c in columns}
+  table['text'] = [t.encode('utf-8', 'surrogateescape') for t in table['text']]
+  parquet = os.path.splitext(options['input'])[0] + '.parquet'  # beside the CSV and images
+  pyarrow.parquet.write_table(pyarrow.table(table), parquet)
+  from_csv = prepare.prepare('manifest', str(tmp_path / 'csv'), **options)
+  from_parquet = prepare.prepare(
+    'manifest', str(tmp_path / 'parquet'), **{**options, 'input': str(parquet)}
+  )
+  for key in ('converted', 'skipped', 'repaired', 'labels', 'label_counts', 'splits'):
+    assert from_parquet[key] == from_csv[key], key
+  assert from_parquet['converted'] == len(good) and len(from_parquet['skipped']) == len(bad)
+  (tmp_path / 'broken.parquet').write_bytes(b'PAR1 not really')
+  with pytest.raises(prepare.OptionError, match='not a readable Parquet file'):
+    prepare.prepare('manifest', str(tmp_path / 'x'), input=str(tmp_path / 'broken.parquet'))
+
+
+def test_manifest_parquet_with_embedded_images(tmp_path):
+  import pyarrow  # pylint: disable=import-outside-toplevel
+  import pyarrow.parquet  # pylint: disable=import-outside-toplevel
+
+  good, bad = good_images(), bad_images()
+  # Hugging Face datasets' Image struct: bytes, with or without the file's name.
+  cells = [{'bytes': good['mode_l.png'], 'path': 'scan_a.png'}]
+  cells.append({'bytes': good['mode_cmyk.jpg'], 'path': None})
+  cells.append({'bytes': bad['truncated.png'][0], 'path': 'broken.png'})
+  cells.append({'bytes': None, 'path': None})
+  captions = ['Axial CT.', 'Chest X-ray.', 'Broken.', 'No image.']
+  table = pyarrow.table({'image': cells, 'caption': captions})
+  pyarrow.parquet.write_table(table, tmp_path / 'train.parquet')
+  info = prepare.prepare(
+    'manifest',
+    str(tmp_path / 'out'),
+    input=str(tmp_path / 'train.parquet'),
+    max_side=MAX_SIDE,
+    max_bad_fraction=0.5,
+  )
+  assert info['skipped'] == [
+    {'id': 'broken.png', 'reason': 'truncated or corrupt image'},
+    {'id': 'row 4', 'reason': 'no image path'},
+  ]
+  recs = {r['id']: r for rs in all_records(tmp_path / 'out').values() for r in rs}
+  assert sorted(recs) == ['row 2', 'scan_a.png']
+  assert Image.open(io.BytesIO(recs['row 2']['image'])).mode == 'RGB'  # CMYK converted
+  assert recs['scan_a.png']['caption'] == 'Axial CT.'

@@ -1,0 +1,50 @@
+"""Tests of the roco format: ROCO (v1) folders keep their official splits; ROCOv2's CSV
+layout."""
+
+from medclip_jax.data import prepare
+from tests.helpers import MAX_SIDE
+from tests.helpers import all_records
+from tests.helpers import jpeg
+from tests.helpers import noise
+from tests.helpers import png
+from tests.helpers import write
+from tests.helpers import write_csv
+
+
+def test_roco_keeps_official_splits(tmp_path):
+  counts = {'train': 3, 'validation': 2, 'test': 1}
+  number = 0
+  for folder, count in counts.items():
+    radiology = tmp_path / folder / 'radiology'
+    lines = []
+    for _ in range(count):
+      number += 1
+      write(radiology / 'images', f'ROCO_{number:05d}.jpg', jpeg(noise('L', seed=number)))
+      lines.append(f'ROCO_{number:05d}\t CT scan number {number} ')
+    if folder == 'train':
+      lines += ['no tab here', 'ROCO_99999\tmissing image', 'ROCO_00001\tduplicate']
+    (radiology / 'captions.txt').write_text('\n'.join(lines) + '\n')
+  info = prepare.prepare(
+    'roco', str(tmp_path / 'out'), input=str(tmp_path), max_side=MAX_SIDE, max_bad_fraction=0.5
+  )
+  assert {s: v['count'] for s, v in info['splits'].items()} == {'train': 3, 'val': 2, 'test': 1}
+  assert info['skipped'] == [
+    {'id': 'train line 4', 'reason': 'malformed line'},
+    {'id': 'ROCO_99999', 'reason': 'missing file'},
+    {'id': 'ROCO_00001', 'reason': 'duplicate id'},
+  ]
+  by_split = all_records(tmp_path / 'out')
+  assert [r['id'] for r in by_split['val']] == ['ROCO_00004', 'ROCO_00005']
+  assert by_split['train'][0]['caption'] == 'CT scan number 1'
+
+
+def test_rocov2_csv_layout(tmp_path):
+  folders = {'train': 'train', 'valid': 'val', 'test': 'test'}
+  for i, folder in enumerate(folders):
+    image_id = f'ROCOv2_2023_{folder}_{i:06d}'
+    write(tmp_path / folder, image_id + '.png', png(noise('RGB', seed=i)))
+    write_csv(tmp_path / f'{folder}_captions.csv', ['ID', 'Caption'], [[image_id, f'x ray {i}']])
+  info = prepare.prepare('roco', str(tmp_path / 'out'), input=str(tmp_path))
+  assert {s: v['count'] for s, v in info['splits'].items()} == {'train': 1, 'val': 1, 'test': 1}
+  by_split = all_records(tmp_path / 'out')
+  assert by_split['val'][0]['id'] == 'ROCOv2_2023_valid_000001'

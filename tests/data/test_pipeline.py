@@ -1,0 +1,132 @@
+"""Tests of medclip_jax.data.pipeline: preprocessing, crops, laterality-aware flips and the
+training text."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medclip_jax.data import pipeline
+from medclip_jax.data import records
+from medclip_jax.errors import UserError
+from tests.helpers import data_config
+
+
+def _record(caption, image=None, labels=None):
+  if image is None:
+    image = np.zeros((20, 30), np.uint8)
+    image[:, :5] = 255  # a bright stripe on the image's left edge
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format='PNG')
+  return records.encode(
+    {
+      'id': 'x',
+      'group': 'x',
+      'image': buf.getvalue(),
+      'caption': caption,
+      'labels': {'laterality': 'left'} if labels is None else labels,
+    }
+  )
+
+
+@pytest.mark.parametrize(
+  'caption,expected',
+  [
+    ('Mass in the left lung.', 'Mass in the right lung.'),
+    ('Right knee: Left-sided effusion.', 'Left knee: Right-sided effusion.'),
+    ('Bright lesion, no side.', 'Bright lesion, no side.'),
+    ('Leftover contrast, righteous.', 'Leftover contrast, righteous.'),
+  ],
+)
+def test_swap_laterality(caption, expected):
+  assert pipeline.swap_laterality(caption) == expected
+
+
+def test_eval_preprocess_shapes_dtypes_and_labels():
+  pre = pipeline.Preprocess(data_config(), label_vocabs={'laterality': ['left', 'right']})
+  ex = pre(_record('CT of the chest.'))
+  assert ex['image'].shape == (16, 16, 3) and ex['image'].dtype == np.uint8
+  assert ex['input_ids'].shape == (16,) and ex['input_ids'].dtype == np.int32
+  assert ex['attention_mask'].sum() == 7  # [CLS] ct of the chest . [SEP]
+  assert ex['label/laterality'] == 0
+
+
+def _flipped(pre, caption, seed=0):
+  ex = pre(_record(caption), np.random.default_rng(seed))
+  return ex['image'][:, -1, 0].mean() > ex['image'][:, 0, 0].mean(), ex
+
+
+def test_flip_swaps_the_caption_side():
+  pre = pipeline.Preprocess(data_config(hflip_prob=1.0, crop_scale=(1.0, 1.0)), train=True)
+  tok = pre.tokenizer
+  flipped, ex = _flipped(pre, 'Mass in the left lung.')
+  assert flipped
+  assert 'right' in tok.decode(ex['input_ids'], skip_special_tokens=True)
+
+
+def test_flip_skip_policy_leaves_lateral_captions_unflipped():
+  pre = pipeline.Preprocess(
+    data_config(hflip_prob=1.0, crop_scale=(1.0, 1.0), laterality='skip'), train=True
+  )
+  assert not _flipped(pre, 'Mass in the left lung.')[0]
+  assert _flipped(pre, 'Normal chest.')[0]
+
+
+def test_flips_are_off_by_default():
+  pre = pipeline.Preprocess(data_config(crop_scale=(1.0, 1.0)), train=True)
+  assert not any(_flipped(pre, 'Normal chest.', seed)[0] for seed in range(10))
+
+
+def _text(pre, ex):
+  return pre.tokenizer.decode(ex['input_ids'], skip_special_tokens=True)
+
+
+def test_train_text_template_uses_labels_and_falls_back_to_the_caption():
+  config = data_config(train_text='{modality} of the {body_part}.', max_text_length=32)
+  train = pipeline.Preprocess(config, train=True)
+  rng = np.random.default_rng(0)
+  labelled = _record('Axial image, large mass.', labels={'modality': 'MRI', 'body_part': 'brain'})
+  unlabelled = _record('Axial image, large mass.', labels={'modality': 'MRI'})
+  assert _text(train, train(labelled, rng)) == 'mri of the brain.'
+  assert _text(train, train(unlabelled, rng)) == 'axial image, large mass.'
+  # Evaluation always pairs images with their captions.
+  evaluation = pipeline.Preprocess(config, train=False)
+  assert _text(evaluation, evaluation(labelled)) == 'axial image, large mass.'
+
+
+def test_long_texts_are_truncated_and_flagged():
+  pre = pipeline.Preprocess(data_config(max_text_length=8))
+  short, long = pre(_record('CT of the chest.')), pre(_record('a b c d e f g h i j k'))
+  assert short['truncated'] == 0 and long['truncated'] == 1
+  assert long['attention_mask'].sum() == 8 and _text(pre, long) == 'a b c d e f'
+
+
+@pytest.mark.parametrize(
+  'template,message',
+  [
+    ('a scan.', 'names no label'),
+    ('{} scan.', 'write fields as'),
+    ('{modality!r} scan.', 'write fields as'),
+    ('{modality scan.', 'Bad text template'),
+  ],
+)
+def test_bad_text_templates_are_user_errors(template, message):
+  with pytest.raises(UserError, match=message):
+    pipeline.describe_train_text(data_config(train_text=template), {'labels': {'modality': []}})
+
+
+def test_describe_train_text_checks_labels_and_counts_records_lacking_them():
+  info = {
+    'labels': {'modality': ['CT', 'MRI'], 'body_part': ['brain']},
+    'splits': {'train': {'count': 10}},
+    'label_counts': {'train': {'modality': {'CT': 4, 'MRI': 5}, 'body_part': {'brain': 10}}},
+  }
+  describe = lambda template: pipeline.describe_train_text(data_config(train_text=template), info)
+  assert describe('{modality} scan.').endswith(
+    '1 of 10 train records lack a label it names and keep their caption'
+  )
+  assert '1 of 10' in describe('{modality} of the {body_part}.')
+  with pytest.raises(UserError, match='label.*plane.*its labels are body_part, modality'):
+    describe('{plane} view.')
+  assert pipeline.describe_train_text(data_config(), info) == 'training text: captions'

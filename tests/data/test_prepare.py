@@ -1,0 +1,91 @@
+"""Tests of medclip_jax.data.prepare: its options, skipped inputs, group leaks, progress and
+the command line."""
+
+import pytest
+
+from medclip_jax.data import prepare
+from medclip_jax.data import records
+from tests.helpers import make_record
+from tests.helpers import run_module
+from tests.helpers import split_records
+
+
+def test_prepare_rejects_unknown_format_and_options(tmp_path):
+  with pytest.raises(prepare.OptionError, match='known formats: synthetic'):
+    prepare.prepare('nope', str(tmp_path))
+  with pytest.raises(prepare.OptionError, match='colour'):
+    prepare.prepare('synthetic', str(tmp_path), colour=True)
+  with pytest.raises(prepare.OptionError, match='num_val'):
+    prepare.prepare('synthetic', str(tmp_path), num_val=-1)
+
+
+def test_prepare_reports_skips_and_refuses_group_leaks(tmp_path, monkeypatch):
+  def fake_format(leak=False):
+    def items():
+      yield prepare.Skipped('bad-1', 'unreadable image')
+      yield make_record(id='a', group='case-1', labels={'modality': 'CT'})
+      yield make_record(id='b', group='case-1' if leak else 'case-2', labels={'modality': 'MRI'})
+
+    return prepare.Source(
+      records=items(),
+      split_of=lambda r: 'train' if r['id'] == 'a' else 'test',
+      labels={'modality': ['X-ray']},
+    )
+
+  monkeypatch.setitem(prepare.FORMATS, 'fake', fake_format)
+  info = prepare.prepare('fake', str(tmp_path / 'ok'))
+  assert info['skipped'] == [{'id': 'bad-1', 'reason': 'unreadable image'}]
+  assert info['converted'] == 2
+  assert {s: v['count'] for s, v in info['splits'].items()} == {'train': 1, 'val': 0, 'test': 1}
+  assert split_records(tmp_path / 'ok', 'val') == []  # empty, but present
+  assert info['labels'] == {'modality': ['CT', 'MRI', 'X-ray']}
+  with pytest.raises(ValueError, match='case-1'):
+    prepare.prepare('fake', str(tmp_path / 'leak'), leak=True)
+  with pytest.raises(FileNotFoundError):  # nothing half-written is left
+    records.split_files(str(tmp_path / 'leak'), 'train')
+
+
+def test_prepare_reports_progress_with_the_final_counts(tmp_path):
+  calls = []
+  info = prepare.prepare(
+    'synthetic',
+    str(tmp_path),
+    num_train=5,
+    num_val=1,
+    num_test=1,
+    image_size=32,
+    progress=lambda converted, skipped: calls.append((converted, skipped)),
+  )
+  assert calls[-1] == (info['converted'], 0) == (7, 0)
+  assert calls[:-1] == [(n, 0) for n in range(7)]  # before each input
+
+
+# ----------------------------------------------------------------------------
+# The command line.
+
+
+def test_cli_unknown_format_fails_cleanly(tmp_path):
+  result = run_module('medclip_jax.data.prepare', '--format=nope', f'--output={tmp_path}')
+  assert result.returncode != 0
+  output = result.stdout + result.stderr
+  assert 'Traceback' not in output
+  assert 'known formats: synthetic' in output
+  assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_writes_dataset(tmp_path):
+  result = run_module(
+    'medclip_jax.data.prepare',
+    '--format=synthetic',
+    f'--output={tmp_path}',
+    '--num_train=3',
+    '--num_val=2',
+    '--num_test=1',
+    '--image_size=32',
+    '--seed=5',
+  )
+  assert result.returncode == 0, result.stderr
+  assert 'train 3' in result.stdout and str(tmp_path) in result.stdout
+  info = records.read_dataset_info(str(tmp_path))
+  assert info['seed'] == 5
+  assert {s: v['count'] for s, v in info['splits'].items()} == {'train': 3, 'val': 2, 'test': 1}

@@ -1,0 +1,42 @@
+"""Evaluators as data: config.evals entries name a type and options; keys carry the entry's name."""
+
+import numpy as np
+import pytest
+
+from medclip_jax import evaluation
+from medclip_jax.errors import UserError
+from medclip_jax.evaluation.embedding import EncodedSplit
+
+
+def _split():
+  eye = np.eye(4, dtype=np.float32)
+  return EncodedSplit('test', eye, eye[[0, 1, 3, 2]], {}, {})
+
+
+def test_each_entry_reports_under_its_own_name():
+  assert {'retrieval', 'zeroshot'} <= set(evaluation.available())
+  evaluators = evaluation.build_evaluators(
+    {'retrieval': {'type': 'retrieval', 'ks': (1,)}, 'wide': {'type': 'retrieval', 'ks': (2,)}}
+  )
+  results = evaluation.run_evaluators(evaluators, None, _split(), None)
+  assert results == {
+    'retrieval.gallery_size': 4.0,
+    'retrieval.i2t.R@1': 0.5,
+    'retrieval.t2i.R@1': 0.5,
+    'wide.gallery_size': 4.0,
+    'wide.i2t.R@2': 1.0,
+    'wide.t2i.R@2': 1.0,
+  }
+
+
+@pytest.mark.parametrize(
+  'entry, message',
+  [
+    ({'type': 'bleu'}, r"config.evals.bad.type is 'bleu'; the evaluator types are \[.*'retrieval'"),
+    ({'ks': (1,)}, 'config.evals.bad.type is None'),
+    ({'type': 'retrieval', 'k': 5}, "config.evals.bad has options 'retrieval' does not take"),
+  ],
+)
+def test_bad_entries_are_user_errors(entry, message):
+  with pytest.raises(UserError, match=message):
+    evaluation.build_evaluators({'bad': entry})

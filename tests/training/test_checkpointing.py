@@ -1,0 +1,86 @@
+"""Checkpoints: what one holds, and that checkpoints written before objectives and evaluators
+became data still restore, export and train on exactly as before."""
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from medclip_jax.interop import export
+from medclip_jax.training import checkpointing
+from medclip_jax.training.setup import Setup
+
+# Written by the code of commit 891f5e0 (the layout before objectives and
+# evaluators were data): step 1 of a sigmoid-loss run with a frozen text
+# tower, the batch of step 2, and the loss and parameter sums that code
+# computed at step 2. tests/fixtures/legacy_checkpoint/README.md says how.
+LEGACY = Path(__file__).resolve().parent.parent / 'fixtures' / 'legacy_checkpoint'
+
+
+def test_checkpoints_hold_state_data_position_and_config(trained_run):
+  config, workdir, _ = trained_run
+  ckpt = checkpointing.Checkpointer(str(workdir), keep=3)
+  assert ckpt.all_steps() == [6, 12]
+  step_dir = ckpt.directory / '12'
+  assert {p.name for p in step_dir.iterdir()} >= {'state', 'data', 'config'}
+  saved_config = json.loads((step_dir / 'config' / 'metadata').read_text())
+  assert saved_config['train']['steps'] == config.train.steps
+  ckpt.close()
+
+
+@pytest.fixture
+def legacy(tmp_path, tiny_data):
+  """(config upgraded from the checkpoint, a copy of its workdir)."""
+  workdir = tmp_path / 'workdir'
+  shutil.copytree(LEGACY / 'workdir', workdir)
+  ckpt = checkpointing.Checkpointer(str(workdir), keep=3)
+  config = ml_collections.ConfigDict(ckpt.restore_config(1))
+  ckpt.close()
+  config.data.dir = tiny_data  # it was written on the same tiny dataset elsewhere
+  return config, workdir
+
+
+def test_a_checkpoint_of_the_old_layout_restores_and_steps_exactly_as_before(legacy):
+  config, workdir = legacy
+  # The old config's loss and evaluation fields, read as today's.
+  assert 'loss' not in config.model and dict(config.objectives) == {'sigmoid': 1.0}
+  assert set(config.evals) == {'retrieval', 'zeroshot'}
+  setup = Setup.create(config)
+  batches = setup.train_batches()
+  ckpt = checkpointing.Checkpointer(str(workdir), keep=3)
+  state = setup.restore_state(ckpt, 1, batches)
+  ckpt.close()
+  assert int(state.step) == 1 and batches.get_state()['next_index'] == 1
+
+  batch = dict(np.load(LEGACY / 'step_2_batch.npz'))
+  state, metrics = setup.train_step(state, setup.global_batch(batch))
+  expected = json.loads((LEGACY / 'step_2.json').read_text())
+  np.testing.assert_allclose(float(metrics['loss']), expected['loss'], rtol=1e-6)
+  sums = {
+    jax.tree_util.keystr(path): [
+      np.sum(x, dtype=np.float64),
+      np.sum(np.square(x, dtype=np.float64)),
+    ]
+    for path, x in jax.tree_util.tree_leaves_with_path(jax.device_get(state.params))
+  }
+  assert sums.keys() == expected['param_sums'].keys()
+  for key, value in expected['param_sums'].items():
+    np.testing.assert_allclose(sums[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
+
+
+def test_a_checkpoint_of_the_old_layout_exports(legacy, tmp_path):
+  _, workdir = legacy
+  out = export.export(str(workdir), str(tmp_path / 'export'))
+  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+
+  assert set(load_file(str(out / 'heads.safetensors'))) == {
+    'image_projection.weight',
+    'text_projection.weight',
+    'logit_scale',
+    'logit_bias',
+  }
+  assert json.loads((out / 'medclip.json').read_text())['objectives'] == {'sigmoid': 1.0}

@@ -1,0 +1,149 @@
+"""One code path from 1 device to many processes: equivalence, resharded resume, loss memory."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from medclip_jax.training import checkpointing
+from medclip_jax.training import setup
+from tests import helpers
+
+ROOT = helpers.REPO
+
+
+# One step from identical initial states; what may differ is only the layout.
+ONE_STEP = {
+  'model__text__dropout_rate': 0.0,  # dropout masks depend on the layout
+  'train__steps': 1,
+  'train__warmup_steps': 0,
+  # Adam's first update is lr * g / (|g| + eps): where a gradient is near eps,
+  # summation-order noise between layouts moves that update by up to lr. At
+  # 1e-4 every parameter still agrees within the 1e-5 the issue asks for.
+  'train__learning_rate': 1e-4,
+  'train__checkpoint_every': 1,
+  'eval__bn_recompute_batches': 0,
+  'fsdp_min_size': 256,  # small enough that the tiny model's matrices are split
+}
+
+
+def _run(cmd, devices, workdir, *extra):
+  env = {
+    **os.environ,
+    'JAX_PLATFORMS': 'cpu',
+    'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+  }
+  if cmd == 'cluster':
+    argv = ['bash', 'launch/local_cpu_cluster.sh', '2']
+    env['DEVICES_PER_PROCESS'] = str(devices)
+    env['PYTHON'] = sys.executable
+  else:
+    argv = [sys.executable, '-m', 'medclip_jax.main']
+  out = subprocess.run(
+    [*argv, f'--workdir={workdir}', *extra],
+    env=env,
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert out.returncode == 0, out.stdout + out.stderr
+  return out.stdout
+
+
+def _params_at(config, workdir, step):
+  ckpt = checkpointing.Checkpointer(str(workdir), keep=10)
+  state = setup.restore_on_one_device(config, ckpt, step)
+  ckpt.close()
+  return jax.device_get(state.params)
+
+
+def _losses(workdir):
+  rows = [json.loads(l) for l in (Path(workdir) / 'metrics.jsonl').read_text().splitlines()]
+  return {r['step']: r['loss'] for r in rows if 'loss' in r}
+
+
+@pytest.fixture(scope='module')
+def layouts(tiny_flags, tiny_config, tmp_path_factory):
+  """One training step under each layout; workdirs keyed by layout name."""
+  flags = tiny_flags(**ONE_STEP)
+  runs = {
+    '1 device': ('main', 1, []),
+    '8 devices, data': ('main', 8, ['--config.mesh.data=8', '--config.mesh.fsdp=1']),
+    '8 devices, data x fsdp': ('main', 8, ['--config.mesh.data=2', '--config.mesh.fsdp=4']),
+    '2 processes x 2 devices': ('cluster', 2, ['--config.mesh.data=2', '--config.mesh.fsdp=2']),
+  }
+  out = {}
+  for name, (cmd, devices, extra) in runs.items():
+    workdir = tmp_path_factory.mktemp(name.replace(' ', '_').replace(',', ''))
+    out[name] = (workdir, _run(cmd, devices, workdir, *flags, *extra))
+  return tiny_config(), tiny_flags, out  # the config gives the state's structure
+
+
+def test_one_step_gives_the_same_loss_and_parameters_on_every_layout(layouts):
+  config, _, runs = layouts
+  reference_dir, _ = runs['1 device']
+  reference = _params_at(config, reference_dir, 1)
+  reference_loss = _losses(reference_dir)[1]
+  for name, (workdir, _) in runs.items():
+    np.testing.assert_allclose(_losses(workdir)[1], reference_loss, atol=1e-5, err_msg=name)
+    params = _params_at(config, workdir, 1)
+    for path, ref in jax.tree_util.tree_leaves_with_path(reference):
+      got = params
+      for key in path:
+        got = got[key.key]
+      np.testing.assert_allclose(
+        got, ref, atol=1e-5, rtol=0, err_msg=f'{name}: {jax.tree_util.keystr(path)}'
+      )
+
+
+def test_the_local_cluster_writes_one_set_of_logs_and_checkpoints(layouts):
+  _, _, runs = layouts
+  workdir, stdout = runs['2 processes x 2 devices']
+  assert '2 process(es), 4 cpu device(s)' in stdout
+  assert sorted(_losses(workdir)) == [1]  # one row per step, not one per process
+  assert len(list((workdir / 'tb').glob('events.out.tfevents.*'))) == 1
+  assert [p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()] == ['1']
+  assert (workdir / 'eval' / 'step_1.json').exists()
+
+
+def test_checkpoints_restore_across_process_counts(layouts):
+  _, tiny_flags, runs = layouts
+  flags = tiny_flags(**{**ONE_STEP, 'train__steps': 2})
+  # 2 processes -> 1 process.
+  cluster_dir, _ = runs['2 processes x 2 devices']
+  out = _run('main', 1, cluster_dir, *flags)
+  assert 'resuming from the checkpoint at step 1' in out and 'training steps 2..2' in out
+  # 1 process -> 2 processes x 2 devices, fsdp-sharded state.
+  single_dir, _ = runs['1 device']
+  out = _run('cluster', 2, single_dir, *flags, '--config.mesh.data=2', '--config.mesh.fsdp=2')
+  assert 'resuming from the checkpoint at step 1' in out and 'training steps 2..2' in out
+  # Both continued from the same state over the same batch.
+  np.testing.assert_allclose(_losses(cluster_dir)[2], _losses(single_dir)[2], atol=1e-5)
+
+
+_LOSS_MEMORY = """
+import jax, jax.numpy as jnp
+from medclip_jax import sharding
+from medclip_jax.objectives import infonce
+mesh = sharding.create_mesh({'data': -1})
+emb = jax.ShapeDtypeStruct((256, 64), jnp.float32, sharding=sharding.batch_sharding(mesh))
+step = jax.jit(jax.value_and_grad(lambda a, b: infonce.infonce(a, b, 10.0, mesh), argnums=(0, 1)))
+print(step.lower(emb, emb).compile().memory_analysis().temp_size_in_bytes)
+"""
+
+
+def _loss_memory(devices):
+  return int(helpers.run_on_devices(devices, _LOSS_MEMORY).strip().splitlines()[-1])
+
+
+def test_loss_memory_per_device_shrinks_with_the_local_batch():
+  one, eight = _loss_memory(1), _loss_memory(8)
+  # B_global x B_local logits: 256x256 on one device, 32x256 on each of eight.
+  assert one > 256 * 256 * 4
+  assert eight <= one / 4, (one, eight)
