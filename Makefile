@@ -29,8 +29,9 @@ data: $(DEMO_DATA)/dataset_info.json
 demo: $(VENV)/installed $(DEMO_DATA)/dataset_info.json
 	$(PY) -m medclip_jax.main --config=configs/demo.py --workdir=$(DEMO_WORKDIR)
 
+# Two workers, each taking whole modules (their module-scoped fixtures run once).
 test: $(VENV)/installed-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadscope
 
 clean:
 	rm -rf $(DEMO_WORKDIR) $(DEMO_DATA)

@@ -1,9 +1,40 @@
-"""Shared fixtures: one tiny synthetic dataset and a tiny config for every test."""
+"""Shared fixtures: one tiny synthetic dataset and a tiny config for every test.
 
-import pytest
+Compiled executables are shared through JAX's persistent compilation cache by
+every test and every process a test starts (training subprocesses, pytest-xdist
+workers), so a step that several tests run compiles once per session. It must
+be set before jax is imported, and it is fresh for each session.
+"""
 
-from configs import demo
-from medclip_jax.data import prepare
+import os
+import shutil
+import tempfile
+
+# The first process (pytest, or xdist's controller) makes the cache and removes it at the end.
+_OWN_CACHE = 'JAX_COMPILATION_CACHE_DIR' not in os.environ
+if _OWN_CACHE:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='medclip_jax_tests_xla_')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+
+import pytest  # noqa: E402  (after the cache settings)
+
+from configs import demo  # noqa: E402
+from medclip_jax.data import prepare  # noqa: E402
+
+
+def pytest_unconfigure(config):
+  del config
+  if _OWN_CACHE:
+    shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter):
+  """Prints what tests recorded under 'report' (e.g. the benchmark's table), also under xdist."""
+  for report in terminalreporter.stats.get('passed', []):
+    for name, text in report.user_properties:
+      if name == 'report':
+        terminalreporter.write_line(f'\n{report.nodeid}:\n{text}')
 
 
 @pytest.fixture(scope='session')

@@ -71,5 +71,7 @@ class Evaluation:
 
   def __call__(self, variables) -> dict:
     """Flat results {'<name>.<key>': value} of the model `variables`."""
+    if not self.evaluators:
+      return {}  # nothing to embed the split for
     split = self.embedder.encode_split(variables, self.split, self.label_vocabs)
     return run_evaluators(self.evaluators, variables, split, self.embedder)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +18,12 @@ from tests import helpers
 ROOT = helpers.REPO
 
 
-# One step from identical initial states; what may differ is only the layout.
-ONE_STEP = {
+# Two steps from identical initial states; what may differ is only the layout.
+# The layouts are compared after step 1 (checkpoint 1); the restores replay
+# step 2 from checkpoint 1, with the same compiled steps as the first runs.
+TWO_STEPS = {
   'model__text__dropout_rate': 0.0,  # dropout masks depend on the layout
-  'train__steps': 1,
+  'train__steps': 2,
   'train__warmup_steps': 0,
   # Adam's first update is lr * g / (|g| + eps): where a gradient is near eps,
   # summation-order noise between layouts moves that update by up to lr. At
@@ -63,15 +66,20 @@ def _params_at(config, workdir, step):
   return jax.device_get(state.params)
 
 
+def _loss_rows(workdir):
+  """(step, loss) of every training row of metrics.jsonl, in order (replayed steps repeat)."""
+  rows = [json.loads(line) for line in (Path(workdir) / 'metrics.jsonl').read_text().splitlines()]
+  return [(r['step'], r['loss']) for r in rows if 'loss' in r]
+
+
 def _losses(workdir):
-  rows = [json.loads(l) for l in (Path(workdir) / 'metrics.jsonl').read_text().splitlines()]
-  return {r['step']: r['loss'] for r in rows if 'loss' in r}
+  return dict(_loss_rows(workdir))
 
 
 @pytest.fixture(scope='module')
 def layouts(tiny_flags, tiny_config, tmp_path_factory):
-  """One training step under each layout; workdirs keyed by layout name."""
-  flags = tiny_flags(**ONE_STEP)
+  """Two training steps under each layout; (workdir, stdout) keyed by layout name."""
+  flags = tiny_flags(**TWO_STEPS)
   runs = {
     '1 device': ('main', 1, []),
     '8 devices, data': ('main', 8, ['--config.mesh.data=8', '--config.mesh.fsdp=1']),
@@ -82,7 +90,7 @@ def layouts(tiny_flags, tiny_config, tmp_path_factory):
   for name, (cmd, devices, extra) in runs.items():
     workdir = tmp_path_factory.mktemp(name.replace(' ', '_').replace(',', ''))
     out[name] = (workdir, _run(cmd, devices, workdir, *flags, *extra))
-  return tiny_config(), tiny_flags, out  # the config gives the state's structure
+  return tiny_config(), flags, out  # the config gives the state's structure
 
 
 def test_one_step_gives_the_same_loss_and_parameters_on_every_layout(layouts):
@@ -106,25 +114,32 @@ def test_the_local_cluster_writes_one_set_of_logs_and_checkpoints(layouts):
   _, _, runs = layouts
   workdir, stdout = runs['2 processes x 2 devices']
   assert '2 process(es), 4 cpu device(s)' in stdout
-  assert sorted(_losses(workdir)) == [1]  # one row per step, not one per process
+  assert [step for step, _ in _loss_rows(workdir)] == [1, 2]  # one row per step, not per process
   assert len(list((workdir / 'tb').glob('events.out.tfevents.*'))) == 1
-  assert [p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()] == ['1']
-  assert (workdir / 'eval' / 'step_1.json').exists()
+  checkpoints = sorted(p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert checkpoints == ['1', '2']
+  assert (workdir / 'eval' / 'step_2.json').exists()
 
 
 def test_checkpoints_restore_across_process_counts(layouts):
-  _, tiny_flags, runs = layouts
-  flags = tiny_flags(**{**ONE_STEP, 'train__steps': 2})
-  # 2 processes -> 1 process.
+  _, flags, runs = layouts
   cluster_dir, _ = runs['2 processes x 2 devices']
+  single_dir, _ = runs['1 device']
+  first_step_2 = {name: _losses(workdir)[2] for name, (workdir, _) in runs.items()}
+  for workdir in (cluster_dir, single_dir):  # as if each run had died after checkpoint 1
+    shutil.rmtree(workdir / 'checkpoints' / '2')
+  # 2 processes -> 1 process.
   out = _run('main', 1, cluster_dir, *flags)
   assert 'resuming from the checkpoint at step 1' in out and 'training steps 2..2' in out
   # 1 process -> 2 processes x 2 devices, fsdp-sharded state.
-  single_dir, _ = runs['1 device']
   out = _run('cluster', 2, single_dir, *flags, '--config.mesh.data=2', '--config.mesh.fsdp=2')
   assert 'resuming from the checkpoint at step 1' in out and 'training steps 2..2' in out
-  # Both continued from the same state over the same batch.
-  np.testing.assert_allclose(_losses(cluster_dir)[2], _losses(single_dir)[2], atol=1e-5)
+  # Both replayed step 2 from the same state over the same batch, as every
+  # layout's first run computed it.
+  for workdir in (cluster_dir, single_dir):
+    assert [step for step, _ in _loss_rows(workdir)] == [1, 2, 2]
+    for name, loss in first_step_2.items():
+      np.testing.assert_allclose(_losses(workdir)[2], loss, atol=1e-5, err_msg=name)
 
 
 _LOSS_MEMORY = """
