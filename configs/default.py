@@ -22,6 +22,10 @@ def get_config() -> ml_collections.ConfigDict:
   # 'fsdp' too. -1 takes all remaining devices.
   config.mesh = {'data': -1, 'fsdp': 1}
   config.fsdp_min_size = 2**16
+  # Start from a trained model: a training workdir or an export directory. Its
+  # weights (not its optimizer state or step) initialise the run; the model's
+  # sizes must match. python -m medclip_jax.compare sets it.
+  config.init_from = ''
 
   config.data = ml_collections.ConfigDict()
   config.data.dir = ''
@@ -114,13 +118,44 @@ def get_config() -> ml_collections.ConfigDict:
   # Batches used to recompute BatchNorm statistics before evaluating (0: use
   # the running averages as they are).
   config.eval.bn_recompute_batches = 20
-  # Which evaluators run: name -> {'type': a module in medclip_jax/evaluation/,
-  # its options}; results are reported as '<name>.<key>'.
+  # Write eval/step_<N>/report.html (tables, charts, example retrievals) after
+  # the final evaluation; python -m medclip_jax.evaluate writes one too.
+  config.eval.report = True
+  # Which evaluators run: name -> {'type': a module in medclip_jax/evaluation/
+  # (or 'off'), its options}; results are reported as '<name>.<key>'. Each
+  # module's docstring lists its options and keys.
   config.evals = ml_collections.ConfigDict()
-  # Recall@K both ways over every record of the split.
-  config.evals.retrieval = {'type': 'retrieval', 'ks': (1, 5, 10)}
+  # Recall@K and mean/median rank both ways, over every record of the split or
+  # gallery_size of them drawn with seed.
+  config.evals.retrieval = {'type': 'retrieval', 'ks': (1, 5, 10), 'gallery_size': 0, 'seed': 0}
   # Zero-shot classification: templates maps label field -> prompt templates.
   # A class's embedding averages every template filled with each of its
   # phrases: class_names[field][label] (a tuple of synonyms), or the label.
-  config.evals.zeroshot = {'type': 'zeroshot', 'templates': {}, 'class_names': {}}
+  # auroc: field -> (positive, negative) prompt, e.g. ('{}', 'no {}'), scored
+  # per class with a bootstrap 95% interval (bootstrap resamples, seed).
+  config.evals.zeroshot = {
+    'type': 'zeroshot',
+    'templates': {},
+    'class_names': {},
+    'auroc': {},
+    'bootstrap': 1000,
+    'seed': 0,
+  }
+  # Caption by retrieval from a bank (a split, or a .txt/.csv file), scored
+  # with BLEU-1..4, METEOR, ROUGE-L and CIDEr-D beside random and oracle picks.
+  config.evals.caption = {'type': 'caption', 'bank': 'train', 'top_k': 3, 'examples': 12, 'seed': 0}
+  # Logistic regression on frozen image embeddings, per label field ('fields',
+  # default all) and share of the training labels; C chosen on val_split.
+  config.evals.linear_probe = {
+    'type': 'linear_probe',
+    'fields': (),
+    'fractions': (0.01, 0.1, 1.0),
+    'Cs': (0.01, 0.1, 1.0, 10.0, 100.0),
+    'train_split': 'train',
+    'val_split': 'val',
+    'seed': 0,
+  }
+  # python -m medclip_jax.compare: steps of each of its two fine-tuning runs,
+  # and the label text of the second ('' joins every label field).
+  config.compare = {'steps': 200, 'label_text': ''}
   return config

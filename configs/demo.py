@@ -64,6 +64,11 @@ def get_config():
     ),
     'finding': ('{modality} of the {body_part} showing {}.',),
   }
+  # python -m medclip_jax.compare: the label text the README's comparison used.
+  config.compare.label_text = '{modality} of the {body_part}.'
+  config.compare.steps = 200
+  # CheXzero-style AUROC per finding: a softmax over a positive and a negative prompt.
+  config.evals.zeroshot.auroc = {'finding': ('{}', 'no {}')}
   # The phrasings the captions use, so that each class's prompts cover them.
   config.evals.zeroshot.class_names = {
     'modality': synthetic.MODALITY_SYNONYMS,

@@ -67,6 +67,10 @@ TINY = {
   'train.checkpoint_every': 6,
   'eval.batch_size': 16,
   'eval.bn_recompute_batches': 2,
+  # Caption metrics (Java) and probes have tests of their own; tiny runs skip them.
+  'evals.caption.type': 'off',
+  'evals.linear_probe.type': 'off',
+  'eval.report': False,
 }
 
 

@@ -800,3 +800,48 @@ def unit_rows(rng, shape):
   """Random rows of unit length (embeddings), float64."""
   x = rng.normal(size=shape)
   return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+# ---- Evaluation ----
+
+
+def encoded_split(name, image, text=None, labels=None, vocabs=None, **meta):
+  """An `EncodedSplit` from arrays; meta lists ('id', 'group', 'caption', 'image_key') default
+  to one distinct record, group and image per row."""
+  from medclip_jax.evaluation.embedding import EncodedSplit  # pylint: disable=import-outside-toplevel
+
+  n = len(image if image is not None else text)
+  defaults = {
+    'id': [f'{name}-{i}' for i in range(n)],
+    'group': [f'{name}-group-{i}' for i in range(n)],
+    'caption': [f'caption {i}' for i in range(n)],
+    'labels': [{} for _ in range(n)],
+    'image_key': [f'{name}-image-{i}' for i in range(n)],
+  }
+  labels = {f: np.asarray(v) for f, v in (labels or {}).items()}
+  return EncodedSplit(name, image, text, labels, dict(vocabs or {}), {**defaults, **meta})
+
+
+class FakeEmbedder:
+  """Stands in for `evaluation.embedding.Embedder`: splits are given, texts embed by `text_fn`."""
+
+  def __init__(self, splits: dict, text_fn=None):
+    self.splits = splits
+    self.text_fn = text_fn
+    self.encoded = []  # the texts encode_strings was asked for, call by call
+
+  def encode_strings(self, variables, texts):
+    del variables
+    self.encoded.append(list(texts))
+    vectors = np.stack([np.asarray(self.text_fn(t), np.float64) for t in texts])
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+  def encode_split(self, variables, split, label_vocabs, images=True, texts=True):
+    del variables, label_vocabs, images, texts
+    return self.splits[split]
+
+  def split_size(self, split):
+    return len(self.splits[split]) if split in self.splits else 0
+
+  def image_bytes(self, split, index):
+    return png(noise('L', seed=index))

@@ -8,6 +8,7 @@ pipeline as uint8 (4x less host-to-device traffic than float32) and are
 normalised on the device by `normalize`.
 """
 
+import hashlib
 import io
 import re
 import string
@@ -259,8 +260,8 @@ class Preprocess:
     return example
 
 
-def _source(data_config, split: str):
-  """The serialised records of `split`: prepared shards, or a dataset built by TFDS."""
+def source(data_config, split: str):
+  """The serialised records of `split` (random access): prepared shards, or a dataset built by TFDS."""
   if data_config.tfds_name:
     # Only runs on TFDS data need tensorflow-datasets installed.
     from medclip_jax.data import tfds_builders  # pylint: disable=import-outside-toplevel
@@ -281,7 +282,7 @@ def train_iterator(
   """An endless, checkpointable iterator of this process's training batches."""
   preprocess = Preprocess(data_config, train=True)
   ds = (
-    grain.MapDataset.source(_source(data_config, data_config.train_split))
+    grain.MapDataset.source(source(data_config, data_config.train_split))
     .seed(seed)
     .shuffle()
     .repeat()
@@ -307,12 +308,13 @@ def eval_batches(
 ):
   """Every record of `split` once, in batches padded to a fixed size.
 
-  Yields this process's rows of each global batch; padding rows have
-  'mask' == 0. The number of global batches is the same on every process.
+  Yields this process's rows of each global batch; 'index' is the record's
+  position in the split, and padding rows have 'mask' == 0. The number of
+  global batches is the same on every process.
   """
-  source = _source(data_config, split)
+  records_ = source(data_config, split)
   preprocess = Preprocess(data_config, label_vocabs=label_vocabs, train=False)
-  n = len(source)
+  n = len(records_)
   if n == 0:
     raise UserError(
       f'The {split!r} split in {data_config.dir} has no records to evaluate on; '
@@ -324,10 +326,10 @@ def eval_batches(
   def load(index):
     nonlocal pad_example
     if index < n:
-      return {**preprocess(source[index]), 'mask': np.int32(1)}
+      return {**preprocess(records_[index]), 'index': np.int32(index), 'mask': np.int32(1)}
     if pad_example is None:
-      pad_example = {k: np.zeros_like(v) for k, v in preprocess(source[0]).items()}
-      pad_example['mask'] = np.int32(0)
+      pad_example = {k: np.zeros_like(v) for k, v in preprocess(records_[0]).items()}
+      pad_example.update(index=np.int32(0), mask=np.int32(0))
     return pad_example
 
   ds = (
@@ -337,3 +339,17 @@ def eval_batches(
     .to_iter_dataset(_read_options(data_config))
   )
   yield from ds
+
+
+def split_metadata(data_config, split: str) -> dict[str, list]:
+  """Every record of `split` without its pixels, in split order: 'id', 'group',
+  'caption', 'labels' (dicts) and 'image_key' (a digest of the image bytes,
+  equal for records that show the same image)."""
+  out = {'id': [], 'group': [], 'caption': [], 'labels': [], 'image_key': []}
+  records_ = source(data_config, split)
+  for index in range(len(records_)):
+    record = records.decode(records_[index])
+    for key in ('id', 'group', 'caption', 'labels'):
+      out[key].append(record[key])
+    out['image_key'].append(hashlib.sha1(record['image']).hexdigest())
+  return out

@@ -4,14 +4,19 @@ An evaluator is a module in this package named by its type. It defines
 
   class Evaluator:
     def __init__(self, **options): ...            # the entry's other keys
-    def __call__(self, variables, split, embedder) -> {key: float}
+    def __call__(self, variables, split, embedder) -> {key: float, 'details': {...}}
 
 where `variables` are the model's, `split` the evaluated split already
 embedded (`embedding.EncodedSplit`) and `embedder` the shared jitted encoders
-(`embedding.Embedder`, e.g. for prompts). Its keys are reported as
-`<name>.<key>`. A new evaluator is one new file here plus one entry in
-`config.evals`. `config.eval` says when and on what: the split, the batch
-size, how often, and the BatchNorm recomputation before it.
+(`embedding.Embedder`: prompts, other splits). Its float keys are reported as
+`<name>.<key>`; the optional 'details' dict holds what is not a number
+(confusion matrices, example retrievals, per-image rows under 'files') for the
+report (`report.py`) and the files beside the results (`results.py`). A new
+evaluator is one new file here plus one entry in `config.evals`.
+An entry whose type is 'off' is skipped, so the command line can switch off
+an evaluator a config names (`--config.evals.caption.type=off`). `config.eval`
+says when and on what: the split, the batch size, how often, and the
+BatchNorm recomputation before it.
 """
 
 import importlib
@@ -21,7 +26,7 @@ from medclip_jax.errors import UserError
 from medclip_jax.evaluation import embedding
 
 # Modules here that are not evaluators.
-_HELPERS = ('embedding', 'results')
+_HELPERS = ('caption_metrics', 'classification', 'embedding', 'report', 'results')
 
 
 def available() -> list[str]:
@@ -34,30 +39,37 @@ def available() -> list[str]:
 
 
 def build_evaluators(evals_config) -> dict:
-  """{name: Evaluator} for `config.evals`, or a UserError naming the bad entry."""
+  """{name: (type, Evaluator)} for `config.evals`, or a UserError naming the bad entry."""
   evaluators = {}
   for name, entry in dict(evals_config).items():
     options = dict(entry)
     kind = options.pop('type', None)
+    if kind == 'off':
+      continue
     if kind not in available():
       raise UserError(
         f'config.evals.{name}.type is {kind!r}; the evaluator types are {available()} '
-        '(modules in medclip_jax/evaluation/).'
+        "(modules in medclip_jax/evaluation/), or 'off'."
       )
     module = importlib.import_module(f'{__name__}.{kind}')
     try:
-      evaluators[name] = module.Evaluator(**options)
+      evaluators[name] = (kind, module.Evaluator(**options))
     except TypeError as e:
       raise UserError(f'config.evals.{name} has options {kind!r} does not take: {e}') from e
+    except ValueError as e:
+      raise UserError(f'config.evals.{name}: {e}') from e
   return evaluators
 
 
-def run_evaluators(evaluators: dict, variables, split, embedder) -> dict:
-  """Flat results {'<name>.<key>': value} of every evaluator on one embedded split."""
-  results = {}
-  for name, evaluator in evaluators.items():
-    results.update({f'{name}.{k}': v for k, v in evaluator(variables, split, embedder).items()})
-  return results
+def run_evaluators(evaluators: dict, variables, split, embedder) -> tuple[dict, dict]:
+  """(flat results {'<name>.<key>': value}, details {name: {'type': ..., ...}}) on one split."""
+  results, details = {}, {}
+  for name, (kind, evaluator) in evaluators.items():
+    out = dict(evaluator(variables, split, embedder))
+    details[name] = {'type': kind, **out.pop('details', {})}
+    for key, value in out.items():
+      results[f'{name}.{key}'] = float(value)
+  return results, details
 
 
 class Evaluation:
@@ -69,9 +81,10 @@ class Evaluation:
     self.embedder = embedding.Embedder(model, config, mesh)
     self.evaluators = build_evaluators(config.evals)
 
-  def __call__(self, variables) -> dict:
-    """Flat results {'<name>.<key>': value} of the model `variables`."""
+  def __call__(self, variables) -> tuple[dict, dict]:
+    """(flat results, details) of the model `variables`; see `run_evaluators`."""
     if not self.evaluators:
-      return {}  # nothing to embed the split for
+      return {}, {}  # nothing to embed the split for
+    self.embedder.clear_cache()
     split = self.embedder.encode_split(variables, self.split, self.label_vocabs)
     return run_evaluators(self.evaluators, variables, split, self.embedder)

@@ -12,19 +12,26 @@ import numpy as np
 
 from medclip_jax import sharding
 from medclip_jax.data import pipeline
+from medclip_jax.data import records
 from medclip_jax.data import tokenizer as tokenizer_lib
 from medclip_jax.model.clip import MedCLIP
 
 
 @dataclasses.dataclass(frozen=True)
 class EncodedSplit:
-  """Every record of a split, embedded: row i of each array is record i."""
+  """Every record of a split, embedded: row i of each array is record i of the split."""
 
   name: str
-  image: np.ndarray  # [N, D] unit-norm image embeddings
-  text: np.ndarray  # [N, D] unit-norm caption embeddings
+  image: np.ndarray | None  # [N, D] unit-norm image embeddings (None if not asked for)
+  text: np.ndarray | None  # [N, D] unit-norm caption embeddings (None if not asked for)
   labels: dict[str, np.ndarray]  # field -> [N] class index into vocabs[field], -1 if unknown
   vocabs: dict[str, list[str]]  # field -> class names, from dataset_info.json
+  # Per record: 'id', 'group' (case or patient), 'caption', 'image_key' (equal
+  # for records that show the same image); see pipeline.split_metadata.
+  meta: dict[str, list]
+
+  def __len__(self) -> int:
+    return len(self.meta['id'])
 
 
 class Embedder:
@@ -54,6 +61,7 @@ class Embedder:
     # Token ids and mask [B, T] -> [B, D], replicated.
     self.encode_texts = jax.jit(encode_texts, out_shardings=replicated)
     self._gather = jax.jit(lambda x: x, out_shardings=replicated)
+    self._cache = {}
 
   def encode_strings(self, variables, texts: list[str]) -> np.ndarray:
     """Embeddings [len(texts), D] of texts every process holds in full (e.g. prompts)."""
@@ -81,9 +89,33 @@ class Embedder:
       )
     return np.concatenate(out)[:n]
 
-  def encode_split(self, variables, split: str, label_vocabs: dict) -> EncodedSplit:
-    """Image and caption embeddings and labels of every record of `split`."""
-    images, texts, labels = [], [], {f: [] for f in label_vocabs}
+  def encode_split(
+    self, variables, split: str, label_vocabs: dict, images: bool = True, texts: bool = True
+  ) -> EncodedSplit:
+    """Image and caption embeddings (those asked for), labels and metadata of every record of
+    `split`. Splits already embedded with the same `variables` come from a cache."""
+    key = (id(variables), split, images, texts)
+    if key not in self._cache:
+      self._cache[key] = self._encode_split(variables, split, label_vocabs, images, texts)
+    return self._cache[key]
+
+  def split_size(self, split: str) -> int:
+    """The number of records in `split` (0 for a split the dataset does not have)."""
+    try:
+      return len(pipeline.source(self.config.data, split))
+    except FileNotFoundError:
+      return 0
+
+  def image_bytes(self, split: str, index: int) -> bytes:
+    """The stored image (PNG bytes) of record `index` of `split`, e.g. for a report."""
+    return records.decode(pipeline.source(self.config.data, split)[index])['image']
+
+  def clear_cache(self) -> None:
+    """Forgets embedded splits (before evaluating other variables)."""
+    self._cache.clear()
+
+  def _encode_split(self, variables, split, label_vocabs, images, texts) -> EncodedSplit:
+    out = {'index': [], 'image': [], 'text': [], **{f'label/{f}': [] for f in label_vocabs}}
     for local in pipeline.eval_batches(
       self.config.data,
       split,
@@ -94,16 +126,21 @@ class Embedder:
     ):
       batch = sharding.to_global_batch(local, self.mesh)
       mask = np.asarray(self._gather(batch['mask'])).astype(bool)
-      images.append(np.asarray(self.encode_images(variables, batch['image']))[mask])
-      texts.append(
-        np.asarray(self.encode_texts(variables, batch['input_ids'], batch['attention_mask']))[mask]
-      )
-      for field in labels:
-        labels[field].append(np.asarray(self._gather(batch[f'label/{field}']))[mask])
+      if images:
+        out['image'].append(np.asarray(self.encode_images(variables, batch['image']))[mask])
+      if texts:
+        ids, attention = batch['input_ids'], batch['attention_mask']
+        out['text'].append(np.asarray(self.encode_texts(variables, ids, attention))[mask])
+      for name in ['index', *(f'label/{f}' for f in label_vocabs)]:
+        out[name].append(np.asarray(self._gather(batch[name]))[mask])
+    # Rows arrive in the order the processes' shares interleave: put them in split order.
+    order = np.argsort(np.concatenate(out['index']), kind='stable')
+    rows = {k: np.concatenate(v)[order] if v else None for k, v in out.items()}
     return EncodedSplit(
       name=split,
-      image=np.concatenate(images),
-      text=np.concatenate(texts),
-      labels={f: np.concatenate(v) for f, v in labels.items()},
+      image=rows['image'],
+      text=rows['text'],
+      labels={f: rows[f'label/{f}'] for f in label_vocabs},
       vocabs=dict(label_vocabs),
+      meta=pipeline.split_metadata(self.config.data, split),
     )

@@ -1,4 +1,9 @@
-"""Evaluation results on disk (`WORKDIR/eval/step_<N>.json`) and as a table at the end of a run."""
+"""Evaluation results on disk and as a table at the end of a run.
+
+`WORKDIR/eval/step_<N>.json` holds the flat results; `WORKDIR/eval/step_<N>/`
+the files evaluators return under details['files'] (e.g. captions.jsonl) and
+report.html.
+"""
 
 import json
 from pathlib import Path
@@ -6,13 +11,40 @@ from pathlib import Path
 import jax
 
 
-def write(workdir: str, step: int, results: dict) -> Path:
-  """Writes the flat results of `step` (process 0 only); returns the path."""
+def step_dir(workdir: str, step: int) -> Path:
+  """Where the files of the evaluation at `step` go."""
+  return Path(workdir) / 'eval' / f'step_{step}'
+
+
+def write(workdir: str, step: int, results: dict, details: dict | None = None) -> Path:
+  """Writes the flat results of `step` and the evaluators' files (process 0 only); returns the
+  results' path."""
   path = Path(workdir) / 'eval' / f'step_{step}.json'
   if jax.process_index() == 0:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, sort_keys=True) + '\n')
+    for name, files in _files(details or {}).items():
+      target = step_dir(workdir, step) / name
+      target.parent.mkdir(parents=True, exist_ok=True)
+      target.write_text(''.join(json.dumps(row, ensure_ascii=False) + '\n' for row in files))
   return path
+
+
+def read(workdir: str, step: int) -> dict:
+  """The flat results written for `step`, or {} if there are none."""
+  path = Path(workdir) / 'eval' / f'step_{step}.json'
+  return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _files(details: dict) -> dict:
+  """{file name: rows} of every evaluator; a name two evaluators use gets its evaluator's prefix."""
+  named = [
+    (name, file, rows) for name, d in details.items() for file, rows in d.get('files', {}).items()
+  ]
+  counts = {}
+  for _, file, _ in named:
+    counts[file] = counts.get(file, 0) + 1
+  return {(file if counts[file] == 1 else f'{name}_{file}'): rows for name, file, rows in named}
 
 
 def format_table(step: int, results: dict) -> str:
@@ -22,7 +54,8 @@ def format_table(step: int, results: dict) -> str:
   width = max(len(k) for k in results)
   lines = [f'Evaluation at step {step}', '-' * (width + 12)]
   for key, value in results.items():
-    text = f'{int(value)}' if key.endswith('gallery_size') else f'{value:.4f}'
+    counts = key.endswith(('gallery_size', '_examples'))
+    text = f'{int(value)}' if counts else f'{value:.4f}'
     lines.append(f'{key:<{width}}  {text:>8}')
   return '\n'.join(lines)
 

@@ -1,34 +1,68 @@
-"""Image-text retrieval: Recall@K of each record's own caption, and of its own image.
+"""Image-text retrieval: Recall@K, mean and median rank, image->text and text->image.
 
-`config.evals.<name> = {'type': 'retrieval', 'ks': (1, 5, 10)}` gives the keys
-`<name>.gallery_size` and `<name>.{i2t,t2i}.R@<k>`.
+`config.evals.<name> = {'type': 'retrieval', 'ks': (1, 5, 10), 'gallery_size': 0, 'seed': 0}`
+gives `<name>.gallery_size`, `<name>.{i2t,t2i}.R@<k>` and
+`<name>.{i2t,t2i}.{mean,median}_rank`. The gallery is every record of the
+split, or `gallery_size` of them drawn with `seed` (PMC-CLIP reports 2,000).
+Records that show the same image (equal bytes) are one image with several
+captions: image->text counts a hit when any of its captions is in the top k,
+and text->image searches the distinct images.
 """
 
 import numpy as np
 
 
-def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, ks=(1, 5, 10)) -> dict:
-  """Recall@K of the paired item, image->text and text->image.
+def ranks(image_emb: np.ndarray, text_emb: np.ndarray, image_of_text: np.ndarray):
+  """1-based ranks of the right answer: (per image, per caption).
 
-  Row i of each array is a pair; ties count against the model.
+  `image_emb` [U, D] holds distinct images, `text_emb` [N, D] captions, and
+  caption n shows image `image_of_text[n]`. An image's rank is that of its
+  best-scoring caption among the other images' captions; a caption's, that of
+  its image. A wrong answer scoring exactly as the right one does not push it
+  down.
   """
-  sim = image_emb.astype(np.float32) @ text_emb.astype(np.float32).T
-  positive = np.diag(sim)
-  rank_i2t = (sim > positive[:, None]).sum(axis=1)
-  rank_t2i = (sim > positive[None, :]).sum(axis=0)
-  out = {'gallery_size': float(len(positive))}
-  for name, rank in (('i2t', rank_i2t), ('t2i', rank_t2i)):
+  sim = image_emb.astype(np.float32) @ text_emb.astype(np.float32).T  # [U, N]
+  own = image_of_text[None, :] == np.arange(len(image_emb))[:, None]
+  best_own = np.where(own, sim, -np.inf).max(axis=1)
+  image_ranks = 1 + np.sum(~own & (sim > best_own[:, None]), axis=1)
+  right = sim[image_of_text, np.arange(len(image_of_text))]
+  text_ranks = 1 + np.sum(sim > right[None, :], axis=0)
+  return image_ranks, text_ranks
+
+
+def retrieval_metrics(image_emb, text_emb, ks=(1, 5, 10), image_keys=None) -> dict:
+  """Recall@K and mean/median rank both ways of records paired row by row.
+
+  Records with equal `image_keys` show one image (default: every record its own).
+  """
+  n = len(text_emb)
+  keys = np.arange(n) if image_keys is None else np.asarray(image_keys)
+  _, first, image_of_text = np.unique(keys, return_index=True, return_inverse=True)
+  image_ranks, text_ranks = ranks(image_emb[first], text_emb, image_of_text.reshape(-1))
+  out = {'gallery_size': float(n)}
+  for name, rank in (('i2t', image_ranks), ('t2i', text_ranks)):
     for k in ks:
-      out[f'{name}.R@{k}'] = float(np.mean(rank < k))
+      out[f'{name}.R@{k}'] = float(np.mean(rank <= k))
+  for name, rank in (('i2t', image_ranks), ('t2i', text_ranks)):
+    out[f'{name}.mean_rank'] = float(np.mean(rank))
+    out[f'{name}.median_rank'] = float(np.median(rank))
   return out
 
 
 class Evaluator:
-  """Retrieval over every record of the evaluated split (the gallery)."""
+  """Retrieval over the records of the evaluated split (the gallery)."""
 
-  def __init__(self, ks=(1, 5, 10)):
+  def __init__(self, ks=(1, 5, 10), gallery_size=0, seed=0):
     self.ks = tuple(int(k) for k in ks)
+    self.gallery_size = int(gallery_size)
+    self.seed = int(seed)
 
   def __call__(self, variables, split, embedder) -> dict:
     del variables, embedder  # the split's embeddings are all it needs
-    return retrieval_metrics(split.image, split.text, self.ks)
+    rows = np.arange(len(split))
+    if 0 < self.gallery_size < len(split):
+      rows = np.sort(
+        np.random.default_rng(self.seed).choice(rows, self.gallery_size, replace=False)
+      )
+    keys = np.asarray(split.meta['image_key'])[rows]
+    return retrieval_metrics(split.image[rows], split.text[rows], self.ks, keys)

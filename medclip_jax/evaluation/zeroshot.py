@@ -1,15 +1,23 @@
 """Zero-shot classification: each image takes the class whose prompt ensemble is nearest.
 
-`config.evals.<name> = {'type': 'zeroshot', 'templates': {field: (template,
-...)}, 'class_names': {field: {label: (phrase, ...)}}}` gives the keys
-`<name>.<field>.top1` and `.top3` (top-k only where there are k classes)
-for every templated field the dataset labels.
+`config.evals.<name> = {'type': 'zeroshot', 'templates': {field: (template, ...)},
+'class_names': {field: {label: (phrase, ...)}}, 'auroc': {field: (positive, negative)},
+'bootstrap': 1000, 'seed': 0}` gives, for every templated field the dataset labels:
+`<name>.<field>.top1` and `.top3` (top-k only where there are k classes),
+`.balanced_accuracy` (mean per-class recall), `.macro_f1` and `.accuracy.<class>`
+(each class's recall). Fields in `auroc` are also scored as CheXzero does: per
+class, a softmax over a positive and a negative prompt (e.g. '{}' and 'no {}')
+gives a probability, reported as `.auroc.<class>` with a bootstrap 95%
+interval (`.auroc_low.<class>`, `.auroc_high.<class>`) and their mean `.auroc`.
+Images whose label is unknown are left out.
 """
 
 import itertools
 import string
 
 import numpy as np
+
+from medclip_jax.evaluation.classification import auroc, auroc_interval, classification_metrics
 
 
 def zeroshot_metrics(
@@ -52,29 +60,76 @@ def prompts(field: str, label: str, templates, vocabs: dict, class_names: dict) 
 
 
 class Evaluator:
-  """Prompt-ensemble zero-shot top-k for each templated label field of the split."""
+  """Prompt-ensemble zero-shot classification of each templated label field of the split."""
 
-  def __init__(self, templates=None, class_names=None):
+  def __init__(self, templates=None, class_names=None, auroc=None, bootstrap=1000, seed=0):
     self.templates = {f: list(t) for f, t in dict(templates or {}).items()}
     self.class_names = dict(class_names or {})
+    self.auroc_prompts = {f: tuple(pair) for f, pair in dict(auroc or {}).items()}
+    for field, pair in self.auroc_prompts.items():
+      if len(pair) != 2:
+        raise ValueError(f'auroc[{field!r}] must be (positive template, negative template)')
+    self.bootstrap = int(bootstrap)
+    self.seed = int(seed)
 
-  def class_embeddings(self, variables, embedder, field: str, vocabs: dict) -> np.ndarray:
+  def class_embeddings(self, variables, embedder, field, vocabs, templates) -> np.ndarray:
     """One unit vector per class of `field`: the normalised mean of its prompt ensemble."""
-    groups = [
-      prompts(field, label, self.templates[field], vocabs, self.class_names)
-      for label in vocabs[field]
-    ]
+    groups = [prompts(field, label, templates, vocabs, self.class_names) for label in vocabs[field]]
     emb = embedder.encode_strings(variables, [p for g in groups for p in g])
     bounds = np.cumsum([0] + [len(g) for g in groups])
     emb = np.stack([emb[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:])])
     return emb / np.linalg.norm(emb, axis=-1, keepdims=True)
 
+  def _auroc(self, variables, embedder, field, split) -> dict:
+    """{class: {'auroc', 'low', 'high'}} from the positive/negative prompt pair of `field`."""
+    positive, negative = (
+      self.class_embeddings(variables, embedder, field, split.vocabs, [t])
+      for t in self.auroc_prompts[field]
+    )
+    scale = float(np.exp(variables['params']['logit_scale']))
+    labels = split.labels[field]
+    known = labels >= 0
+    image = split.image[known]
+    # softmax over (positive, negative) = sigmoid of the scaled difference.
+    probability = 1 / (1 + np.exp(-scale * (image @ positive.T - image @ negative.T)))
+    out = {}
+    for c, name in enumerate(split.vocabs[field]):
+      truth = labels[known] == c
+      if truth.all() or not truth.any():
+        continue  # AUROC needs both outcomes
+      low, high = auroc_interval(truth, probability[:, c], self.bootstrap, self.seed)
+      out[name] = {'auroc': float(auroc(truth, probability[:, c])), 'low': low, 'high': high}
+    return out
+
   def __call__(self, variables, split, embedder) -> dict:
-    results = {}
-    for field in self.templates:
+    results, fields = {}, {}
+    for field, templates in self.templates.items():
       if field not in split.vocabs:
         continue
-      class_emb = self.class_embeddings(variables, embedder, field, split.vocabs)
-      metrics = zeroshot_metrics(split.image, split.labels[field], class_emb)
-      results.update({f'{field}.{k}': v for k, v in metrics.items()})
-    return results
+      classes = split.vocabs[field]
+      class_emb = self.class_embeddings(variables, embedder, field, split.vocabs, templates)
+      labels = split.labels[field]
+      for key, value in zeroshot_metrics(split.image, labels, class_emb).items():
+        results[f'{field}.{key}'] = value
+      scored = classification_metrics(labels, np.argmax(split.image @ class_emb.T, axis=1), classes)
+      results[f'{field}.balanced_accuracy'] = scored['balanced_accuracy']
+      results[f'{field}.macro_f1'] = scored['macro_f1']
+      for name, recall in zip(classes, scored['recall']):
+        if recall is not None:
+          results[f'{field}.accuracy.{name}'] = recall
+      fields[field] = {
+        'classes': list(classes),
+        'per_class_accuracy': scored['recall'],
+        'support': scored['support'],
+        'confusion': scored['confusion'],
+      }
+      if field in self.auroc_prompts:
+        per_class = self._auroc(variables, embedder, field, split)
+        fields[field]['auroc'] = per_class
+        if per_class:
+          results[f'{field}.auroc'] = float(np.mean([v['auroc'] for v in per_class.values()]))
+        for name, value in per_class.items():
+          results[f'{field}.auroc.{name}'] = value['auroc']
+          results[f'{field}.auroc_low.{name}'] = value['low']
+          results[f'{field}.auroc_high.{name}'] = value['high']
+    return {**results, 'details': {'fields': fields}}

@@ -6,7 +6,8 @@ objectives; the optimizer and learning-rate schedule; the abstract state
 Its methods give the initial state (fresh, with pretrained towers if the
 config names them, or restored from a checkpoint), this process's training
 batches, the evaluation and the BatchNorm recomputation. `shapes(config)` is
-the part that needs no devices (export, config checks).
+the part that needs no devices (export, config checks); `evaluation(config,
+...)` the evaluators of a trained model (the evaluation command).
 """
 
 import dataclasses
@@ -50,6 +51,13 @@ def shapes(config) -> Shapes:
   tx = optimizer_lib.create(config.train, abstract_params)
   abstract_state = jax.eval_shape(lambda r: state_lib.create(model, objectives, tx, config, r), rng)
   return Shapes(model, objectives, tx, abstract_state)
+
+
+def evaluation(config, label_vocabs: dict) -> Evaluation:
+  """The configured evaluators (`config.evals`) for a trained model, outside a training run:
+  the model of `config.model` on a data-parallel mesh of every device."""
+  mesh = sharding.create_mesh({'data': -1, 'fsdp': 1})
+  return Evaluation(model_lib.build(config.model), config, mesh, label_vocabs)
 
 
 def restore_on_one_device(config, checkpointer, step: int) -> state_lib.TrainState:
@@ -114,22 +122,53 @@ class Setup:
   # ---- State ----
 
   def init_state(self) -> state_lib.TrainState:
-    """The step-0 state, each array created in its sharding; pretrained towers if configured."""
+    """The step-0 state, each array created in its sharding; with the weights of
+    `config.init_from` (a trained model) and pretrained towers (`config.model.*.init`)."""
     state = jax.jit(
       lambda r: state_lib.create(self.model, self.objectives, self.tx, self.config, r),
       out_shardings=self.state_shardings,
     )(jax.random.PRNGKey(self.config.seed))
-    if not (self.config.model.image.init or self.config.model.text.init):
+    params, batch_stats = {}, {}
+    if self.config.init_from:
+      params, batch_stats = self._trained_weights(self.config.init_from)
+    if self.config.model.image.init or self.config.model.text.init:
+      towers, tower_stats = convert.load_pretrained(
+        self.config, self.abstract_state.params, self.abstract_state.batch_stats
+      )
+      params.update(towers)
+      batch_stats.update(tower_stats)
+    if not params and not batch_stats:
       return state
     # Every process reads the files and places its own shards of them.
-    params, batch_stats = convert.load_pretrained(
-      self.config, self.abstract_state.params, self.abstract_state.batch_stats
-    )
     place = lambda new, shardings: jax.device_put(new, {k: shardings[k] for k in new})
     return state.replace(
       params={**state.params, **place(params, self.state_shardings.params)},
       batch_stats={**state.batch_stats, **place(batch_stats, self.state_shardings.batch_stats)},
     )
+
+  def _trained_weights(self, path) -> tuple[dict, dict]:
+    """The parameters and BatchNorm statistics of the model in `path` that this state has.
+
+    The optimizer state and step start afresh; parameters only one side has
+    (an objective's, like the sigmoid loss's bias) keep their initial values.
+    """
+    from medclip_jax.interop import load  # pylint: disable=import-outside-toplevel (load uses this)
+
+    loaded = load.load(path).variables
+    out = []
+    for collection in ('params', 'batch_stats'):
+      target = getattr(self.abstract_state, collection)
+      given = {k: v for k, v in jax.device_get(loaded[collection]).items() if k in target}
+      shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
+      wrong = [k for k in given if shapes(given[k]) != shapes(target[k])]
+      if wrong:
+        raise UserError(
+          f'config.init_from={path!r} holds a model whose {", ".join(wrong)} ({collection}) '
+          'differ in shape from the model of this config: give config.model the sizes it '
+          'was trained with.'
+        )
+      out.append(given)
+    return out[0], out[1]
 
   def restore_state(self, checkpointer, step: int, data_iterator) -> state_lib.TrainState:
     """Checkpoint `step`, resharded onto this mesh; `data_iterator` moves to its position."""

@@ -50,6 +50,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   latest = checkpointer.latest_step()
   if latest is None:
     state = setup.init_state()
+    if config.init_from:
+      reporter.info(f'initialised from the model in {config.init_from}')
     if config.model.image.init or config.model.text.init:
       reporter.info(
         f'initialised from {config.model.image.init or "(random image tower)"} and '
@@ -67,9 +69,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
       stats_iter = setup.train_batches(seed=config.seed + step + 1)
       batches = (next(stats_iter) for _ in range(config.eval.bn_recompute_batches))
       state = state.replace(batch_stats=precise_bn(state.params, state.batch_stats, batches))
-    results = evaluation(state.variables())
+    results, details = evaluation(state.variables())
     reporter.write(step, results)
-    results_lib.write(workdir, step, results)
+    results_lib.write(workdir, step, results, details)
+    for name, entry in details.items():
+      if 'unavailable' in entry:
+        reporter.info(f'{name}: unavailable: {entry["unavailable"]}')
+    if step == config.train.steps and config.eval.report and jax.process_index() == 0:
+      from medclip_jax.evaluation import report  # pylint: disable=import-outside-toplevel
+
+      path = results_lib.step_dir(workdir, step) / 'report.html'
+      report.write(
+        path, step=step, split=config.eval.split, model=workdir, results=results, details=details
+      )
+      reporter.info(f'report: {path}')
     reporter.info(
       f'evaluated step {step} in {time.perf_counter() - t0:.1f}s: {results_lib.headline(results)}'
     )

@@ -5,12 +5,12 @@ import pytest
 
 from medclip_jax import evaluation
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation.embedding import EncodedSplit
+from tests import helpers
 
 
 def _split():
   eye = np.eye(4, dtype=np.float32)
-  return EncodedSplit('test', eye, eye[[0, 1, 3, 2]], {}, {})
+  return helpers.encoded_split('test', eye, eye[[0, 1, 3, 2]])
 
 
 def test_each_entry_reports_under_its_own_name():
@@ -18,8 +18,9 @@ def test_each_entry_reports_under_its_own_name():
   evaluators = evaluation.build_evaluators(
     {'retrieval': {'type': 'retrieval', 'ks': (1,)}, 'wide': {'type': 'retrieval', 'ks': (2,)}}
   )
-  results = evaluation.run_evaluators(evaluators, None, _split(), None)
-  assert results == {
+  results, details = evaluation.run_evaluators(evaluators, None, _split(), None)
+  assert details == {'retrieval': {'type': 'retrieval'}, 'wide': {'type': 'retrieval'}}
+  assert {k: v for k, v in results.items() if 'rank' not in k} == {
     'retrieval.gallery_size': 4.0,
     'retrieval.i2t.R@1': 0.5,
     'retrieval.t2i.R@1': 0.5,
@@ -40,3 +41,10 @@ def test_each_entry_reports_under_its_own_name():
 def test_bad_entries_are_user_errors(entry, message):
   with pytest.raises(UserError, match=message):
     evaluation.build_evaluators({'bad': entry})
+
+
+def test_an_entry_of_type_off_is_skipped():
+  evaluators = evaluation.build_evaluators(
+    {'retrieval': {'type': 'retrieval'}, 'caption': {'type': 'off', 'bank': 'train'}}
+  )
+  assert list(evaluators) == ['retrieval']

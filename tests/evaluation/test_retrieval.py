@@ -3,6 +3,7 @@
 import numpy as np
 
 from medclip_jax.evaluation import retrieval
+from tests import helpers
 
 
 def test_retrieval_metrics_on_a_known_similarity():
@@ -14,3 +15,36 @@ def test_retrieval_metrics_on_a_known_similarity():
   assert r['gallery_size'] == 3
   assert r['i2t.R@1'] == 1.0
   assert r['t2i.R@1'] == 2 / 3 and r['t2i.R@2'] == 1.0
+
+
+def test_mean_and_median_ranks_are_one_based():
+  image = np.eye(3, dtype=np.float32)
+  text = np.array([[1, 0, 0], [0, 1, 0], [0.6, 0, 0.5]], np.float32)
+  r = retrieval.retrieval_metrics(image, text, ks=(1,))
+  # text->image ranks: 1, 1, 2 (caption 2 is nearer image 0); image->text: 1, 1, 1.
+  assert r['t2i.mean_rank'] == 4 / 3 and r['t2i.median_rank'] == 1.0
+  assert r['i2t.mean_rank'] == 1.0
+
+
+def test_an_image_with_several_captions_hits_when_any_is_in_the_top_k():
+  # Records 0 and 1 show the same image; record 1's caption is the image's best match.
+  image = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32)
+  text = np.array([[0.2, 0.1, 0.97], [1, 0, 0], [0, 1, 0]], np.float32)
+  text /= np.linalg.norm(text, axis=1, keepdims=True)
+  r = retrieval.retrieval_metrics(image, text, ks=(1,), image_keys=['a', 'a', 'b'])
+  assert r['gallery_size'] == 3
+  assert r['i2t.R@1'] == 1.0  # both distinct images find one of their captions first
+  # Caption 0 ranks the distinct images: 'a' (0.2) above 'b' (0.1).
+  assert r['t2i.R@1'] == 1.0
+  alone = retrieval.retrieval_metrics(image, text, ks=(1,))
+  assert alone['i2t.R@1'] == 2 / 3  # as separate images, record 0's caption is not its best
+
+
+def test_a_fixed_gallery_is_sampled_with_its_seed():
+  rng = np.random.default_rng(0)
+  emb = rng.normal(size=(50, 8))
+  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+  split = helpers.encoded_split('test', emb, emb)
+  one = retrieval.Evaluator(ks=(1,), gallery_size=20, seed=1)(None, split, None)
+  assert one['gallery_size'] == 20 and one['i2t.R@1'] == 1.0
+  assert one == retrieval.Evaluator(ks=(1,), gallery_size=20, seed=1)(None, split, None)

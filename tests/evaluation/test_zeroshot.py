@@ -1,8 +1,10 @@
 """Zero-shot: top-k of the nearest class prompt, and how prompt ensembles are filled."""
 
 import numpy as np
+import pytest
 
 from medclip_jax.evaluation import zeroshot
+from tests import helpers
 
 
 def test_zeroshot_metrics_skip_unknown_labels():
@@ -23,3 +25,45 @@ def test_prompts_average_over_the_other_fields_and_use_synonyms():
     'computed tomography of the knee.',
   ]
   assert zeroshot.prompts('body_part', 'knee', ['{} scan.'], vocabs, {}) == ['knee scan.']
+
+
+def _vector(text):
+  """Prompts embed by the words in them: the planted images sit near 'mass' or 'normal'."""
+  return [
+    1.0 * ('mass' in text and 'no mass' not in text),
+    1.0 * ('normal' in text and 'no normal' not in text),
+    1.0 * text.startswith('no '),
+    0.1,
+  ]
+
+
+def test_the_evaluator_reports_per_class_scores_confusion_and_chexzero_auroc():
+  image = np.array(
+    [[1, 0, 0, 0], [0.9, 0.1, 0, 0], [0, 1, 0, 0], [0.2, 0.8, 0, 0], [0.6, 0.4, 0, 0]]
+  )
+  split = helpers.encoded_split(
+    'test',
+    image=image / np.linalg.norm(image, axis=1, keepdims=True),
+    labels={'finding': [0, 0, 1, 1, 1]},
+    vocabs={'finding': ['mass', 'normal']},
+  )
+  evaluator = zeroshot.Evaluator(
+    templates={'finding': ['{}']}, auroc={'finding': ('{}', 'no {}')}, bootstrap=200
+  )
+  variables = {'params': {'logit_scale': np.log(10.0)}}
+  out = evaluator(variables, split, helpers.FakeEmbedder({}, _vector))
+  # Image 4 (0.6 mass, 0.4 normal) is a 'normal' called 'mass'.
+  assert out['finding.top1'] == 0.8
+  assert out['finding.accuracy.mass'] == 1.0 and out['finding.accuracy.normal'] == 2 / 3
+  assert out['finding.balanced_accuracy'] == (1.0 + 2 / 3) / 2
+  details = out['details']['fields']['finding']
+  assert details['confusion'] == [[2, 0], [1, 2]] and details['support'] == [2, 3]
+  # The pair softmax ranks the images by 'mass' minus 'no mass': a perfect ranking here.
+  assert out['finding.auroc.mass'] == 1.0 and out['finding.auroc'] == 1.0
+  assert out['finding.auroc_low.mass'] <= 1.0 == out['finding.auroc_high.mass']
+  assert details['auroc']['normal']['auroc'] == 1.0
+
+
+def test_auroc_prompts_must_be_a_pair():
+  with pytest.raises(ValueError, match='positive template, negative template'):
+    zeroshot.Evaluator(auroc={'finding': ('{}',)})

@@ -1,0 +1,109 @@
+"""Command line: evaluate a trained model and write its results and report.
+
+  python -m medclip_jax.evaluate --workdir=runs/demo [--step=N] [--split=test] [--data=DIR]
+      [--config=configs/demo.py] [--only=caption,linear_probe]
+
+--workdir is a training workdir (its latest checkpoint, or --step) or an
+export directory. The evaluators are the run's own `config.evals`, or those of
+--config (whose fields can be overridden as in training, e.g.
+--config.evals.caption.top_k=5); --only keeps some of them by name. The data
+is the run's (`config.data`), or the prepared directory --data. Writes
+WORKDIR/eval/step_<N>.json (flat keys, as training does),
+WORKDIR/eval/step_<N>/report.html and the evaluators' files beside it
+(e.g. captions.jsonl), and prints the table.
+"""
+
+import sys
+from pathlib import Path
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from medclip_jax.errors import UserError
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir or export directory.')
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+_SPLIT = flags.DEFINE_string('split', None, 'Split to evaluate (default: config.eval.split).')
+_DATA = flags.DEFINE_string('data', None, "A prepared dataset directory (default: the run's).")
+_ONLY = flags.DEFINE_list('only', None, 'Run only these config.evals entries, by name.')
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, "A config file whose evals replace the run's (optional)."
+)
+
+
+def evaluate(workdir, step=None, split=None, data=None, evals=None, only=None) -> tuple:
+  """Evaluates the model in `workdir`; returns (loaded model, results, report path, notes)."""
+  # Imported here so that --help answers quickly.
+  from medclip_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from medclip_jax.evaluation import report  # pylint: disable=import-outside-toplevel
+  from medclip_jax.evaluation import results as results_lib  # pylint: disable=import-outside-toplevel
+  from medclip_jax.interop import load  # pylint: disable=import-outside-toplevel
+  from medclip_jax.training import setup  # pylint: disable=import-outside-toplevel
+
+  loaded = load.load(workdir, step)
+  config = loaded.config
+  if evals is not None:
+    config.evals = evals
+  if only:
+    unknown = sorted(set(only) - set(config.evals))
+    if unknown:
+      raise UserError(
+        f'--only names {unknown}, which config.evals has not: {sorted(config.evals)}.'
+      )
+    config.evals = {name: config.evals[name] for name in only}
+  if data:
+    config.data.dir, config.data.tfds_name = str(data), ''
+  if split:
+    config.eval.split = split
+  info = pipeline.dataset_info(config.data)
+  evaluation = setup.evaluation(config, info.get('labels', {}))
+  results, details = evaluation(loaded.variables)
+  if only:  # the other evaluators' results of this step stay
+    results = {**results_lib.read(str(workdir), loaded.step), **results}
+  results_lib.write(str(workdir), loaded.step, results, details)
+  path = report.write(
+    results_lib.step_dir(str(workdir), loaded.step) / 'report.html',
+    step=loaded.step,
+    split=config.eval.split,
+    model=loaded.describe(),
+    results=results,
+    details=details,
+  )
+  notes = [
+    f'{name}: unavailable: {d["unavailable"]}' for name, d in details.items() if 'unavailable' in d
+  ]
+  return loaded, results, path, notes
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  config = _CONFIG.value
+  try:
+    loaded, results, path, notes = evaluate(
+      _WORKDIR.value,
+      _STEP.value,
+      _SPLIT.value,
+      _DATA.value,
+      None if config is None else config.evals,
+      _ONLY.value,
+    )
+  except UserError as e:
+    print(f'\nerror: {e}\n', file=sys.stderr)
+    sys.exit(2)
+  from medclip_jax.evaluation import results as results_lib  # pylint: disable=import-outside-toplevel
+
+  print(f'evaluated {loaded.describe()}')
+  print(results_lib.format_table(loaded.step, results))
+  for note in notes:
+    print(note)
+  print(f'results: {Path(_WORKDIR.value) / "eval" / f"step_{loaded.step}.json"}\nreport: {path}')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['workdir'])
+  app.run(main)

@@ -1,0 +1,132 @@
+"""Linear probe: logistic regression on frozen image embeddings, with 1%, 10% and 100% of the labels.
+
+`config.evals.<name> = {'type': 'linear_probe', 'fields': (), 'fractions': (0.01, 0.1, 1.0),
+'Cs': (0.01, 0.1, 1.0, 10.0, 100.0), 'train_split': 'train', 'val_split': 'val', 'seed': 0}`
+fits scikit-learn's LogisticRegression on the L2-normalised image embeddings of
+a seeded sample of the training split's labelled records (at least one of each
+class), picks the regularisation C with the best balanced accuracy on the
+validation split (or C=1 when it has no labelled records), and reports on the
+evaluated split `<name>.<field>.<fraction>.{accuracy,balanced_accuracy,auroc}`
+(AUROC: one-vs-rest, averaged over classes) and `.train_examples`. `fields`
+defaults to every label field of the dataset.
+"""
+
+import warnings
+
+import numpy as np
+from sklearn import exceptions as sk_exceptions
+from sklearn import linear_model
+from sklearn import metrics as sk_metrics
+
+from medclip_jax.evaluation.classification import macro_auroc
+
+
+def sample_labelled(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+  """Indices of `fraction` of the labelled rows (seeded), topped up to one row of each class."""
+  labelled = np.flatnonzero(labels >= 0)
+  rng = np.random.default_rng(seed)
+  count = max(1, int(round(fraction * len(labelled))))
+  chosen = set(rng.choice(labelled, min(count, len(labelled)), replace=False).tolist())
+  for c in np.unique(labels[labelled]):
+    if not any(labels[i] == c for i in chosen):
+      chosen.add(int(rng.choice(np.flatnonzero(labels == c))))
+  return np.asarray(sorted(chosen))
+
+
+def _fit(features, labels, C: float, seed: int):
+  with warnings.catch_warnings():
+    # Small samples may not converge in max_iter; the fit is still the best found.
+    warnings.simplefilter('ignore', sk_exceptions.ConvergenceWarning)
+    return linear_model.LogisticRegression(C=C, max_iter=1000, random_state=seed).fit(
+      features, labels
+    )
+
+
+def _probabilities(model, features, n_classes: int) -> np.ndarray:
+  """[N, n_classes] class probabilities, zero for classes the sample never had."""
+  out = np.zeros((len(features), n_classes))
+  out[:, model.classes_] = model.predict_proba(features)
+  return out
+
+
+def probe(train, train_labels, val, val_labels, test, test_labels, n_classes, Cs, seed) -> dict:
+  """The probe's scores on the known labels of `test`, C chosen on `val`."""
+  best_c = 1.0
+  if val_labels is not None and np.any(val_labels >= 0) and len(Cs) > 1:
+    known = val_labels >= 0
+
+    def val_score(C):
+      predicted = _fit(train, train_labels, C, seed).predict(val[known])
+      return sk_metrics.balanced_accuracy_score(val_labels[known], predicted)
+
+    best_c = max(Cs, key=val_score)
+  elif len(Cs) == 1:
+    best_c = Cs[0]
+  model = _fit(train, train_labels, best_c, seed)
+  known = test_labels >= 0
+  probabilities = _probabilities(model, test[known], n_classes)
+  predicted = np.argmax(probabilities, axis=1)
+  y = test_labels[known]
+  return {
+    'accuracy': float(np.mean(predicted == y)),
+    'balanced_accuracy': float(sk_metrics.balanced_accuracy_score(y, predicted)),
+    'auroc': macro_auroc(y, probabilities),
+    'C': float(best_c),
+  }
+
+
+def fraction_label(fraction: float) -> str:
+  return f'{100 * fraction:g}%'
+
+
+class Evaluator:
+  """Linear probes of the frozen image tower, per label field and share of training labels."""
+
+  def __init__(
+    self,
+    fields=(),
+    fractions=(0.01, 0.1, 1.0),
+    Cs=(0.01, 0.1, 1.0, 10.0, 100.0),
+    train_split='train',
+    val_split='val',
+    seed=0,
+  ):
+    self.fields = tuple(fields)
+    self.fractions = tuple(float(f) for f in fractions)
+    if not all(0 < f <= 1 for f in self.fractions):
+      raise ValueError(f'fractions must lie in (0, 1], got {self.fractions}')
+    self.Cs = tuple(float(c) for c in Cs)
+    self.train_split, self.val_split, self.seed = train_split, val_split, int(seed)
+
+  def __call__(self, variables, split, embedder) -> dict:
+    fields = [f for f in (self.fields or split.vocabs) if f in split.vocabs]
+    train = embedder.encode_split(variables, self.train_split, split.vocabs, texts=False)
+    val = None
+    if embedder.split_size(self.val_split):
+      val = embedder.encode_split(variables, self.val_split, split.vocabs, texts=False)
+    results, table = {}, {}
+    for field in fields:
+      n_classes = len(split.vocabs[field])
+      if not np.any(train.labels[field] >= 0) or not np.any(split.labels[field] >= 0):
+        continue  # nothing to learn from or to score
+      table[field] = {}
+      for fraction in self.fractions:
+        rows = sample_labelled(train.labels[field], fraction, self.seed)
+        scores = probe(
+          train.image[rows],
+          train.labels[field][rows],
+          None if val is None else val.image,
+          None if val is None else val.labels[field],
+          split.image,
+          split.labels[field],
+          n_classes,
+          self.Cs,
+          self.seed,
+        )
+        label = fraction_label(fraction)
+        table[field][label] = {**scores, 'train_examples': len(rows)}
+        for key in ('accuracy', 'balanced_accuracy', 'auroc'):
+          if np.isfinite(scores[key]):
+            results[f'{field}.{label}.{key}'] = scores[key]
+        results[f'{field}.{label}.train_examples'] = float(len(rows))
+    return {**results, 'details': {'table': table}}

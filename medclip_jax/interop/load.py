@@ -1,0 +1,93 @@
+"""A trained model from a training workdir or an export directory: its config and variables.
+
+The evaluation command (and any use of a trained model) starts here, so that a
+workdir and what `python -m medclip_jax.export` wrote from it give the same
+model. Variables come back whole on the first device.
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from medclip_jax.errors import UserError
+from medclip_jax.interop import convert
+from medclip_jax.interop import tables
+from medclip_jax.training import checkpointing
+from medclip_jax.training import setup as setup_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+  config: ml_collections.ConfigDict  # the run's config, in today's layout
+  variables: dict  # {'params', 'batch_stats'}; params include the objectives' (logit_bias)
+  step: int
+  path: Path
+  kind: str  # 'workdir' or 'export'
+
+  def describe(self) -> str:
+    return f'{self.path} ({self.kind}, step {self.step})'
+
+
+def load(path, step: int | None = None) -> Loaded:
+  """The model in `path`: a training workdir (latest checkpoint, or `step`) or an export."""
+  path = Path(path)
+  if (path / tables.EXPORT_FILES['metadata']).is_file():
+    return _from_export(path, step)
+  if (path / 'checkpoints').is_dir():
+    return _from_workdir(path, step)
+  raise UserError(
+    f'{path} is neither a training workdir (it would hold checkpoints/<step>/) nor an export '
+    f'directory (it would hold {tables.EXPORT_FILES["metadata"]}, written by python -m '
+    'medclip_jax.export). Give the --workdir a training run wrote, or an export directory.'
+  )
+
+
+def _from_workdir(path: Path, step: int | None) -> Loaded:
+  checkpointer = checkpointing.Checkpointer(str(path), keep=1_000_000)
+  try:
+    steps = checkpointer.all_steps()
+    if not steps:
+      raise UserError(f'{path}/checkpoints holds no checkpoint yet.')
+    step = max(steps) if step is None else step
+    if step not in steps:
+      raise UserError(f'No checkpoint for step {step} in {path}/checkpoints; there are {steps}.')
+    config = ml_collections.ConfigDict(checkpointer.restore_config(step))
+    state = setup_lib.restore_on_one_device(config, checkpointer, step)
+  finally:
+    checkpointer.close()
+  return Loaded(config, state.variables(), step, path, 'workdir')
+
+
+def _from_export(path: Path, step: int | None) -> Loaded:
+  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+
+  metadata = json.loads((path / tables.EXPORT_FILES['metadata']).read_text())
+  if step is not None and step != metadata['step']:
+    raise UserError(f'{path} is an export of step {metadata["step"]}, not of step {step}.')
+  config = ml_collections.ConfigDict(checkpointing.upgrade_config(metadata['config']))
+  text_dir = path / tables.EXPORT_FILES['text_encoder']
+  config.data.tokenizer = str(text_dir)  # the export carries its tokenizer
+  abstract = setup_lib.shapes(config).abstract_state
+  params, batch_stats = {}, {}
+  params['image_encoder'], batch_stats['image_encoder'] = convert.resnet_from_torchvision(
+    convert.read_tensors(path / tables.EXPORT_FILES['image_encoder']),
+    abstract.params['image_encoder'],
+    abstract.batch_stats['image_encoder'],
+  )
+  params['text_encoder'] = convert.bert_from_hf(
+    convert.read_tensors(text_dir / 'model.safetensors'), abstract.params['text_encoder']
+  )
+  heads = load_file(str(path / tables.EXPORT_FILES['heads']))
+  for key, name in tables.HEADS.items():
+    if key not in abstract.params:
+      continue
+    value = heads[name]
+    # Projections were written as torch's [out, in] Linear weights; scalars with shape (1,).
+    params[key] = {'kernel': value.T} if value.ndim == 2 else np.asarray(value.reshape(()))
+  variables = {'params': params, 'batch_stats': batch_stats}
+  device = jax.devices()[0]
+  return Loaded(config, jax.device_put(variables, device), metadata['step'], path, 'export')

@@ -1,0 +1,54 @@
+"""Linear probe: seeded label fractions with every class, C chosen on val, scored on the split."""
+
+import numpy as np
+import pytest
+
+from medclip_jax.errors import UserError
+from medclip_jax.evaluation import build_evaluators
+from medclip_jax.evaluation import linear_probe
+from tests import helpers
+
+
+def test_a_fraction_of_the_labels_keeps_one_of_every_class_and_is_seeded():
+  labels = np.array([0] * 90 + [1] * 9 + [2] + [-1] * 5)
+  rows = linear_probe.sample_labelled(labels, 0.01, seed=3)
+  assert set(labels[rows]) == {0, 1, 2} and -1 not in labels[rows]
+  assert len(rows) <= 1 + 2  # 1% of 100 is one row, topped up with the missing classes
+  np.testing.assert_array_equal(rows, linear_probe.sample_labelled(labels, 0.01, seed=3))
+  assert len(linear_probe.sample_labelled(labels, 1.0, seed=0)) == 100
+
+
+def _clusters(name, n, seed, noise):
+  """Unit vectors near one of three axes; the label is the axis."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 3, n)
+  x = np.eye(3)[labels] + noise * rng.normal(size=(n, 3))
+  x /= np.linalg.norm(x, axis=1, keepdims=True)
+  return helpers.encoded_split(
+    name, x, labels={'region': labels}, vocabs={'region': ['a', 'b', 'c']}
+  )
+
+
+def test_the_probe_learns_separable_features_at_every_fraction():
+  splits = {name: _clusters(name, 300, seed, 0.2) for seed, name in enumerate(('train', 'val'))}
+  test = _clusters('test', 200, 5, 0.2)
+  evaluator = linear_probe.Evaluator(fractions=(0.05, 1.0), Cs=(0.1, 10.0))
+  out = evaluator(None, test, helpers.FakeEmbedder({**splits, 'test': test}))
+  for fraction in ('5%', '100%'):
+    assert out[f'region.{fraction}.accuracy'] > 0.95
+    assert out[f'region.{fraction}.balanced_accuracy'] > 0.95
+    assert out[f'region.{fraction}.auroc'] > 0.99
+  assert out['region.5%.train_examples'] == 15 and out['region.100%.train_examples'] == 300
+  table = out['details']['table']['region']
+  assert list(table) == ['5%', '100%'] and table['100%']['C'] in (0.1, 10.0)
+
+
+def test_without_a_val_split_c_is_one():
+  train, test = _clusters('train', 100, 0, 0.1), _clusters('test', 50, 1, 0.1)
+  out = linear_probe.Evaluator(fractions=(1.0,))(None, test, helpers.FakeEmbedder({'train': train}))
+  assert out['details']['table']['region']['100%']['C'] == 1.0
+
+
+def test_bad_fractions_are_user_errors():
+  with pytest.raises(UserError, match=r'config.evals.probe: fractions must lie in \(0, 1\]'):
+    build_evaluators({'probe': {'type': 'linear_probe', 'fractions': (0.0, 1.0)}})

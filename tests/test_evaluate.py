@@ -1,0 +1,69 @@
+"""The evaluation command: a workdir and its export evaluate alike; results, files and report."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from configs import demo
+from medclip_jax import evaluate
+from medclip_jax.errors import UserError
+from medclip_jax.interop import export
+from tests import helpers
+
+
+@pytest.fixture(scope='module')
+def evaluated(trained_run, tmp_path_factory):
+  """(workdir copy, its results with caption and probe on, export dir, the export's results)."""
+  config, workdir, _ = trained_run
+  copy = tmp_path_factory.mktemp('evaluated') / 'run'
+  shutil.copytree(workdir, copy)  # trained_run's own files stay as they are
+  evals = demo.get_config().evals
+  evals.caption.examples = 4
+  evals.linear_probe.fractions = (0.1, 1.0)
+  evals.linear_probe.Cs = (1.0,)
+  evals.zeroshot = config.evals.zeroshot
+  _, results, report, _ = evaluate.evaluate(copy, evals=evals)
+  exported = export.export(str(copy), str(copy.parent / 'export'))
+  _, export_results, _, _ = evaluate.evaluate(exported, only=['retrieval', 'zeroshot'])
+  return copy, results, report, exported, export_results
+
+
+def test_it_writes_flat_results_the_per_image_file_and_the_report(evaluated, trained_run):
+  copy, results, report, _, _ = evaluated
+  _, _, trained = trained_run
+  saved = json.loads((copy / 'eval' / 'step_12.json').read_text())
+  assert saved == results
+  # The training run's keys, with the same values: evaluation is reproducible.
+  for key, value in trained.items():
+    assert results[key] == pytest.approx(value, abs=1e-6), key
+  assert {'caption.cider_d', 'caption.random.cider_d', 'caption.oracle.cider_d'} <= set(results)
+  assert 'linear_probe.modality.100%.balanced_accuracy' in results
+  rows = (copy / 'eval' / 'step_12' / 'captions.jsonl').read_text().splitlines()
+  assert len(rows) == 48 and len(json.loads(rows[0])['retrieved']) == 3
+  assert report == copy / 'eval' / 'step_12' / 'report.html'
+  html = report.read_text()
+  assert 'caption.oracle.cider_d' in html and html.count('data:image/png;base64,') >= 4
+
+
+def test_an_export_evaluates_like_its_workdir(evaluated):
+  _, results, _, exported, export_results = evaluated
+  assert (exported / 'eval' / 'step_12.json').is_file()
+  for key, value in export_results.items():
+    np.testing.assert_allclose(value, results[key], atol=1e-4, err_msg=key)
+  assert set(export_results) == {k for k in results if k.startswith(('retrieval.', 'zeroshot.'))}
+
+
+def test_only_keeps_the_other_results_of_the_step(evaluated):
+  copy, results, _, _, _ = evaluated
+  _, again, _, _ = evaluate.evaluate(copy, only=['retrieval'])
+  assert again == results  # retrieval recomputed, the rest kept from the file
+  with pytest.raises(UserError, match=r"--only names \['bleu'\]"):
+    evaluate.evaluate(copy, only=['bleu'])
+
+
+def test_a_path_that_is_no_model_is_one_paragraph_and_exit_2(tmp_path):
+  result = helpers.run_module('medclip_jax.evaluate', f'--workdir={tmp_path}')
+  assert result.returncode == 2 and 'Traceback' not in result.stderr
+  assert 'neither a training workdir' in result.stderr and 'export directory' in result.stderr

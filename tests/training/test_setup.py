@@ -1,0 +1,33 @@
+"""The set-up: a run can start from the weights of a trained model (config.init_from)."""
+
+import jax
+import numpy as np
+import pytest
+
+from medclip_jax.errors import UserError
+from medclip_jax.training import checkpointing
+from medclip_jax.training.setup import Setup
+from medclip_jax.training.setup import restore_on_one_device
+
+
+def test_init_from_takes_a_trained_models_weights_not_its_optimizer_or_step(trained_run):
+  config, workdir, _ = trained_run
+  trained = restore_on_one_device(config, checkpointing.Checkpointer(str(workdir), keep=3), 12)
+  fresh = config.copy_and_resolve_references()
+  fresh.init_from = str(workdir)
+  state = Setup.create(fresh).init_state()
+  assert int(state.step) == 0
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(trained.params)):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(state.batch_stats), jax.tree.leaves(trained.batch_stats)):
+    np.testing.assert_array_equal(a, b)
+  assert all(float(np.abs(x).max()) == 0 for x in jax.tree.leaves(state.opt_state) if x.size > 1)
+
+
+def test_init_from_a_model_of_other_sizes_is_a_user_error(trained_run):
+  config, workdir, _ = trained_run
+  other = config.copy_and_resolve_references()
+  other.init_from = str(workdir)
+  other.model.embed_dim = 16
+  with pytest.raises(UserError, match=r'image_projection, text_projection \(params\) differ'):
+    Setup.create(other).init_state()
