@@ -155,6 +155,19 @@ def get_config() -> ml_collections.ConfigDict:
     'val_split': 'val',
     'seed': 0,
   }
+  # Fine-tuning the image tower with a linear head per label field and share of
+  # the labels (steps each): costly, so off; --config.evals.finetune.type=finetune.
+  config.evals.finetune = {
+    'type': 'off',
+    'fields': (),
+    'fractions': (0.01, 0.1, 1.0),
+    'steps': 100,
+    'batch_size': 32,
+    'learning_rate': 1e-3,
+    'tower_learning_rate': 1e-4,
+    'train_split': 'train',
+    'seed': 0,
+  }
   # python -m medclip_jax.compare: steps of each of its two fine-tuning runs,
   # and the label text of the second ('' joins every label field).
   config.compare = {'steps': 200, 'label_text': ''}

@@ -26,12 +26,6 @@ from medclip_jax.data import pipeline
 from medclip_jax.errors import UserError
 from medclip_jax.training.setup import Setup
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file.')
-_STEPS = flags.DEFINE_integer('steps', 10, 'Train steps timed (after the warm-up).')
-_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed train steps first (the first compiles).')
-_INPUT_BATCHES = flags.DEFINE_integer('input_batches', 20, 'Input batches timed.')
-flags.mark_flags_as_required(['config'])
-
 
 def measure_input(batches_iter, batches: int) -> float:
   """Examples per second `batches_iter` delivers, after one warm-up batch."""
@@ -97,18 +91,29 @@ def format_results(config, results: dict) -> str:
   )
 
 
+def _define_flags():
+  # Defined only when run as the command, so that importing `benchmark` defines no flags.
+  config_flags.DEFINE_config_file('config', None, 'Path to a config file.')
+  flags.DEFINE_integer('steps', 10, 'Train steps timed (after the warm-up).')
+  flags.DEFINE_integer('warmup', 2, 'Untimed train steps first (the first compiles).')
+  flags.DEFINE_integer('input_batches', 20, 'Input batches timed.')
+  flags.mark_flags_as_required(['config'])
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  config = _CONFIG.value
+  FLAGS = flags.FLAGS
+  config = FLAGS.config
   try:
-    results = run(config, _STEPS.value, _WARMUP.value, _INPUT_BATCHES.value)
+    results = run(config, FLAGS.steps, FLAGS.warmup, FLAGS.input_batches)
   except UserError as e:
     raise SystemExit(f'benchmark: {e}') from None
   print(format_results(config, results))
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

@@ -26,10 +26,6 @@ from ml_collections import config_flags
 
 from medclip_jax.errors import UserError
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'The config: data, training, evaluators.')
-_INIT = flags.DEFINE_string('init', None, 'The starting model: a training workdir or an export.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Where the runs and the comparison go.')
-
 MODELS = ('start', 'captions', 'labels')
 
 
@@ -74,8 +70,10 @@ def chart(rows: dict, vocabs: dict, path: Path) -> Path:
     axes.invert_yaxis()
     axes.set_xlim(0, 1)
     axes.set_title(f'zero-shot accuracy per class: {field}', fontsize=10)
-    axes.legend(fontsize=8, loc='lower right')
-  figure.tight_layout()
+  if panels:  # one legend for all panels, above them, clear of the bars
+    handles, labels = figure.axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc='upper center', ncol=len(rows), fontsize=9, frameon=False)
+  figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / figure.get_figheight()))
   figure.savefig(path)
   return path
 
@@ -120,21 +118,30 @@ def compare(config, init: str, workdir: str) -> dict:
   return rows
 
 
+def _define_flags():
+  # Defined only when run as the command, so that importing `compare` defines no flags.
+  config_flags.DEFINE_config_file('config', None, 'The config: data, training, evaluators.')
+  flags.DEFINE_string('init', None, 'The starting model: a training workdir or an export.')
+  flags.DEFINE_string('workdir', None, 'Where the runs and the comparison go.')
+  flags.mark_flags_as_required(['config', 'init', 'workdir'])
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
+  FLAGS = flags.FLAGS
+  if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   try:
-    rows = compare(_CONFIG.value, _INIT.value, _WORKDIR.value)
+    rows = compare(FLAGS.config, FLAGS.init, FLAGS.workdir)
   except UserError as e:
     print(f'\nerror: {e}\n', file=sys.stderr)
     sys.exit(2)
-  workdir = Path(_WORKDIR.value)
+  workdir = Path(FLAGS.workdir)
   print(table(rows))
   print(f'written: {workdir / "compare.md"}, {workdir / "compare.json"}, {workdir / "compare.png"}')
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config', 'init', 'workdir'])
+  _define_flags()
   app.run(main)

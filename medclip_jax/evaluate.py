@@ -23,15 +23,6 @@ from ml_collections import config_flags
 
 from medclip_jax.errors import UserError
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir or export directory.')
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
-_SPLIT = flags.DEFINE_string('split', None, 'Split to evaluate (default: config.eval.split).')
-_DATA = flags.DEFINE_string('data', None, "A prepared dataset directory (default: the run's).")
-_ONLY = flags.DEFINE_list('only', None, 'Run only these config.evals entries, by name.')
-_CONFIG = config_flags.DEFINE_config_file(
-  'config', None, "A config file whose evals replace the run's (optional)."
-)
-
 
 def evaluate(workdir, step=None, split=None, data=None, evals=None, only=None) -> tuple:
   """Evaluates the model in `workdir`; returns (loaded model, results, report path, notes)."""
@@ -77,20 +68,31 @@ def evaluate(workdir, step=None, split=None, data=None, evals=None, only=None) -
   return loaded, results, path, notes
 
 
+def _define_flags():
+  # Defined only when run as the command, so that importing `evaluate` defines no flags.
+  flags.DEFINE_string('workdir', None, 'Training workdir or export directory.')
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+  flags.DEFINE_string('split', None, 'Split to evaluate (default: config.eval.split).')
+  flags.DEFINE_string('data', None, "A prepared dataset directory (default: the run's).")
+  flags.DEFINE_list('only', None, 'Run only these config.evals entries, by name.')
+  config_flags.DEFINE_config_file('config', None, "A config file whose evals replace the run's.")
+  flags.mark_flags_as_required(['workdir'])
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
+  FLAGS = flags.FLAGS
+  if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  config = _CONFIG.value
   try:
     loaded, results, path, notes = evaluate(
-      _WORKDIR.value,
-      _STEP.value,
-      _SPLIT.value,
-      _DATA.value,
-      None if config is None else config.evals,
-      _ONLY.value,
+      FLAGS.workdir,
+      FLAGS.step,
+      FLAGS.split,
+      FLAGS.data,
+      None if FLAGS.config is None else FLAGS.config.evals,
+      FLAGS.only,
     )
   except UserError as e:
     print(f'\nerror: {e}\n', file=sys.stderr)
@@ -101,9 +103,9 @@ def main(argv):
   print(results_lib.format_table(loaded.step, results))
   for note in notes:
     print(note)
-  print(f'results: {Path(_WORKDIR.value) / "eval" / f"step_{loaded.step}.json"}\nreport: {path}')
+  print(f'results: {Path(FLAGS.workdir) / "eval" / f"step_{loaded.step}.json"}\nreport: {path}')
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['workdir'])
+  _define_flags()
   app.run(main)

@@ -1,7 +1,7 @@
 """The exported two-tower model in PyTorch: torchvision ResNet + transformers BERT + two Linear layers.
 
-Imports only torch, torchvision, transformers, safetensors and PIL (no JAX), so an
-export can be used wherever PyTorch is:
+Imports torch, torchvision, transformers, safetensors, PIL and the plain-data
+`medclip_jax.interop.tables` (no JAX), so an export can be used wherever PyTorch is:
 
   from medclip_jax.torch_model import MedCLIP
   model = MedCLIP.from_export('exported/demo').eval()

@@ -19,22 +19,22 @@ says when and on what: the split, the batch size, how often, and the
 BatchNorm recomputation before it.
 """
 
+import functools
 import importlib
+import inspect
 import pkgutil
 
 from medclip_jax.errors import UserError
 from medclip_jax.evaluation import embedding
 
-# Modules here that are not evaluators.
-_HELPERS = ('caption_metrics', 'classification', 'embedding', 'report', 'results')
 
-
+@functools.cache
 def available() -> list[str]:
-  """The evaluator types (modules in this package)."""
+  """The evaluator types: the modules in this package that define an `Evaluator`."""
   return sorted(
     m.name
     for m in pkgutil.iter_modules(__path__)
-    if not m.name.startswith('_') and m.name not in _HELPERS
+    if hasattr(importlib.import_module(f'{__name__}.{m.name}'), 'Evaluator')
   )
 
 
@@ -51,12 +51,15 @@ def build_evaluators(evals_config) -> dict:
         f'config.evals.{name}.type is {kind!r}; the evaluator types are {available()} '
         "(modules in medclip_jax/evaluation/), or 'off'."
       )
-    module = importlib.import_module(f'{__name__}.{kind}')
+    evaluator = importlib.import_module(f'{__name__}.{kind}').Evaluator
     try:
-      evaluators[name] = (kind, module.Evaluator(**options))
+      inspect.signature(evaluator).bind(**options)
     except TypeError as e:
-      raise UserError(f'config.evals.{name} has options {kind!r} does not take: {e}') from e
-    except ValueError as e:
+      known = ', '.join(inspect.signature(evaluator).parameters)
+      raise UserError(f'config.evals.{name}: {e} (the options of {kind!r} are {known}).') from e
+    try:
+      evaluators[name] = (kind, evaluator(**options))
+    except (TypeError, ValueError) as e:
       raise UserError(f'config.evals.{name}: {e}') from e
   return evaluators
 

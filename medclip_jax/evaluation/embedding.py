@@ -38,6 +38,7 @@ class Embedder:
   """Jitted image and text encoders over a mesh, and the loops that batch inputs for them."""
 
   def __init__(self, model: MedCLIP, config, mesh):
+    self.model = model
     self.config = config
     self.mesh = mesh
     self.batch_size = config.eval.batch_size
@@ -105,6 +106,12 @@ class Embedder:
       return len(pipeline.source(self.config.data, split))
     except FileNotFoundError:
       return 0
+
+  def pixels(self, split: str, rows) -> np.ndarray:
+    """uint8 images [len(rows), S, S, 3] of records `rows` of `split`, as evaluation crops them."""
+    source, size = pipeline.source(self.config.data, split), self.config.data.image_size
+    decoded = (pipeline.decode_image(records.decode(source[i])['image']) for i in rows)
+    return np.stack([pipeline.center_crop(image, size) for image in decoded])
 
   def image_bytes(self, split: str, index: int) -> bytes:
     """The stored image (PNG bytes) of record `index` of `split`, e.g. for a report."""

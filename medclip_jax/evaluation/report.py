@@ -90,7 +90,8 @@ def write(path, *, step: int, split: str, model: str, results: dict, details: di
     f'<h2 id="metrics">Metrics</h2>\n{_metrics_table(results)}\n',
   ]
   for i, (name, kind, body) in enumerate(sections):
-    parts.append(f'<h2 id="section-{i}">{_e(name)} <span class="kind">{_e(kind)}</span></h2>\n')
+    label = '' if kind == name else f' <span class="kind">{_e(kind)}</span>'
+    parts.append(f'<h2 id="section-{i}">{_e(name)}{label}</h2>\n')
     parts.append(body)
   parts.append('</body>\n</html>\n')
 
@@ -167,10 +168,10 @@ def _accuracy_chart(field: str, classes: list, accuracy: list, support: list) ->
   present = [a is not None for a in accuracy]
   ax.barh(y[present], [a for a in accuracy if a is not None], color='#4a78a8', height=0.7)
   for i, a in enumerate(accuracy):
-    text, x, color = ('n/a', 0.01, '#999') if a is None else (f'{a:.2f}', a + 0.01, '#222')
+    text, x, color = ('n/a', 0.02, '#777') if a is None else (f'{a:.2f}', a + 0.01, '#222')
     ax.text(x, i, text, va='center', fontsize=9, color=color)
   ax.set_yticks(y, [f'{_plain(c)} (n={s})' for c, s in zip(classes, support)])
-  ax.invert_yaxis()  # first class on top, as in the tables
+  ax.set_ylim(n - 0.5, -0.5)  # first class on top, as in the table; room for rows without bars
   ax.set_xlim(0, 1.1)
   ax.set_xticks(np.linspace(0, 1, 6))
   ax.set_xlabel('accuracy (share of the class predicted as itself)')
@@ -221,11 +222,13 @@ def _zeroshot(detail: dict) -> str:
     classes = [str(c) for c in info['classes']]
     accuracy = [_finite(a) for a in info['per_class_accuracy']]
     support = [int(s) for s in info['support']]
-    parts.append(f'<h3>{_e(field)}</h3>\n<div class="charts">')
+    # The table goes under the bar chart, which is shorter than the confusion matrix beside it.
+    parts.append(f'<h3>{_e(field)}</h3>\n<div class="charts"><div>')
     parts.append(_accuracy_chart(field, classes, accuracy, support))
+    parts.append(_per_class_table(classes, accuracy, support, info.get('auroc') or {}))
+    parts.append('</div>')
     parts.append(_confusion_chart(field, classes, np.asarray(info['confusion'], dtype=int)))
     parts.append('</div>\n')
-    parts.append(_per_class_table(classes, accuracy, support, info.get('auroc') or {}))
   return ''.join(parts)
 
 
@@ -239,8 +242,12 @@ def _per_class_table(classes: list, accuracy: list, support: list, auroc: dict) 
     if auroc:
       entry = auroc.get(name, {})
       low, high = _finite(entry.get('low')), _finite(entry.get('high'))
-      interval = 'n/a' if low is None or high is None else f'{low:.3f} &ndash; {high:.3f}'
-      cells += f'{_number_cell(entry.get("auroc"), 3)}<td class="num">{interval}</td>'
+      interval = (
+        '<td class="num na">n/a</td>'
+        if low is None or high is None
+        else f'<td class="num">{low:.3f} &ndash; {high:.3f}</td>'
+      )
+      cells += _number_cell(entry.get('auroc'), 3) + interval
     rows.append(f'<tr>{cells}</tr>')
   rows.append('</table>\n')
   return '\n'.join(rows)
@@ -281,8 +288,10 @@ def _example(example: dict) -> str:
   src = f'data:{mime};base64,' + base64.b64encode(image).decode('ascii')
   references = ''.join(f'<li>{_e(r)}</li>' for r in example.get('references', []))
   retrieved = ''.join(
-    f'<li><span class="score">{float(r["score"]):.3f}</span> {_e(r["caption"])} '
-    f'<span class="id">{_e(r.get("id", ""))}</span></li>'
+    f'<li><span class="score">{float(r["score"]):.3f}</span> {_e(r["caption"])}'
+    # A bank without ids (e.g. captions from a file) gives None.
+    + ('' if r.get('id') is None else f' <span class="id">{_e(r["id"])}</span>')
+    + '</li>'
     for r in example.get('retrieved', [])
   )
   return (
@@ -301,7 +310,8 @@ def _fraction(label: str) -> float | None:
     return None
 
 
-def _linear_probe(detail: dict) -> str:
+def _label_fractions(detail: dict, what: str) -> str:
+  """Tables and a chart of scores against the share of training labels (probe, fine-tuning)."""
   table = detail.get('table', {})
   parts = []
   fig = Figure(figsize=(5.0, 3.2))
@@ -327,20 +337,25 @@ def _linear_probe(detail: dict) -> str:
   ax.set_xscale('log')
   ax.set_xticks(list(ticks), list(ticks.values()))
   ax.minorticks_off()
+  ax.margins(x=0.08)  # keep the end points' markers clear of the frame
   ax.set_ylim(0, 1)
   ax.set_xlabel('share of the training labels')
   ax.set_ylabel('balanced accuracy')
   ax.grid(color='#ddd')
-  ax.legend(frameon=False)
+  ax.legend(frameon=False, loc='lower right')
   ax.spines[['top', 'right']].set_visible(False)
   chart = _chart(
     fig,
-    'Balanced accuracy of a linear classifier on frozen image embeddings, against the share of '
-    'training labels it was fitted on.',
-    'linear probe balanced accuracy',
+    f'Balanced accuracy of {what}, against the share of training labels it was trained on.',
+    f'{what} balanced accuracy',
   )
   return f'<div class="charts">{chart}</div>\n' + ''.join(parts)
 
 
 # Detail types without an entry (e.g. 'retrieval', which has no details) get no section.
-_SECTIONS = {'zeroshot': _zeroshot, 'caption': _caption, 'linear_probe': _linear_probe}
+_SECTIONS = {
+  'zeroshot': _zeroshot,
+  'caption': _caption,
+  'linear_probe': lambda d: _label_fractions(d, 'a linear classifier on frozen image embeddings'),
+  'finetune': lambda d: _label_fractions(d, 'the fine-tuned image tower with a linear head'),
+}

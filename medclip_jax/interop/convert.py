@@ -181,10 +181,10 @@ def hf_bert_config(directory) -> dict:
 
 def hf_weights_file(directory) -> Path:
   """The weights file of a Hugging Face directory (safetensors preferred)."""
-  for name in ('model.safetensors', 'pytorch_model.bin'):
+  for name in tables.HF_WEIGHT_FILES:
     if (Path(directory) / name).is_file():
       return Path(directory) / name
-  raise UserError(f'{directory} has neither model.safetensors nor pytorch_model.bin.')
+  raise UserError(f'{directory} has none of {", ".join(tables.HF_WEIGHT_FILES)}.')
 
 
 def _split_spec(spec: str, kinds: tuple[str, ...], field: str) -> tuple[str, str]:

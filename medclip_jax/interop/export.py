@@ -73,7 +73,9 @@ def export(workdir: str, out: str, step: int | None = None) -> Path:
     convert.resnet_to_torchvision(params['image_encoder'], batch_stats['image_encoder']),
     out / tables.EXPORT_FILES['image_encoder'],
   )
-  _save_safetensors(convert.bert_to_hf(params['text_encoder']), text_dir / 'model.safetensors')
+  _save_safetensors(
+    convert.bert_to_hf(params['text_encoder']), text_dir / tables.HF_WEIGHT_FILES[0]
+  )
   _hf_bert_config(config.model.text).save_pretrained(str(text_dir))
   tokenizer_lib.load(config.data.tokenizer).save_pretrained(str(text_dir))
   heads = {}
@@ -93,7 +95,9 @@ def export(workdir: str, out: str, step: int | None = None) -> Path:
       'std': list(config.data.std),
     },
     'text': {'pooling': config.model.text.pooling, 'max_length': config.data.max_text_length},
-    'objectives': dict(config.objectives),
+    'objectives': {k: float(v) for k, v in config.objectives.items() if float(v)},
+    # Read by code written for exports before objectives were config entries.
+    'loss': next(k for k, v in config.objectives.items() if float(v)),
     'step': step,
     'config': config.to_dict(),
   }

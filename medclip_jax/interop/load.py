@@ -79,7 +79,7 @@ def _from_export(path: Path, step: int | None) -> Loaded:
     abstract.batch_stats['image_encoder'],
   )
   params['text_encoder'] = convert.bert_from_hf(
-    convert.read_tensors(text_dir / 'model.safetensors'), abstract.params['text_encoder']
+    convert.read_tensors(text_dir / tables.HF_WEIGHT_FILES[0]), abstract.params['text_encoder']
   )
   heads = load_file(str(path / tables.EXPORT_FILES['heads']))
   for key, name in tables.HEADS.items():

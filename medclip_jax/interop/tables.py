@@ -24,6 +24,9 @@ HF_TO_TEXT = {
   'hidden_dropout_prob': 'dropout_rate',
 }
 
+# A Hugging Face model directory's weights, in the order they are looked for
+# (the export writes the first).
+HF_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
 # Hugging Face state-dict keys with no counterpart in our BERT: the pooler (we
 # pool ourselves), the position-id buffer, and the heads of BertFor* models.
 HF_BERT_IGNORED = ('pooler.', 'embeddings.position_ids', 'cls.')

@@ -55,10 +55,13 @@ def build(config) -> dict[str, tuple[float, ModuleType]]:
 
 def init_params(objectives: dict, config) -> dict:
   """The initial values of every parameter the objectives add, by top-level name."""
-  params = {}
+  params, owner = {}, {}
   for name, (_, module) in objectives.items():
     for key, value in getattr(module, 'init_params', lambda _: {})(config).items():
       if key in params:
-        raise ValueError(f'Objectives {name!r} and another both declare parameter {key!r}.')
-      params[key] = value
+        raise UserError(
+          f'Objectives {owner[key]!r} and {name!r} both declare a parameter {key!r}: one of '
+          'them must name its parameter differently.'
+        )
+      params[key], owner[key] = value, name
   return params

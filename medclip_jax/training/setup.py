@@ -77,7 +77,6 @@ class Setup:
   model: model_lib.MedCLIP
   objectives: dict
   tx: optax.GradientTransformation
-  schedule: optax.Schedule
   abstract_state: state_lib.TrainState
   state_shardings: state_lib.TrainState  # a NamedSharding per leaf
   local_batch_size: int  # this process's rows of each global batch
@@ -112,7 +111,6 @@ class Setup:
       model=parts.model,
       objectives=parts.objectives,
       tx=parts.tx,
-      schedule=schedule,
       abstract_state=parts.abstract_state,
       state_shardings=state_shardings,
       local_batch_size=local_batch,

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import optax
 
 from medclip_jax import objectives as objectives_lib
+from medclip_jax.errors import UserError
 
 
 @flax.struct.dataclass
@@ -36,7 +37,10 @@ def initial_params(model, objectives: dict, config, params_rng, dropout_rng) -> 
   extra = objectives_lib.init_params(objectives, config)
   clash = sorted(set(extra) & set(variables['params']))
   if clash:
-    raise ValueError(f'Objective parameters {clash} clash with model parameters of that name.')
+    raise UserError(
+      f'Objective parameters {clash} have the names of model parameters: rename them in '
+      'their objective module.'
+    )
   return {**variables['params'], **extra}, variables['batch_stats']
 
 

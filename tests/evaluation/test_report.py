@@ -86,7 +86,11 @@ CAPTION = {
       'image': _png(color),
       'references': [f'Axial CT of the brain, lesion {i} < 5 mm & no bleed.'],
       'retrieved': [
-        {'id': f'cap-{i}-{j}', 'caption': f'Retrieved caption {j} for image {i}.', 'score': s}
+        {
+          'id': None if i == 2 else f'cap-{i}-{j}',  # a bank without ids
+          'caption': f'Retrieved caption {j} for image {i}.',
+          'score': s,
+        }
         for j, s in enumerate([0.81234, 0.7, 0.65])
       ],
     }
@@ -99,14 +103,14 @@ PROBE = {
   'table': {
     field: {
       label: {
-        'accuracy': acc,
-        'balanced_accuracy': acc - 0.05,
-        'auroc': acc + 0.1,
+        'accuracy': acc + shift,
+        'balanced_accuracy': acc + shift - 0.05,
+        'auroc': acc + shift + 0.1,
         'train_examples': n,
       }
       for label, acc, n in [('1%', 0.5, 20), ('10%', 0.65, 200), ('100%', 0.8, 2000)]
     }
-    for field in ['modality', 'body_part']
+    for field, shift in [('modality', 0.1), ('body_part', 0.0)]
   },
 }
 
@@ -150,7 +154,8 @@ def test_report_is_self_contained_with_metrics_charts_and_examples(tmp_path):
   assert 'X-ray &lt;plain&gt;' in text and 'X-ray <plain>' not in text
   assert 'chest &amp; lungs' in text
   assert 'lesion 0 &lt; 5 mm &amp; no bleed.' in text
-  assert '0.812' in text and 'Retrieved caption 2 for image 1.' in text
+  assert '0.812' in text and 'Retrieved caption 2 for image 1.' in text and 'cap-1-2' in text
+  assert 'None' not in text
   assert 'CIDEr-D' in text and 'upper bound' in text and 'train split, 8000 captions' in text
   assert '0.840 &ndash; 0.970' in text  # the AUROC interval
   assert 'training examples' in text and '2000' in text

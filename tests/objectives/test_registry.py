@@ -19,7 +19,7 @@ def test_objectives_are_the_modules_of_the_package(tiny_config):
 
 def test_weight_zero_switches_an_objective_off_parameters_included(tiny_config):
   config = tiny_config()
-  assert dict(config.objectives) == {'infonce': 1.0, 'sigmoid': 0.0}  # the defaults list both
+  assert {'infonce': 1.0, 'sigmoid': 0.0}.items() <= dict(config.objectives).items()
   built = objectives.build(config)
   assert list(built) == ['infonce'] and objectives.init_params(built, config) == {}
 
