@@ -102,7 +102,8 @@ def compare(config, init: str, workdir: str) -> dict:
   checked.data.train_text = label_text
   pipeline.describe_train_text(checked.data, info)  # a bad template stops here, before training
 
-  rows = {'start': setup.evaluation(config, info.get('labels', {}))(loaded.variables)[0]}
+  evaluation = setup.evaluation(config, info.get('labels', {}))
+  rows = {'start': evaluation(evaluation.place(loaded.variables))[0]}
   for name, text in (('captions', 'caption'), ('labels', label_text)):
     run = config.copy_and_resolve_references()
     run.data.train_text = text

@@ -50,7 +50,7 @@ def evaluate(workdir, step=None, split=None, data=None, evals=None, only=None) -
     config.eval.split = split
   info = pipeline.dataset_info(config.data)
   evaluation = setup.evaluation(config, info.get('labels', {}))
-  results, details = evaluation(loaded.variables)
+  results, details = evaluation(evaluation.place(loaded.variables))
   if only:  # the other evaluators' results of this step stay
     results = {**results_lib.read(str(workdir), loaded.step), **results}
   results_lib.write(str(workdir), loaded.step, results, details)

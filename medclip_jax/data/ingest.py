@@ -78,7 +78,19 @@ def _to_l_or_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_image(source: str | bytes, max_side: int = DEFAULT_MAX_SIDE) -> bytes:
-  """An image file (path or bytes) as PNG bytes, mode 'L' or 'RGB'.
+  """An image file (path or bytes) as PNG bytes, mode 'L' or 'RGB' (`open_image`'s rules)."""
+  return encode_png(open_image(source, max_side))
+
+
+def encode_png(image: Image.Image) -> bytes:
+  """`image` as PNG bytes (lossless: decoding gives back its pixels)."""
+  out = io.BytesIO()
+  image.save(out, 'PNG')
+  return out.getvalue()
+
+
+def open_image(source: str | bytes, max_side: int = DEFAULT_MAX_SIDE) -> Image.Image:
+  """An image file (path or bytes) as a loaded PIL image, mode 'L' or 'RGB'.
 
   Single-channel images become 'L' (16-bit and float ones stretched by their
   min and max), colour ones 'RGB' (alpha composited on black). The longer
@@ -105,9 +117,7 @@ def load_image(source: str | bytes, max_side: int = DEFAULT_MAX_SIDE) -> bytes:
     raise BadRecord('not an image') from e
   except Exception as e:  # PIL's decoders raise many unrelated types on corrupt data.
     raise BadRecord('truncated or corrupt image') from e
-  out = io.BytesIO()
-  image.save(out, 'PNG')
-  return out.getvalue()
+  return image
 
 
 def repair_text(text: str) -> tuple[str, bool]:

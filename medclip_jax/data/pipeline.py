@@ -9,7 +9,6 @@ normalised on the device by `normalize`.
 """
 
 import hashlib
-import io
 import re
 import string
 from pathlib import Path
@@ -19,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from medclip_jax.data import images as image_lib
 from medclip_jax.data import records
 from medclip_jax.data import tokenizer as tokenizer_lib
 from medclip_jax.errors import UserError
@@ -150,29 +150,12 @@ def dataset_info(data_config) -> dict:
   return info
 
 
-def decode_image(data: bytes) -> Image.Image:
-  image = Image.open(io.BytesIO(data))
-  image.draft('RGB', (image.width, image.height))  # JPEG: decode no larger than needed
-  return image.convert('RGB')
-
-
-def _square_resize(image: Image.Image, box, size: int) -> np.ndarray:
-  return np.asarray(image.resize((size, size), Image.BILINEAR, box=box), np.uint8)
-
-
-def center_crop(image: Image.Image, size: int) -> np.ndarray:
-  """The largest centred square, resized to size x size."""
-  side = min(image.width, image.height)
-  left, top = (image.width - side) / 2, (image.height - side) / 2
-  return _square_resize(image, (left, top, left + side, top + side), size)
-
-
 def random_crop(image: Image.Image, size: int, scale, rng) -> np.ndarray:
   """A random square covering `scale` (min, max) of the shorter side's square."""
   side = min(image.width, image.height) * np.sqrt(rng.uniform(*scale))
   left = rng.uniform(0, image.width - side)
   top = rng.uniform(0, image.height - side)
-  return _square_resize(image, (left, top, left + side, top + side), size)
+  return image_lib.square_resize(image, (left, top, left + side, top + side), size)
 
 
 class Preprocess:
@@ -240,13 +223,13 @@ class Preprocess:
 
   def __call__(self, raw: bytes, rng: np.random.Generator | None = None):
     record = records.decode(raw)
-    image = decode_image(record['image'])
+    image = image_lib.decode(record['image'])
     caption = self.text(record)
     if self.train:
       pixels = random_crop(image, self.image_size, self.crop_scale, rng)
       pixels, caption = self._flip(pixels, caption, rng)
     else:
-      pixels = center_crop(image, self.image_size)
+      pixels = image_lib.center_crop(image, self.image_size)
     input_ids, attention_mask, truncated = self.tokenize(caption)
     example = {
       'image': np.ascontiguousarray(pixels),

@@ -24,6 +24,9 @@ import importlib
 import inspect
 import pkgutil
 
+import jax
+
+from medclip_jax import sharding
 from medclip_jax.errors import UserError
 from medclip_jax.evaluation import embedding
 
@@ -83,6 +86,10 @@ class Evaluation:
     self.label_vocabs = dict(label_vocabs)
     self.embedder = embedding.Embedder(model, config, mesh)
     self.evaluators = build_evaluators(config.evals)
+
+  def place(self, variables):
+    """Host variables (a loaded model's) replicated on this evaluation's devices, once."""
+    return jax.device_put(variables, sharding.replicated(self.embedder.mesh))
 
   def __call__(self, variables) -> tuple[dict, dict]:
     """(flat results, details) of the model `variables`; see `run_evaluators`."""

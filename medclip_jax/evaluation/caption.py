@@ -16,32 +16,13 @@ image's top-k captions with their similarities go to `captions.jsonl` beside
 the results. Without Java the scores are reported unavailable, with the reason.
 """
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
+from medclip_jax.data.caption_bank import read_bank_file
 from medclip_jax.errors import UserError
 from medclip_jax.evaluation import caption_metrics
-
-
-def read_bank_file(path) -> list[str]:
-  """Captions from a .txt (one a line) or .csv (a 'caption' column) file."""
-  path = Path(path)
-  if not path.is_file():
-    raise UserError(f'No caption bank at {path} (config.evals.<name>.bank).')
-  if path.suffix.lower() == '.csv':
-    with open(path, newline='', encoding='utf-8') as f:
-      reader = csv.DictReader(f)
-      if 'caption' not in (reader.fieldnames or []):
-        raise UserError(f'{path} has no "caption" column (its columns: {reader.fieldnames}).')
-      texts = [row['caption'].strip() for row in reader]
-  else:
-    texts = [line.strip() for line in path.read_text(encoding='utf-8').splitlines()]
-  texts = [t for t in texts if t]
-  if not texts:
-    raise UserError(f'The caption bank {path} holds no captions.')
-  return texts
 
 
 def allowed(image_ids, image_groups, bank_ids, bank_groups) -> np.ndarray:

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from medclip_jax import sharding
+from medclip_jax.data import images as image_lib
 from medclip_jax.data import pipeline
 from medclip_jax.data import records
 from medclip_jax.data import tokenizer as tokenizer_lib
@@ -64,31 +65,44 @@ class Embedder:
     self._gather = jax.jit(lambda x: x, out_shardings=replicated)
     self._cache = {}
 
-  def encode_strings(self, variables, texts: list[str]) -> np.ndarray:
-    """Embeddings [len(texts), D] of texts every process holds in full (e.g. prompts)."""
+  def tokenize(self, texts: list[str]) -> dict:
+    """Token ids and masks [N, max_text_length], padded and truncated as in training."""
     tokens = self.tokenizer(
-      texts,
+      list(texts),
       max_length=self.config.data.max_text_length,
       padding='max_length',
       truncation=True,
       return_tensors='np',
     )
-    n = len(texts)
-    padded = -(-n // self.batch_size) * self.batch_size
-    ids = np.zeros((padded, tokens['input_ids'].shape[1]), np.int32)
-    mask = np.zeros_like(ids)
-    ids[:n], mask[:n] = tokens['input_ids'], tokens['attention_mask']
+    return {k: tokens[k].astype(np.int32) for k in ('input_ids', 'attention_mask')}
+
+  def _in_batches(self, encode, arrays: dict, batch_size: int | None) -> np.ndarray:
+    """encode(**rows) over `arrays` (every process holds them in full), in padded batches."""
+    size = batch_size or self.batch_size
+    n = len(next(iter(arrays.values())))
+    padded = -(-n // size) * size
     out = []
-    for start in range(0, padded, self.batch_size):
-      rows = slice(start, start + self.batch_size)
-      # Every process holds all texts, so each device takes its own rows.
-      batch = sharding.from_host_copy(
-        {'input_ids': ids[rows], 'attention_mask': mask[rows]}, self.mesh
-      )
-      out.append(
-        np.asarray(self.encode_texts(variables, batch['input_ids'], batch['attention_mask']))
-      )
+    for start in range(0, padded, size):
+      rows = {}
+      for name, array in arrays.items():
+        chunk = array[start : start + size]
+        pad = np.zeros((size - len(chunk), *array.shape[1:]), array.dtype)
+        rows[name] = np.concatenate([chunk, pad]) if len(pad) else chunk
+      # Every process holds all rows, so each device takes its own.
+      out.append(np.asarray(encode(**sharding.from_host_copy(rows, self.mesh))))
     return np.concatenate(out)[:n]
+
+  def encode_strings(self, variables, texts: list[str], batch_size: int | None = None):
+    """Embeddings [len(texts), D] of texts every process holds in full (e.g. prompts)."""
+    encode = lambda input_ids, attention_mask: self.encode_texts(
+      variables, input_ids, attention_mask
+    )
+    return self._in_batches(encode, self.tokenize(texts), batch_size)
+
+  def encode_pixels(self, variables, pixels: np.ndarray, batch_size: int | None = None):
+    """Embeddings [N, D] of uint8 images [N, S, S, 3] every process holds in full."""
+    encode = lambda images: self.encode_images(variables, images)
+    return self._in_batches(encode, {'images': np.asarray(pixels, np.uint8)}, batch_size)
 
   def encode_split(
     self, variables, split: str, label_vocabs: dict, images: bool = True, texts: bool = True
@@ -110,8 +124,8 @@ class Embedder:
   def pixels(self, split: str, rows) -> np.ndarray:
     """uint8 images [len(rows), S, S, 3] of records `rows` of `split`, as evaluation crops them."""
     source, size = pipeline.source(self.config.data, split), self.config.data.image_size
-    decoded = (pipeline.decode_image(records.decode(source[i])['image']) for i in rows)
-    return np.stack([pipeline.center_crop(image, size) for image in decoded])
+    decoded = (image_lib.decode(records.decode(source[i])['image']) for i in rows)
+    return np.stack([image_lib.center_crop(image, size) for image in decoded])
 
   def image_bytes(self, split: str, index: int) -> bytes:
     """The stored image (PNG bytes) of record `index` of `split`, e.g. for a report."""

@@ -5,7 +5,6 @@ radiological side and the image size."""
 import collections
 import io
 import os
-import re
 
 import numpy as np
 import pytest
@@ -37,12 +36,6 @@ def dataset(tmp_path_factory):
   output = tmp_path_factory.mktemp('synthetic')
   info = _prepare(output)
   return output, info
-
-
-def _mentions(text, phrase):
-  return (
-    re.search(r'(?<![\w-])' + re.escape(phrase) + r'(?![\w-])', text, re.IGNORECASE) is not None
-  )
 
 
 def _dir_bytes(path):
@@ -91,17 +84,12 @@ def test_records_decode_and_match_their_labels(dataset):
       for name, value in labels.items():
         assert value in synthetic.LABELS[name]
       assert cap.strip() and cap[0].isupper() and cap.endswith('.')
-      for key, synonyms in (
-        ('modality', synthetic.MODALITY_SYNONYMS),
-        ('body_part', synthetic.BODY_PART_SYNONYMS),
-        ('finding', synthetic.FINDING_SYNONYMS),
-      ):
-        for value, words in synonyms.items():
-          said = any(_mentions(cap, w) for w in words)
-          assert said == (value == labels[key]), (key, value, cap)
+      for key in ('modality', 'body_part', 'finding'):
+        for value in synthetic.LABELS[key]:
+          assert synthetic.names(cap, key, value) == (value == labels[key]), (key, value, cap)
       side = labels['laterality']
       for word in ('left', 'right'):
-        assert _mentions(cap, word) == (word == side), cap
+        assert synthetic.names(cap, 'laterality', word) == (word == side), cap
       if labels['finding'] == 'normal' or labels['body_part'] == 'spine':
         assert side == 'none'
       else:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from medclip_jax.data import images
 from medclip_jax.data import pipeline
 from medclip_jax.data import prepare
 from medclip_jax.data import records
@@ -63,7 +64,7 @@ def test_tfds_decodes_images_like_the_pipeline(manifest):
     r['id']: r['image'] for r in records.read_records(records.split_files(manifest.prepared, 'val'))
   }
   for example in tfds.data_source(NAME, split='val', data_dir=manifest.data_dir):
-    image = np.asarray(pipeline.decode_image(pngs[example['id'].decode()]))
+    image = np.asarray(images.decode(pngs[example['id'].decode()]))
     np.testing.assert_array_equal(example['image'], image)
 
 

@@ -4,6 +4,7 @@ and the per-image file."""
 import numpy as np
 import pytest
 
+from medclip_jax.data import caption_bank
 from medclip_jax.errors import UserError
 from medclip_jax.evaluation import caption
 from tests import helpers
@@ -77,7 +78,7 @@ def test_a_file_bank_is_read_and_its_captions_all_allowed(tmp_path):
   path.write_text(
     'caption,source\nCT of the brain with a mass.,x\nMRI of the knee with an effusion.,y\n'
   )
-  assert caption.read_bank_file(path)[1] == 'MRI of the knee with an effusion.'
+  assert caption_bank.read_bank_file(path)[1] == 'MRI of the knee with an effusion.'
   embedder.text_fn = lambda t: [1.0, 0, 0, 0] if 'brain' in t else [0, 1.0, 0, 0]
   out = caption.Evaluator(bank=str(path), top_k=1)(None, test, embedder)
   assert out['cider_d'] == pytest.approx(10.0)  # a file bank excludes nothing: exact matches
@@ -86,7 +87,7 @@ def test_a_file_bank_is_read_and_its_captions_all_allowed(tmp_path):
 
 def test_bad_banks_are_user_errors(tmp_path):
   test, embedder = _planted()
-  with pytest.raises(UserError, match='No caption bank at'):
+  with pytest.raises(UserError, match='No caption bank file at'):
     caption.Evaluator(bank=str(tmp_path / 'none.txt'))(None, test, embedder)
   (tmp_path / 'empty.txt').write_text('\n  \n')
   with pytest.raises(UserError, match='holds no captions'):

@@ -47,7 +47,6 @@ only files flagged so are skipped.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import io
 import logging
@@ -355,8 +354,8 @@ def _frame(ds: pydicom.Dataset) -> np.ndarray:
   raise ingest.BadRecord('unsupported photometric interpretation')
 
 
-def _png(ds: pydicom.Dataset, max_side: int) -> bytes:
-  """The image of `ds` as PNG bytes; BadRecord if it cannot be decoded."""
+def _image(ds: pydicom.Dataset, max_side: int) -> Image.Image:
+  """The image of `ds`, mode 'L'; BadRecord if it cannot be decoded."""
   with _quiet():
     transfer_syntax = ds.file_meta.TransferSyntaxUID
     try:
@@ -373,9 +372,15 @@ def _png(ds: pydicom.Dataset, max_side: int) -> bytes:
       raise ingest.BadRecord(_CORRUPT) from e
   image = Image.fromarray(np.round(np.clip(frame, 0, 1) * 255).astype(np.uint8))
   image.thumbnail((max_side, max_side))
-  out = io.BytesIO()
-  image.save(out, 'PNG')
-  return out.getvalue()
+  return image
+
+
+def open_image(path: str, max_side: int = ingest.DEFAULT_MAX_SIDE) -> Image.Image:
+  """The image of the DICOM file at `path`, mode 'L' (the rules above); raises
+  ingest.BadRecord."""
+  with _quiet():
+    ds = _read(path)
+  return _image(ds, max_side)
 
 
 def load_image(path: str, max_side: int = ingest.DEFAULT_MAX_SIDE) -> bytes:
@@ -383,9 +388,7 @@ def load_image(path: str, max_side: int = ingest.DEFAULT_MAX_SIDE) -> bytes:
 
   For formats whose images may be DICOM (reports); raises ingest.BadRecord.
   """
-  with _quiet():
-    ds = _read(path)
-  return _png(ds, max_side)
+  return ingest.encode_png(open_image(path, max_side))
 
 
 def source(
@@ -424,7 +427,7 @@ def source(
     return base.Entry(
       id=record_id,
       group=group,
-      image=functools.partial(_png, ds),
+      image=lambda max_side: ingest.encode_png(_image(ds, max_side)),
       caption=caption,
       labels=labels,
     )

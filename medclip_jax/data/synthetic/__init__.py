@@ -41,6 +41,8 @@ from medclip_jax.data.synthetic.labels import (
   LATERALITIES,
   MODALITIES,
   MODALITY_SYNONYMS,
+  WORDS,
+  names,
   sample_labels,
 )
 from medclip_jax.data.synthetic.modalities import render, tissue_map
@@ -56,10 +58,12 @@ __all__ = [
   'MASS',
   'MODALITIES',
   'MODALITY_SYNONYMS',
+  'WORDS',
   'caption',
   'encode_png',
   'generate',
   'make_example',
+  'names',
   'render',
   'sample_labels',
   'tissue_map',

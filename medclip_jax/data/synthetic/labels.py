@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -65,3 +66,21 @@ def sample_labels(rng: np.random.Generator) -> dict[str, str]:
   else:
     labels['laterality'] = pick(rng, ('left', 'right'))
   return labels
+
+
+# The words of every label value, by label (laterality 'none' has none).
+WORDS = {
+  'modality': MODALITY_SYNONYMS,
+  'body_part': BODY_PART_SYNONYMS,
+  'finding': FINDING_SYNONYMS,
+  'laterality': {'left': ('left',), 'right': ('right',), 'none': ()},
+}
+
+
+def names(text: str, label: str, value: str) -> bool:
+  """Whether `text` says `value` of `label` in one of the captions' words for it (whole
+  words, any case), e.g. names('Axial MR of the head.', 'modality', 'MRI')."""
+  return any(
+    re.search(r'(?<![\w-])' + re.escape(word) + r'(?![\w-])', text, re.IGNORECASE)
+    for word in WORDS[label][value]
+  )

@@ -1,0 +1,27 @@
+"""Caption banks from files, for caption-by-retrieval (evaluation and inference; no JAX)."""
+
+import csv
+from pathlib import Path
+
+from medclip_jax.errors import UserError
+
+
+def read_bank_file(path) -> list[str]:
+  """Captions from a .txt (one a line) or .csv (a 'caption' column) file."""
+  path = Path(path)
+  if not path.is_file():
+    raise UserError(
+      f'No caption bank file at {path}: give a .txt (one caption a line) or .csv file.'
+    )
+  if path.suffix.lower() == '.csv':
+    with open(path, newline='', encoding='utf-8') as f:
+      reader = csv.DictReader(f)
+      if 'caption' not in (reader.fieldnames or []):
+        raise UserError(f'{path} has no "caption" column (its columns: {reader.fieldnames}).')
+      texts = [row['caption'].strip() for row in reader]
+  else:
+    texts = [line.strip() for line in path.read_text(encoding='utf-8').splitlines()]
+  texts = [t for t in texts if t]
+  if not texts:
+    raise UserError(f'The caption bank {path} holds no captions.')
+  return texts

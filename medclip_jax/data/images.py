@@ -1,0 +1,107 @@
+"""Images as the model sees them, for training, evaluation and inference alike (no JAX here).
+
+A prepared record stores its image as PNG bytes made by `ingest.load_image`
+(or the dicom format's reader); evaluation decodes them and takes the centred
+square at the model's size. `read` turns what a user hands over (a file path
+to a PNG, JPEG or DICOM file, a PIL image, an array) into the image those PNG
+bytes hold, so an image given at inference time is processed exactly as the
+evaluation processes a prepared record of it. The PyTorch export uses this
+module too.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from medclip_jax.data import ingest
+from medclip_jax.data import records
+
+
+def is_dicom(path) -> bool:
+  """Whether the file at `path` is DICOM: the 'DICM' mark after its preamble, or a .dcm name."""
+  path = Path(path)
+  if path.suffix.lower() in ('.dcm', '.dicom'):
+    return True
+  with open(path, 'rb') as f:
+    f.seek(128)
+    return f.read(4) == b'DICM'
+
+
+def read(image, max_side: int = ingest.DEFAULT_MAX_SIDE) -> Image.Image:
+  """The image, mode 'L' or 'RGB', that `prepare` would store (as PNG) for a file path,
+  encoded image bytes (a prepared record's), a PIL image or a uint8/float array.
+
+  Raises ingest.BadRecord with a short reason for a missing, empty, corrupt
+  or unreadable file.
+  """
+  if isinstance(image, (str, Path)):
+    path = str(image)
+    if not Path(path).is_file():
+      raise ingest.BadRecord('missing file')
+    if is_dicom(path):
+      from medclip_jax.data.formats import dicom  # pylint: disable=import-outside-toplevel
+
+      return dicom.open_image(path, max_side)
+    return ingest.open_image(path, max_side)
+  if isinstance(image, bytes):
+    return ingest.open_image(image, max_side)
+  if isinstance(image, np.ndarray):
+    array = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+    if array.dtype != np.uint8:  # stretched by its min and max, as prepare does 16-bit images
+      low, high = float(array.min()), float(array.max())
+      array = ((array - low) / (high - low or 1.0) * 255).round().astype(np.uint8)
+    try:
+      image = Image.fromarray(array)
+    except TypeError as e:
+      raise ingest.BadRecord(f'an array of shape {array.shape} is no image') from e
+  if isinstance(image, Image.Image):
+    # TIFF holds every PIL mode (CMYK, 16-bit, float) losslessly, for open_image to convert.
+    out = io.BytesIO()
+    image.save(out, 'TIFF')
+    return ingest.open_image(out.getvalue(), max_side)
+  raise TypeError(
+    f'An image is a file path, image bytes, a PIL image or a numpy array, not a '
+    f'{type(image).__name__}.'
+  )
+
+
+def decode(data: bytes) -> Image.Image:
+  """Stored image bytes as an RGB PIL image."""
+  image = Image.open(io.BytesIO(data))
+  image.draft('RGB', (image.width, image.height))  # JPEG: decode no larger than needed
+  return image.convert('RGB')
+
+
+def square_resize(image: Image.Image, box, size: int) -> np.ndarray:
+  """The `box` of `image` resized to size x size, as uint8 [size, size, 3]."""
+  return np.asarray(image.resize((size, size), Image.BILINEAR, box=box), np.uint8)
+
+
+def center_crop(image: Image.Image, size: int) -> np.ndarray:
+  """The largest centred square, resized to size x size (evaluation's crop)."""
+  side = min(image.width, image.height)
+  left, top = (image.width - side) / 2, (image.height - side) / 2
+  return square_resize(image, (left, top, left + side, top + side), size)
+
+
+def model_input(image, size: int, max_side: int = ingest.DEFAULT_MAX_SIDE) -> np.ndarray:
+  """uint8 [size, size, 3]: `image` (anything `read` takes) read as prepare reads it with
+  `max_side` and centre-cropped as evaluation crops the stored PNG (which holds the same
+  pixels: PNG is lossless, so it is not encoded here)."""
+  return center_crop(read(image, max_side).convert('RGB'), size)
+
+
+def prepared_max_side(data_config) -> int:
+  """The longest side prepare stored `config.data`'s images at (its --max_side), which a
+  model's inputs are read at too; the default when the dataset is not at hand."""
+  if data_config.get('tfds_name'):
+    return ingest.DEFAULT_MAX_SIDE
+  try:
+    info = records.read_dataset_info(data_config.dir)
+  except FileNotFoundError:
+    return ingest.DEFAULT_MAX_SIDE
+  return int(info.get('max_side', ingest.DEFAULT_MAX_SIDE))
