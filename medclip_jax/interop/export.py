@@ -18,6 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from medclip_jax.data import images
 from medclip_jax.data import tokenizer as tokenizer_lib
 from medclip_jax.errors import UserError
 from medclip_jax.interop import convert
@@ -93,6 +94,8 @@ def export(workdir: str, out: str, step: int | None = None) -> Path:
       'image_size': config.data.image_size,
       'mean': list(config.data.mean),
       'std': list(config.data.std),
+      # prepare's --max_side: images given to the model are read at it (data/images.py).
+      'max_side': images.prepared_max_side(config.data),
     },
     'text': {'pooling': config.model.text.pooling, 'max_length': config.data.max_text_length},
     'objectives': {k: float(v) for k, v in config.objectives.items() if float(v)},

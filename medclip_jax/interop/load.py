@@ -2,17 +2,19 @@
 
 The evaluation command (and any use of a trained model) starts here, so that a
 workdir and what `python -m medclip_jax.export` wrote from it give the same
-model. Variables come back whole on the first device.
+model. Only the variables are read (no optimizer state); they come back as NumPy
+arrays on the host, for the caller to place on its devices.
 """
 
 import dataclasses
 import json
 from pathlib import Path
 
-import jax
 import ml_collections
 import numpy as np
 
+from medclip_jax.data import images
+from medclip_jax.data import ingest
 from medclip_jax.errors import UserError
 from medclip_jax.interop import convert
 from medclip_jax.interop import tables
@@ -23,10 +25,11 @@ from medclip_jax.training import setup as setup_lib
 @dataclasses.dataclass(frozen=True)
 class Loaded:
   config: ml_collections.ConfigDict  # the run's config, in today's layout
-  variables: dict  # {'params', 'batch_stats'}; params include the objectives' (logit_bias)
+  variables: dict  # {'params', 'batch_stats'} as NumPy; params include the objectives' (logit_bias)
   step: int
   path: Path
   kind: str  # 'workdir' or 'export'
+  max_side: int  # prepare's --max_side for the training images: inputs are read at it too
 
   def describe(self) -> str:
     return f'{self.path} ({self.kind}, step {self.step})'
@@ -56,10 +59,12 @@ def _from_workdir(path: Path, step: int | None) -> Loaded:
     if step not in steps:
       raise UserError(f'No checkpoint for step {step} in {path}/checkpoints; there are {steps}.')
     config = ml_collections.ConfigDict(checkpointer.restore_config(step))
-    state = setup_lib.restore_on_one_device(config, checkpointer, step)
+    abstract = setup_lib.shapes(config).abstract_state
+    variables = checkpointer.restore_variables(step, abstract.variables())
   finally:
     checkpointer.close()
-  return Loaded(config, state.variables(), step, path, 'workdir')
+  max_side = images.prepared_max_side(config.data)
+  return Loaded(config, variables, step, path, 'workdir', max_side)
 
 
 def _from_export(path: Path, step: int | None) -> Loaded:
@@ -89,5 +94,5 @@ def _from_export(path: Path, step: int | None) -> Loaded:
     # Projections were written as torch's [out, in] Linear weights; scalars with shape (1,).
     params[key] = {'kernel': value.T} if value.ndim == 2 else np.asarray(value.reshape(()))
   variables = {'params': params, 'batch_stats': batch_stats}
-  device = jax.devices()[0]
-  return Loaded(config, jax.device_put(variables, device), metadata['step'], path, 'export')
+  max_side = metadata['image'].get('max_side', ingest.DEFAULT_MAX_SIDE)  # older exports lack it
+  return Loaded(config, variables, metadata['step'], path, 'export', max_side)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from medclip_jax.errors import UserError
@@ -88,6 +89,17 @@ class Checkpointer:
     return self._manager.restore(
       step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
     )['state']
+
+  def restore_variables(self, step: int, abstract_variables: dict) -> dict:
+    """Only {'params', 'batch_stats'} of `step`'s train state, as NumPy arrays: the optimizer
+    state (twice the parameters' size under AdamW) is not read. For using a trained model."""
+    item = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_variables)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      return checkpointer.restore(
+        self.directory / str(step) / 'state',
+        args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
+      )
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

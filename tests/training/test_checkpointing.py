@@ -13,6 +13,8 @@ import pytest
 from medclip_jax.interop import export
 from medclip_jax.training import checkpointing
 from medclip_jax.training.setup import Setup
+from medclip_jax.training.setup import restore_on_one_device
+from medclip_jax.training.setup import shapes
 
 # Written by the code of commit 891f5e0 (the layout before objectives and
 # evaluators were data): step 1 of a sigmoid-loss run with a frozen text
@@ -68,8 +70,14 @@ def test_a_checkpoint_of_the_old_layout_restores_and_steps_exactly_as_before(leg
     for path, x in jax.tree_util.tree_leaves_with_path(jax.device_get(state.params))
   }
   assert sums.keys() == expected['param_sums'].keys()
-  for key, value in expected['param_sums'].items():
-    np.testing.assert_allclose(sums[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
+  for key, (total, squares) in expected['param_sums'].items():
+    # Measured against the leaf's norm: XLA's CPU code differs between machines (the loss
+    # above agrees to 1e-6), and Adam's first steps turn gradients near zero (BatchNorm
+    # biases) into updates of the learning rate's size, so their sums differ by ~2e-4 of
+    # the norm from one machine to another; a wrong layout would differ by O(1).
+    norm = np.sqrt(squares)
+    np.testing.assert_allclose(sums[key][0], total, rtol=0, atol=2e-3 * norm + 1e-12, err_msg=key)
+    np.testing.assert_allclose(sums[key][1], squares, rtol=2e-3, atol=1e-12, err_msg=key)
 
 
 def test_a_checkpoint_of_the_old_layout_exports(legacy, tmp_path):
@@ -84,3 +92,18 @@ def test_a_checkpoint_of_the_old_layout_exports(legacy, tmp_path):
     'logit_bias',
   }
   assert json.loads((out / 'medclip.json').read_text())['objectives'] == {'sigmoid': 1.0}
+
+
+def test_the_variables_alone_restore_as_in_the_whole_state(legacy, trained_run):
+  """What using a model reads (no optimizer state) equals the train state's, old layout too."""
+  _, tiny_workdir, _ = trained_run
+  for config, workdir, step in ((*legacy, 1), (trained_run[0], tiny_workdir, 12)):
+    ckpt = checkpointing.Checkpointer(str(workdir), keep=1_000)
+    whole = jax.device_get(restore_on_one_device(config, ckpt, step).variables())
+    abstract = shapes(config).abstract_state
+    alone = ckpt.restore_variables(step, abstract.variables())
+    ckpt.close()
+    assert jax.tree.structure(alone) == jax.tree.structure(whole)
+    for a, w in zip(jax.tree.leaves(alone), jax.tree.leaves(whole)):
+      assert isinstance(a, np.ndarray)
+      np.testing.assert_array_equal(a, w)
