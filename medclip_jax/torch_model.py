@@ -1,14 +1,19 @@
 """The exported two-tower model in PyTorch: torchvision ResNet + transformers BERT + two Linear layers.
 
-Imports torch, torchvision, transformers, safetensors, PIL and the plain-data
-`medclip_jax.interop.tables` (no JAX), so an export can be used wherever PyTorch is:
+Imports torch, torchvision, transformers, safetensors, PIL and the JAX-free
+parts of medclip_jax (`interop.tables`, `inference`'s shared methods,
+`data.images`), so an export can be used wherever PyTorch is:
 
   from medclip_jax.torch_model import MedCLIP
   model = MedCLIP.from_export('exported/demo').eval()
-  image = model.preprocess(PIL.Image.open('scan.png')).unsqueeze(0)
+  image = model.preprocess('scan.png').unsqueeze(0)   # a path, PIL image or array
   tokens = model.tokenize(['Axial CT of the brain showing a left frontal mass.'])
   with torch.no_grad():
     similarity = model.encode_image(image) @ model.encode_text(**tokens).T
+
+It also has the JAX model's methods on NumPy (`medclip_jax.inference`):
+`model.encode('scan.png', 'CT of the brain.')`, `zero_shot`, `caption`,
+`index` and `search`, which rank as the JAX model ranks.
 """
 
 import json
@@ -17,13 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 from transformers import AutoTokenizer
 from transformers import BertModel
 
+from medclip_jax import inference  # its shared methods import no JAX
+from medclip_jax.data import ingest
 from medclip_jax.interop import tables  # plain data: no JAX
 
 _BLOCKS = {
@@ -68,8 +74,16 @@ def image_encoder(depth: int, width: int) -> nn.Module:
   return _ResNet(depth, width)
 
 
-class MedCLIP(nn.Module):
-  """Image and text towers projected to a shared, L2-normalised embedding space."""
+class MedCLIP(nn.Module, inference.Retrieval):
+  """Image and text towers projected to a shared, L2-normalised embedding space.
+
+  Besides the tensor methods (`encode_image`, `encode_text`, `forward`), it
+  has the JAX model's (`medclip_jax.inference`): `encode_images`,
+  `encode_texts`, `encode`, `zero_shot`, `caption`, `index` and `search`,
+  taking file paths, PIL images or arrays, and ranking alike.
+  """
+
+  batch_size = 64  # images or texts per forward pass in those methods
 
   def __init__(
     self,
@@ -91,6 +105,13 @@ class MedCLIP(nn.Module):
     self.metadata = metadata
     self.logit_bias = logit_bias  # present when trained with the sigmoid loss
     self.tokenizer = tokenizer
+    self.path, self.step = None, metadata['step']
+    self.embed_dim = image_projection.out_features
+    self.fingerprint = inference.fingerprint(
+      image_projection.weight.detach().numpy().T,
+      text_projection.weight.detach().numpy().T,
+      logit_scale.detach().numpy(),
+    )
 
   @classmethod
   def from_export(cls, directory) -> 'MedCLIP':
@@ -116,7 +137,7 @@ class MedCLIP(nn.Module):
       layer.weight.data.copy_(weight)
       return layer
 
-    return cls(
+    model = cls(
       image,
       text,
       linear(heads[names['image_projection']]),
@@ -126,17 +147,21 @@ class MedCLIP(nn.Module):
       nn.Parameter(heads[names['logit_bias']]) if names['logit_bias'] in heads else None,
       AutoTokenizer.from_pretrained(str(text_dir)),
     )
+    model.path = directory
+    return model
 
-  def preprocess(self, image: Image.Image) -> torch.Tensor:
-    """A PIL image -> normalised [3, H, W] float tensor, as in evaluation (centre square, resize)."""
+  def describe(self) -> str:
+    return f'{self.path} (export, step {self.step})'
+
+  def scale(self) -> float:
+    return float(self.logit_scale.detach().exp().reshape(()))
+
+  def preprocess(self, image) -> torch.Tensor:
+    """An image (file path, PIL image or array) -> normalised [3, H, W] float tensor, read and
+    cropped exactly as evaluation reads a prepared record (`medclip_jax.data.images`)."""
     size = self.metadata['image']['image_size']
-    image = image.convert('RGB')
-    side = min(image.width, image.height)
-    left, top = (image.width - side) / 2, (image.height - side) / 2
-    pixels = np.asarray(
-      image.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side)),
-      np.float32,
-    )
+    max_side = self.metadata['image'].get('max_side', ingest.DEFAULT_MAX_SIDE)
+    pixels = inference.read_image(image, size, max_side).astype(np.float32)
     mean = np.asarray(self.metadata['image']['mean'], np.float32) * 255
     std = np.asarray(self.metadata['image']['std'], np.float32) * 255
     return torch.from_numpy(((pixels - mean) / std).transpose(2, 0, 1).copy())
@@ -165,6 +190,21 @@ class MedCLIP(nn.Module):
       mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
       pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
     return F.normalize(self.text_projection(pooled), dim=-1)
+
+  def _embed_pixels(self, pixels: list) -> np.ndarray:
+    with torch.no_grad():
+      return self.encode_image(torch.stack(pixels)).numpy()
+
+  def encode_texts(self, texts) -> np.ndarray:
+    """Unit text embeddings [N, D] ([D] for one text), as NumPy."""
+    texts, single = inference.as_list(texts)
+    out = [np.zeros((0, self.embed_dim), np.float32)]
+    size = self.batch_size
+    with torch.no_grad():
+      for start in range(0, len(texts), size):
+        out.append(self.encode_text(**self.tokenize(texts[start : start + size])).numpy())
+    emb = np.concatenate(out)
+    return emb[0] if single else emb
 
   def forward(self, pixels, input_ids, attention_mask):
     """(image embeddings, text embeddings, logit scale exp'd), as in CLIP."""

@@ -1,0 +1,313 @@
+"""Use a trained model: embed images and texts, classify zero-shot, caption by retrieval, search.
+
+  import medclip_jax
+  model = medclip_jax.MedCLIP.load('runs/demo')        # a workdir (step=N) or an export
+  image_emb, text_emb = model.encode('scan.png', 'Axial CT of the brain.')
+  model.zero_shot('scan.png', ['CT', 'MRI', 'X-ray'], templates=['{} of the brain.'])
+  model.caption(['a.png', 'b.dcm'], bank=['caption one', ...], top_k=5)
+  index = model.index(['a.png', 'b.png'])             # or python -m medclip_jax.predict embed
+  model.search('MRI of the brain', index, top_k=5)
+
+Images are file paths (PNG, JPEG, or DICOM read by the dicom format's rules),
+PIL images or arrays, one or a list; they are read, cropped and normalised
+exactly as evaluation reads a prepared record (`data/images.py`), and texts
+are tokenised as in training. Work is batched, with compiled functions reused
+across calls (batch sizes are rounded up to a power of two, so a few compile).
+Only the model's parameters are loaded, onto every local device. The
+PyTorch export class (`medclip_jax.torch_model.MedCLIP`) has the same methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from concurrent import futures
+from pathlib import Path
+
+import numpy as np
+
+from medclip_jax.data import caption_bank
+from medclip_jax.data import images as image_lib
+from medclip_jax.data import ingest
+from medclip_jax.errors import UserError
+
+# Threads reading images (decoding and resizing release the GIL).
+READ_THREADS = min(8, os.cpu_count() or 1)
+INDEX_FILES = {'embeddings': 'embeddings.npy', 'items': 'items.jsonl', 'meta': 'index.json'}
+
+
+def fingerprint(image_projection: np.ndarray, text_projection: np.ndarray, logit_scale) -> str:
+  """A short digest of a model's heads ([in, out] kernels): equal for a workdir and its export."""
+  digest = hashlib.sha256()
+  for array in (image_projection, text_projection, np.asarray(logit_scale).reshape(1)):
+    array = np.ascontiguousarray(array, np.float32)
+    digest.update(str(array.shape).encode() + array.tobytes())
+  return digest.hexdigest()[:16]
+
+
+def as_list(items) -> tuple[list, bool]:
+  """(items as a list, whether a single item was given)."""
+  if isinstance(items, (list, tuple)):
+    return list(items), False
+  return [items], True
+
+
+def read_image(image, size: int, max_side: int) -> np.ndarray:
+  """uint8 [size, size, 3] of one image, or a UserError naming it and what is wrong."""
+  try:
+    return image_lib.model_input(image, size, max_side)
+  except ingest.BadRecord as e:
+    what = image if isinstance(image, (str, Path)) else f'the {type(image).__name__} given'
+    raise UserError(
+      f'Cannot read the image {what}: {e.reason}. Give a PNG, JPEG or DICOM file, a PIL image '
+      'or an array.'
+    ) from e
+
+
+def image_files(directory) -> list[Path]:
+  """The image files (PNG, JPEG, DICOM) below `directory`, sorted; a UserError if none."""
+  directory = Path(directory)
+  if not directory.is_dir():
+    raise UserError(f'No directory {directory} to read images from.')
+  suffixes = {'.png', '.jpg', '.jpeg', '.dcm', '.dicom'}
+  files = sorted(p for p in directory.rglob('*') if p.is_file() and p.suffix.lower() in suffixes)
+  if not files:
+    raise UserError(f'{directory} holds no PNG, JPEG or DICOM files.')
+  return files
+
+
+def read_bank(bank) -> list[str]:
+  """Captions: a list of strings, or a .txt (one a line) / .csv ('caption' column) file."""
+  if isinstance(bank, (str, Path)):
+    return caption_bank.read_bank_file(bank)
+  texts = [str(t).strip() for t in bank if str(t).strip()]
+  if not texts:
+    raise UserError('The caption bank is empty: give it at least one caption.')
+  return texts
+
+
+@dataclasses.dataclass(frozen=True)
+class Index:
+  """Image embeddings with their ids and sources, and the model they came from."""
+
+  embeddings: np.ndarray  # [N, D] unit vectors
+  ids: list[str]
+  sources: list[str]
+  model: str  # the model's fingerprint
+  model_path: str
+  step: int
+
+  def save(self, directory) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    np.save(directory / INDEX_FILES['embeddings'], self.embeddings.astype(np.float32))
+    with open(directory / INDEX_FILES['items'], 'w', encoding='utf-8') as f:
+      for i, s in zip(self.ids, self.sources):
+        f.write(json.dumps({'id': i, 'source': s}, ensure_ascii=False) + '\n')
+    meta = {
+      'model': self.model,
+      'model_path': self.model_path,
+      'step': self.step,
+      'count': len(self.ids),
+      'dim': int(self.embeddings.shape[1]),
+    }
+    (directory / INDEX_FILES['meta']).write_text(json.dumps(meta, indent=2) + '\n')
+    return directory
+
+  @classmethod
+  def load(cls, directory) -> Index:
+    directory = Path(directory)
+    if not (directory / INDEX_FILES['meta']).is_file():
+      raise UserError(
+        f'{directory} is not an embedding index (no {INDEX_FILES["meta"]}); make one with '
+        'python -m medclip_jax.predict embed.'
+      )
+    meta = json.loads((directory / INDEX_FILES['meta']).read_text())
+    rows = [json.loads(line) for line in (directory / INDEX_FILES['items']).open(encoding='utf-8')]
+    embeddings = np.load(directory / INDEX_FILES['embeddings'])
+    return cls(
+      embeddings,
+      [r['id'] for r in rows],
+      [r['source'] for r in rows],
+      meta['model'],
+      meta['model_path'],
+      meta['step'],
+    )
+
+  def check_model(self, model: str, describe: str) -> None:
+    if model != self.model:
+      raise UserError(
+        f'This index was made by another model ({self.model_path}, step {self.step}); the model '
+        f'searching it is {describe}. Its embeddings are not comparable: make the index again '
+        'with this model (python -m medclip_jax.predict embed --model=...).'
+      )
+
+
+def best(scores: np.ndarray, k: int) -> np.ndarray:
+  """Indices of the k best scores of each row, best first (ties: the lower index)."""
+  return np.argsort(-scores, axis=-1, kind='stable')[..., :k]
+
+
+class Retrieval:
+  """What both model classes share: reading and batching images, zero-shot, captioning and
+  search over their encoders.
+
+  A subclass defines `preprocess(image)` (one image as its tower takes it),
+  `_embed_pixels(preprocessed) -> [N, D]` (unit vectors of a list of those),
+  `encode_texts(texts) -> [N, D]`, `scale()` (the exponentiated logit scale),
+  `batch_size`, `embed_dim`, `fingerprint`, `path`, `step` and `describe()`.
+  """
+
+  def encode_images(self, images) -> np.ndarray:
+    """Unit image embeddings [N, D] ([D] for one image)."""
+    images, single = as_list(images)
+    emb = self._encode_in_batches(images)
+    return emb[0] if single else emb
+
+  def _encode_in_batches(self, images: list, progress=None) -> np.ndarray:
+    """Embeddings of `images` in batches of `batch_size`; images are read in threads (PIL
+    and pydicom release the GIL), the next batch while this one is encoded."""
+    out = [np.zeros((0, self.embed_dim), np.float32)]
+    if len(images) == 1:  # no threads for one image
+      out.append(self._embed_pixels([self.preprocess(images[0])]))
+      images = []
+    chunks = [images[s : s + self.batch_size] for s in range(0, len(images), self.batch_size)]
+    with (
+      futures.ThreadPoolExecutor(READ_THREADS) as readers,
+      futures.ThreadPoolExecutor(1) as ahead,
+    ):
+      read = lambda chunk: list(readers.map(self.preprocess, chunk))
+      pending = ahead.submit(read, chunks[0]) if chunks else None
+      for n in range(len(chunks)):
+        pixels = pending.result()
+        if n + 1 < len(chunks):
+          pending = ahead.submit(read, chunks[n + 1])
+        out.append(self._embed_pixels(pixels))
+        if progress:
+          progress(sum(len(c) for c in chunks[: n + 1]), len(images))
+    return np.concatenate(out)
+
+  def encode(self, image, text) -> tuple[np.ndarray, np.ndarray]:
+    """(image embedding [D], text embedding [D]) of one image and one text."""
+    return self.encode_images([image])[0], self.encode_texts([text])[0]
+
+  def zero_shot(self, images, class_names, templates=None) -> np.ndarray:
+    """Class probabilities [N, C] ([C] for one image): softmax of the scaled similarities to
+    each class's prompt ensemble (templates with '{}', default the class name itself)."""
+    images, single = as_list(images)
+    class_names, templates = list(class_names), list(templates or ['{}'])
+    if not class_names:
+      raise UserError('zero_shot needs at least one class name.')
+    prompts = [t.format(c) for c in class_names for t in templates]
+    emb = self.encode_texts(prompts).reshape(len(class_names), len(templates), -1).mean(axis=1)
+    emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
+    logits = self.scale() * self.encode_images(images) @ emb.T
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    return probabilities[0] if single else probabilities
+
+  def caption(self, images, bank, top_k: int = 5):
+    """The `top_k` bank captions nearest each image: [[(caption, similarity), ...], ...]."""
+    images, single = as_list(images)
+    texts = read_bank(bank)
+    scores = self.encode_images(images) @ self._bank_embeddings(texts).T
+    out = [[(texts[j], float(row[j])) for j in best(row, top_k)] for row in scores]
+    return out[0] if single else out
+
+  def search(self, text, index, top_k: int = 5):
+    """The `top_k` images of `index` (an Index, its directory, or a list of images) nearest
+    `text`: [(id, source, similarity), ...]."""
+    index = self._as_index(index)
+    scores = index.embeddings @ self.encode_texts([text])[0]
+    return [(index.ids[j], index.sources[j], float(scores[j])) for j in best(scores, top_k)]
+
+  def index(self, images, ids=None, sources=None, progress=None) -> Index:
+    """An Index of `images`; ids and sources default to their paths (or positions);
+    `progress(done, total)` is called after each batch."""
+    images, _ = as_list(images)
+    if sources is None:
+      sources = [str(i) if isinstance(i, (str, Path)) else '' for i in images]
+    ids = list(ids) if ids is not None else [s or str(n) for n, s in enumerate(sources)]
+    embeddings = self._encode_in_batches(images, progress)
+    return Index(embeddings, ids, sources, self.fingerprint, str(self.path), self.step)
+
+  def _as_index(self, index) -> Index:
+    if isinstance(index, (str, Path)):
+      index = Index.load(index)
+    elif not isinstance(index, Index):
+      index = self.index(index)
+    index.check_model(self.fingerprint, self.describe())
+    return index
+
+  def _bank_embeddings(self, texts: list[str]) -> np.ndarray:
+    key = hashlib.sha256('\n'.join(texts).encode()).hexdigest()
+    cache = self.__dict__.setdefault('_banks', {})
+    if key not in cache:
+      cache.clear()  # one bank at a time: banks can be large
+      cache[key] = self.encode_texts(texts)
+    return cache[key]
+
+
+class MedCLIP(Retrieval):
+  """A trained medical CLIP in JAX; see the module docstring."""
+
+  def __init__(self, loaded, batch_size: int = 64):
+    from medclip_jax.training import setup  # pylint: disable=import-outside-toplevel
+
+    self.config, self.step, self.path = loaded.config, loaded.step, loaded.path
+    self._loaded = loaded
+    evaluation = setup.evaluation(self.config, {})
+    self._embedder = evaluation.embedder
+    self._variables = evaluation.place(loaded.variables)
+    self._devices = self._embedder.mesh.size
+    self.batch_size = max(batch_size, self._devices)
+    params = loaded.variables['params']
+    self._scale = float(np.exp(params['logit_scale']))
+    self.fingerprint = fingerprint(
+      params['image_projection']['kernel'],
+      params['text_projection']['kernel'],
+      params['logit_scale'],
+    )
+
+  @classmethod
+  def load(cls, path, step: int | None = None, batch_size: int = 64) -> MedCLIP:
+    """The model in a training workdir (its latest checkpoint, or `step`) or an export."""
+    from medclip_jax.interop import load  # pylint: disable=import-outside-toplevel
+
+    return cls(load.load(path, step), batch_size)
+
+  def describe(self) -> str:
+    return self._loaded.describe()
+
+  def scale(self) -> float:
+    return self._scale
+
+  def _bucket(self, n: int) -> int:
+    """The batch size for n items: a power of two times the device count, at most batch_size."""
+    size = self._devices
+    while size < min(n, self.batch_size):
+      size *= 2
+    return size
+
+  @property
+  def embed_dim(self) -> int:
+    return self.config.model.embed_dim
+
+  def preprocess(self, image) -> np.ndarray:
+    """uint8 [S, S, 3] of one image, as evaluation crops it."""
+    return read_image(image, self.config.data.image_size, self._loaded.max_side)
+
+  def _embed_pixels(self, pixels: list) -> np.ndarray:
+    return self._embedder.encode_pixels(
+      self._variables, np.stack(pixels), self._bucket(len(pixels))
+    )
+
+  def encode_texts(self, texts) -> np.ndarray:
+    """Unit text embeddings [N, D] ([D] for one text)."""
+    texts, single = as_list(texts)
+    if not texts:
+      return np.zeros((0, self.embed_dim), np.float32)
+    emb = self._embedder.encode_strings(self._variables, texts, self._bucket(len(texts)))
+    return emb[0] if single else emb

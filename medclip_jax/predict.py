@@ -1,0 +1,195 @@
+"""Command line: use a trained model (a training workdir or an export directory).
+
+  python -m medclip_jax.predict embed --model=PATH (--images=DIR | --data=PREPARED_DIR --split=S) --out=INDEX
+  python -m medclip_jax.predict caption --model=PATH --image=FILE [--image=...]
+      (--bank=captions.txt | --bank_data=PREPARED_DIR [--bank_split=train]) [--top_k=5]
+  python -m medclip_jax.predict search --model=PATH --text="MRI of the brain" (--index=INDEX | --images=DIR)
+  python -m medclip_jax.predict zeroshot --model=PATH --image=FILE --classes="CT,MRI,X-ray" [--templates=...]
+
+Readable output by default, one JSON document with --json. An index holds the
+embeddings (embeddings.npy), each image's id and source (items.jsonl) and the
+model they came from (index.json); searching it with another model is refused.
+Images are PNG, JPEG or DICOM files (or a prepared split's records), processed
+exactly as evaluation processes them. The Python API: `medclip_jax.inference`.
+"""
+
+import json
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from medclip_jax.errors import UserError
+
+COMMANDS = ('embed', 'caption', 'search', 'zeroshot')
+
+
+def _define_flags(flag_values=flags.FLAGS):
+  """Defines the flags in `flag_values`: only when run as the command (or by a test), so that
+  importing `predict` defines no flags."""
+  f = flag_values
+  flags.DEFINE_string('model', None, 'A training workdir or an export directory.', flag_values=f)
+  flags.DEFINE_integer(
+    'step', None, 'Checkpoint step of a workdir (default: the latest).', flag_values=f
+  )
+  flags.DEFINE_multi_string('image', [], 'An image file (repeat for several).', flag_values=f)
+  flags.DEFINE_string(
+    'images', None, 'A directory of PNG, JPEG or DICOM files (recursive).', flag_values=f
+  )
+  flags.DEFINE_string(
+    'data', None, 'A prepared dataset directory (embed: with --split).', flag_values=f
+  )
+  flags.DEFINE_string('split', 'test', 'The split of --data.', flag_values=f)
+  flags.DEFINE_string('out', None, 'embed: the index directory to write.', flag_values=f)
+  flags.DEFINE_string(
+    'bank', None, 'caption: a .txt (one caption a line) or .csv file.', flag_values=f
+  )
+  flags.DEFINE_string(
+    'bank_data', None, 'caption: a prepared dataset whose captions are the bank.', flag_values=f
+  )
+  flags.DEFINE_string('bank_split', 'train', 'The split of --bank_data.', flag_values=f)
+  flags.DEFINE_string('text', None, 'search: the query.', flag_values=f)
+  flags.DEFINE_string('index', None, 'search: an index directory written by embed.', flag_values=f)
+  flags.DEFINE_list('classes', None, 'zeroshot: the class names.', flag_values=f)
+  flags.DEFINE_list(
+    'templates', None, "zeroshot: prompt templates with '{}' (default: the name).", flag_values=f
+  )
+  flags.DEFINE_integer('top_k', 5, 'How many results.', flag_values=f)
+  flags.DEFINE_integer(
+    'limit', 0, 'embed --data: only the first N records (0: all).', flag_values=f
+  )
+  flags.DEFINE_bool('json', False, 'Print one JSON document instead of text.', flag_values=f)
+  for name in ('bank_data', 'bank_split', 'top_k'):  # the spellings with a dash work too
+    flags.DEFINE_alias(name.replace('_', '-'), name, flag_values=f)
+  flags.mark_flags_as_required(['model'], flag_values=f)
+
+
+def _require(value, flag: str, command: str):
+  if not value:
+    raise UserError(f'predict {command} needs --{flag}; see python -m medclip_jax.predict --help.')
+  return value
+
+
+def split_images(data: str, split: str, limit: int = 0) -> tuple[list[bytes], list[str], list[str]]:
+  """(image bytes, record ids, sources 'DIR:split:index') of a prepared split."""
+  from medclip_jax.data import records  # pylint: disable=import-outside-toplevel
+
+  try:
+    rows = list(records.read_records(records.split_files(data, split)))
+  except FileNotFoundError as e:
+    raise UserError(f'No prepared {split!r} split in {data}: {e}') from e
+  rows = rows[:limit] if limit else rows
+  if not rows:
+    raise UserError(f'The {split!r} split of {data} has no records.')
+  return (
+    [r['image'] for r in rows],
+    [r['id'] for r in rows],
+    [f'{data}:{split}:{i}' for i in range(len(rows))],
+  )
+
+
+def _bank(FLAGS) -> list[str] | str:
+  if FLAGS.bank:
+    return FLAGS.bank
+  from medclip_jax.data import records  # pylint: disable=import-outside-toplevel
+
+  data = _require(FLAGS.bank_data, 'bank or --bank_data', 'caption')
+  try:
+    files = records.split_files(data, FLAGS.bank_split)
+  except FileNotFoundError as e:
+    raise UserError(f'No prepared {FLAGS.bank_split!r} split in {data} for the bank: {e}') from e
+  return [r['caption'] for r in records.read_records(files)]
+
+
+def run(command: str, FLAGS) -> dict:
+  """Runs one command; returns what it prints, as a JSON-able dict."""
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+
+  from medclip_jax import inference  # pylint: disable=import-outside-toplevel
+
+  model = inference.MedCLIP.load(FLAGS.model, FLAGS.step)
+  out = {'model': model.describe()}
+  if command == 'embed':
+    target = _require(FLAGS.out, 'out', command)
+    if FLAGS.data:
+      images, ids, sources = split_images(FLAGS.data, FLAGS.split, FLAGS.limit)
+    else:
+      images = [str(p) for p in inference.image_files(_require(FLAGS.images, 'images', command))]
+      ids = sources = images
+    with tqdm(total=len(images), unit='image', file=sys.stderr, disable=None) as bar:
+      index = model.index(images, ids, sources, progress=lambda done, _: bar.update(done - bar.n))
+    out.update(index=str(index.save(target)), count=len(ids))
+  elif command == 'caption':
+    names = _require(FLAGS.image, 'image', command)
+    captions = model.caption(list(names), _bank(FLAGS), FLAGS.top_k)
+    out['images'] = [
+      {'image': n, 'captions': [{'caption': c, 'similarity': s} for c, s in found]}
+      for n, found in zip(names, captions)
+    ]
+  elif command == 'search':
+    text = _require(FLAGS.text, 'text', command)
+    if FLAGS.index:
+      index = FLAGS.index
+    else:
+      folder = _require(FLAGS.images, 'index or --images', command)
+      index = model.index([str(p) for p in inference.image_files(folder)])
+    found = model.search(text, index, FLAGS.top_k)
+    out.update(text=text, results=[{'id': i, 'source': s, 'similarity': v} for i, s, v in found])
+  else:
+    names = _require(FLAGS.image, 'image', command)
+    classes = _require(FLAGS.classes, 'classes', command)
+    probabilities = model.zero_shot(list(names), classes, FLAGS.templates)
+    out['images'] = [
+      {'image': n, 'probabilities': dict(zip(classes, map(float, p)))}
+      for n, p in zip(names, probabilities)
+    ]
+  return out
+
+
+def format_text(command: str, out: dict) -> str:
+  """The readable form of `run`'s result."""
+  lines = [f'model: {out["model"]}']
+  if command == 'embed':
+    lines.append(f'wrote {out["count"]} image embeddings to {out["index"]}')
+  elif command == 'caption':
+    for item in out['images']:
+      lines.append(item['image'])
+      lines += [f'  {c["similarity"]:.3f}  {c["caption"]}' for c in item['captions']]
+  elif command == 'search':
+    lines.append(f'images nearest {out["text"]!r}:')
+    for r in out['results']:
+      source = f'  ({r["source"]})' if r['source'] not in ('', r['id']) else ''
+      lines.append(f'  {r["similarity"]:.3f}  {r["id"]}{source}')
+  else:
+    for item in out['images']:
+      ranked = sorted(item['probabilities'].items(), key=lambda kv: -kv[1])
+      lines.append(item['image'] + ': ' + ', '.join(f'{c} {p:.3f}' for c, p in ranked))
+  return '\n'.join(lines)
+
+
+def cli(argv, flag_values) -> int:
+  """Runs the command `argv[1]` with parsed `flag_values`; prints; returns the exit status."""
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    raise app.UsageError(f'Give one command: {", ".join(COMMANDS)} (got {argv[1:]}).')
+  command = argv[1]
+  try:
+    out = run(command, flag_values)
+  except UserError as e:
+    print(f'\nerror: {e}\n', file=sys.stderr)
+    return 2
+  print(
+    json.dumps(out, indent=2, ensure_ascii=False) if flag_values.json else format_text(command, out)
+  )
+  return 0
+
+
+def main(argv):
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  sys.exit(cli(argv, flags.FLAGS))
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,166 @@
+"""The Python API of a trained model: loading a workdir or an export, embeddings equal to the
+evaluation's, zero-shot, captions, search over an index, the PyTorch class ranking alike, and
+the errors a user can cause."""
+
+import numpy as np
+import pytest
+
+from medclip_jax import inference
+from medclip_jax import torch_model
+from medclip_jax.errors import UserError
+from medclip_jax.interop import export
+from medclip_jax.interop import load
+from medclip_jax.training import setup
+from tests import helpers
+
+
+@pytest.fixture(scope='module')
+def models(trained_run, tmp_path_factory):
+  """{'workdir', 'export', 'torch'}: the tiny run loaded three ways."""
+  _, workdir, _ = trained_run
+  exported = export.export(str(workdir), str(tmp_path_factory.mktemp('export')))
+  return {
+    'workdir': inference.MedCLIP.load(workdir),
+    'export': inference.MedCLIP.load(exported),
+    'torch': torch_model.MedCLIP.from_export(exported).eval(),
+  }
+
+
+@pytest.fixture(scope='module')
+def test_split(trained_run, tmp_path_factory):
+  """(PNG files of the test split's records, their captions, the evaluation's EncodedSplit)."""
+  config, _, _ = trained_run
+  folder = tmp_path_factory.mktemp('test_images')
+  records = helpers.split_records(config.data.dir, 'test')
+  files = []
+  for n, record in enumerate(records):
+    files.append(folder / f'{n:03d}.png')
+    files[-1].write_bytes(record['image'])
+  evaluation = setup.evaluation(config, {})
+  variables = evaluation.place(load.load(trained_run[1]).variables)
+  encoded = evaluation.embedder.encode_split(variables, 'test', {})
+  return files, [r['caption'] for r in records], encoded
+
+
+def test_encode_gives_unit_vectors_whose_dot_is_the_evaluations_similarity(models, test_split):
+  files, captions, encoded = test_split
+  for name in ('workdir', 'export'):
+    for i in (0, 7, 31):
+      image, text = models[name].encode(str(files[i]), captions[i])
+      assert image.shape == text.shape == (32,)
+      np.testing.assert_allclose([np.linalg.norm(image), np.linalg.norm(text)], 1, atol=1e-5)
+      assert abs(image @ text - encoded.image[i] @ encoded.text[i]) < 1e-5, (name, i)
+
+
+def test_lists_are_batched_and_match_one_at_a_time(models, test_split):
+  files, captions, encoded = test_split
+  model = models['workdir']
+  batched = model.encode_images([str(f) for f in files])  # 48: a batch of 64 with padding
+  np.testing.assert_allclose(batched, encoded.image, atol=1e-5)
+  np.testing.assert_allclose(model.encode_images(str(files[5])), batched[5], atol=1e-5)
+  np.testing.assert_allclose(model.encode_texts(captions[:3]), encoded.text[:3], atol=1e-5)
+  assert model.encode_images([]).shape == (0, 32)
+
+
+def test_a_workdir_and_its_export_are_one_model(models):
+  assert models['workdir'].fingerprint == models['export'].fingerprint
+  assert models['workdir'].fingerprint == models['torch'].fingerprint
+  assert 'workdir, step 12' in models['workdir'].describe()
+  assert 'export, step 12' in models['export'].describe()
+
+
+def test_jax_and_pytorch_return_the_same_top_5(models, test_split):
+  files, captions, _ = test_split
+  paths = [str(f) for f in files]
+  indexes = {name: model.index(paths) for name, model in models.items()}
+  np.testing.assert_allclose(indexes['torch'].embeddings, indexes['workdir'].embeddings, atol=1e-4)
+  for query in ('MRI of the brain.', captions[3], 'Chest X-ray with an effusion.'):
+    found = {n: [i for i, _, _ in models[n].search(query, indexes[n])] for n in models}
+    assert found['workdir'] == found['export'] == found['torch'], query
+    assert len(found['torch']) == 5
+  bank = captions[10:]
+  tops = {n: models[n].caption(paths[:10], bank, top_k=5) for n in models}
+  for n in ('export', 'torch'):
+    assert [[c for c, _ in row] for row in tops[n]] == [
+      [c for c, _ in row] for row in tops['workdir']
+    ]
+
+
+def test_zero_shot_gives_class_probabilities_alike_in_jax_and_pytorch(models, test_split):
+  files, _, _ = test_split
+  classes = ['CT', 'MRI', 'X-ray', 'ultrasound']
+  for model in models.values():
+    probabilities = model.zero_shot([str(f) for f in files[:6]], classes, ['{} image.', 'A {}.'])
+    assert probabilities.shape == (6, 4)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    one = model.zero_shot(str(files[0]), classes, ['{} image.', 'A {}.'])
+    np.testing.assert_allclose(one, probabilities[0], atol=1e-5)
+  np.testing.assert_allclose(
+    models['torch'].zero_shot(str(files[0]), classes),
+    models['workdir'].zero_shot(str(files[0]), classes),
+    atol=1e-3,
+  )
+
+
+def test_caption_returns_the_nearest_bank_captions_best_first(models, test_split, tmp_path):
+  files, captions, encoded = test_split
+  model = models['workdir']
+  found = model.caption(str(files[0]), captions, top_k=3)
+  expected = np.argsort(-(encoded.text @ encoded.image[0]), kind='stable')[:3]
+  assert [c for c, _ in found] == [captions[j] for j in expected]
+  assert found[0][1] >= found[1][1] >= found[2][1]
+  bank = tmp_path / 'bank.txt'
+  bank.write_text('\n'.join(captions) + '\n\n')
+  assert model.caption(str(files[0]), str(bank), top_k=3) == found
+
+
+def test_an_index_saves_loads_and_searches_alike(models, test_split, tmp_path):
+  files, _, _ = test_split
+  model = models['export']
+  index = model.index([str(f) for f in files], ids=[f.stem for f in files])
+  loaded = inference.Index.load(index.save(tmp_path / 'index'))
+  np.testing.assert_array_equal(loaded.embeddings, index.embeddings)
+  assert loaded.ids[:2] == ['000', '001'] and loaded.sources[0] == str(files[0])
+  assert model.search('CT of the brain.', tmp_path / 'index') == model.search(
+    'CT of the brain.', index
+  )
+
+
+def test_an_index_from_another_model_is_refused(models, test_split):
+  files, _, _ = test_split
+  index = models['workdir'].index([str(f) for f in files[:4]])
+  other = inference.Index(index.embeddings, index.ids, index.sources, 'f' * 16, '/runs/b', 7)
+  with pytest.raises(UserError, match=r'made by another model \(/runs/b, step 7\)'):
+    models['workdir'].search('CT', other)
+
+
+@pytest.mark.parametrize(
+  ('name', 'data', 'reason'),
+  [
+    ('missing.png', None, 'missing file'),
+    ('text.png', b'not an image', 'not an image'),
+    ('scan.dcm', b'\0' * 128 + b'DICM' + b'\x02\x00garbage', ''),
+  ],
+)
+def test_a_missing_or_unreadable_image_is_a_user_error(models, tmp_path, name, data, reason):
+  helpers.write(tmp_path, name, data)
+  with pytest.raises(UserError, match=f'Cannot read the image .*{name}: {reason}'):
+    models['workdir'].encode_images([str(tmp_path / name)])
+  with pytest.raises(UserError, match=f'Cannot read the image .*{name}'):
+    models['torch'].encode_images(str(tmp_path / name))
+
+
+def test_empty_banks_folders_and_no_model_are_user_errors(models, tmp_path):
+  with pytest.raises(UserError, match='bank is empty'):
+    models['workdir'].caption('x.png', [' ', ''])
+  (tmp_path / 'bank.txt').write_text('\n \n')
+  with pytest.raises(UserError, match='holds no captions'):
+    models['workdir'].caption('x.png', str(tmp_path / 'bank.txt'))
+  (tmp_path / 'empty').mkdir()
+  (tmp_path / 'empty' / 'notes.txt').write_text('no images here')
+  with pytest.raises(UserError, match='holds no PNG, JPEG or DICOM files'):
+    inference.image_files(tmp_path / 'empty')
+  with pytest.raises(UserError, match='neither a training workdir'):
+    inference.MedCLIP.load(tmp_path / 'empty')
+  with pytest.raises(UserError, match='not an embedding index'):
+    models['workdir'].search('CT', tmp_path / 'empty')
