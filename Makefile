@@ -31,7 +31,7 @@ demo: $(VENV)/installed $(DEMO_DATA)/dataset_info.json
 
 # Two workers, each taking whole modules (their module-scoped fixtures run once).
 test: $(VENV)/installed-test
-	$(PY) -m pytest -q -n 2 --dist loadscope
+	$(PY) -m pytest -q -n 2 --dist loadscope --durations=15
 
 clean:
 	rm -rf $(DEMO_WORKDIR) $(DEMO_DATA)
