@@ -102,14 +102,10 @@ def _bank(FLAGS) -> list[str] | str:
   return [r['caption'] for r in records.read_records(files)]
 
 
-def run(command: str, FLAGS) -> dict:
-  """Runs one command; returns what it prints, as a JSON-able dict."""
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-
-  from medclip_jax import inference  # pylint: disable=import-outside-toplevel
-
-  model = inference.MedCLIP.load(FLAGS.model, FLAGS.step)
-  out = {'model': model.describe()}
+def _inputs(command: str, FLAGS, inference) -> dict:
+  """What `command` works on, from its flags: checked and read before the model loads (which
+  takes seconds), so that a missing flag, an empty folder or bank, or a path that is no index
+  is said at once."""
   if command == 'embed':
     target = _require(FLAGS.out, 'out', command)
     if FLAGS.data:
@@ -117,32 +113,54 @@ def run(command: str, FLAGS) -> dict:
     else:
       images = [str(p) for p in inference.image_files(_require(FLAGS.images, 'images', command))]
       ids = sources = images
-    with tqdm(total=len(images), unit='image', file=sys.stderr, disable=None) as bar:
-      index = model.index(images, ids, sources, progress=lambda done, _: bar.update(done - bar.n))
-    out.update(index=str(index.save(target)), count=len(ids))
-  elif command == 'caption':
-    names = _require(FLAGS.image, 'image', command)
-    captions = model.caption(list(names), _bank(FLAGS), FLAGS.top_k)
-    out['images'] = [
-      {'image': n, 'captions': [{'caption': c, 'similarity': s} for c, s in found]}
-      for n, found in zip(names, captions)
-    ]
-  elif command == 'search':
+    return {'out': target, 'images': images, 'ids': ids, 'sources': sources}
+  if command == 'caption':
+    names = list(_require(FLAGS.image, 'image', command))
+    return {'names': names, 'bank': inference.read_bank(_bank(FLAGS))}
+  if command == 'search':
     text = _require(FLAGS.text, 'text', command)
     if FLAGS.index:
-      index = FLAGS.index
-    else:
-      folder = _require(FLAGS.images, 'index or --images', command)
-      index = model.index([str(p) for p in inference.image_files(folder)])
-    found = model.search(text, index, FLAGS.top_k)
-    out.update(text=text, results=[{'id': i, 'source': s, 'similarity': v} for i, s, v in found])
+      return {'text': text, 'index': inference.Index.load(FLAGS.index)}
+    folder = _require(FLAGS.images, 'index or --images', command)
+    return {'text': text, 'images': [str(p) for p in inference.image_files(folder)]}
+  names = list(_require(FLAGS.image, 'image', command))
+  return {'names': names, 'classes': _require(FLAGS.classes, 'classes', command)}
+
+
+def run(command: str, FLAGS) -> dict:
+  """Runs one command; returns what it prints, as a JSON-able dict."""
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+
+  from medclip_jax import inference  # pylint: disable=import-outside-toplevel
+
+  given = _inputs(command, FLAGS, inference)
+  model = inference.MedCLIP.load(FLAGS.model, FLAGS.step)
+  out = {'model': model.describe()}
+  if command == 'embed':
+    images = given['images']
+    with tqdm(total=len(images), unit='image', file=sys.stderr, disable=None) as bar:
+      index = model.index(
+        images, given['ids'], given['sources'], progress=lambda done, _: bar.update(done - bar.n)
+      )
+    out.update(index=str(index.save(given['out'])), count=len(images))
+  elif command == 'caption':
+    captions = model.caption(given['names'], given['bank'], FLAGS.top_k)
+    out['images'] = [
+      {'image': n, 'captions': [{'caption': c, 'similarity': s} for c, s in found]}
+      for n, found in zip(given['names'], captions)
+    ]
+  elif command == 'search':
+    index = given.get('index') or model.index(given['images'])
+    found = model.search(given['text'], index, FLAGS.top_k)
+    out.update(
+      text=given['text'], results=[{'id': i, 'source': s, 'similarity': v} for i, s, v in found]
+    )
   else:
-    names = _require(FLAGS.image, 'image', command)
-    classes = _require(FLAGS.classes, 'classes', command)
-    probabilities = model.zero_shot(list(names), classes, FLAGS.templates)
+    classes = given['classes']
+    probabilities = model.zero_shot(given['names'], classes, FLAGS.templates)
     out['images'] = [
       {'image': n, 'probabilities': dict(zip(classes, map(float, p)))}
-      for n, p in zip(names, probabilities)
+      for n, p in zip(given['names'], probabilities)
     ]
   return out
 

@@ -143,6 +143,8 @@ def _bad_file(paths, name, data):
     ('empty folder', 'holds no PNG, JPEG or DICOM files'),
     ('index of another model', r'This index was made by another model \(.*export, step 12\)'),
     ('no bank', 'predict caption needs --bank or --bank_data'),
+    # Said before a model is looked for (loading one takes seconds).
+    ('inputs before the model', 'holds no PNG, JPEG or DICOM files'),
   ],
 )
 def test_a_user_error_is_one_paragraph_and_exit_2(paths, capsys, case, expected):
@@ -163,12 +165,14 @@ def test_a_user_error_is_one_paragraph_and_exit_2(paths, capsys, case, expected)
     bad = _bad_file(paths, 'scan.dcm', b'\0' * 128 + b'DICM' + b'\x02\x00garbage')
     args = ['zeroshot', model, f'--image={bad}', '--classes=CT,MRI']
   elif case == 'not a model':
-    args = ['caption', f'--model={paths["images"]}', image, '--bank=x.txt']
+    args = ['caption', f'--model={paths["images"]}', image, f'--bank-data={paths["data"]}']
   elif case == 'empty bank':
     bank = _bad_file(paths, 'empty.txt', b'\n  \n')
     args = ['caption', model, image, f'--bank={bank}']
-  elif case == 'empty folder':
+  elif case in ('empty folder', 'inputs before the model'):
     (paths['root'] / 'no_images').mkdir(exist_ok=True)
+    if case != 'empty folder':
+      model = f'--model={paths["root"]}/no_model'
     args = ['embed', model, f'--images={paths["root"]}/no_images', f'--out={paths["root"]}/x']
   elif case == 'index of another model':
     index = paths['root'] / 'other_index'
@@ -194,6 +198,9 @@ def test_the_command_runs_as_a_module(paths):
   )  # fmt: skip
   assert result.returncode == 0, result.stderr
   assert result.stdout.startswith('model: ') and 'CT ' in result.stdout
-  result = helpers.run_module('medclip_jax.predict', 'zeroshot', f'--model={paths["images"]}')
+  result = helpers.run_module(
+    'medclip_jax.predict', 'zeroshot', f'--model={paths["images"]}',
+    f'--image={paths["images"]}/nested/00.png', '--classes=CT,MRI',
+  )  # fmt: skip
   assert result.returncode == 2 and 'Traceback' not in result.stderr
   assert 'neither a training workdir' in result.stderr
