@@ -125,7 +125,8 @@ class Index:
         'python -m medclip_jax.predict embed.'
       )
     meta = json.loads((directory / INDEX_FILES['meta']).read_text())
-    rows = [json.loads(line) for line in (directory / INDEX_FILES['items']).open(encoding='utf-8')]
+    lines = (directory / INDEX_FILES['items']).read_text(encoding='utf-8').splitlines()
+    rows = [json.loads(line) for line in lines]
     embeddings = np.load(directory / INDEX_FILES['embeddings'])
     return cls(
       embeddings,
@@ -169,10 +170,9 @@ class Retrieval:
   def _encode_in_batches(self, images: list, progress=None) -> np.ndarray:
     """Embeddings of `images` in batches of `batch_size`; images are read in threads (PIL
     and pydicom release the GIL), the next batch while this one is encoded."""
-    out = [np.zeros((0, self.embed_dim), np.float32)]
     if len(images) == 1:  # no threads for one image
-      out.append(self._embed_pixels([self.preprocess(images[0])]))
-      images = []
+      return self._embed_pixels([self.preprocess(images[0])])
+    out, done = [np.zeros((0, self.embed_dim), np.float32)], 0
     chunks = [images[s : s + self.batch_size] for s in range(0, len(images), self.batch_size)]
     with (
       futures.ThreadPoolExecutor(READ_THREADS) as readers,
@@ -180,13 +180,14 @@ class Retrieval:
     ):
       read = lambda chunk: list(readers.map(self.preprocess, chunk))
       pending = ahead.submit(read, chunks[0]) if chunks else None
-      for n in range(len(chunks)):
+      for n, chunk in enumerate(chunks):
         pixels = pending.result()
         if n + 1 < len(chunks):
           pending = ahead.submit(read, chunks[n + 1])
         out.append(self._embed_pixels(pixels))
+        done += len(chunk)
         if progress:
-          progress(sum(len(c) for c in chunks[: n + 1]), len(images))
+          progress(done, len(images))
     return np.concatenate(out)
 
   def encode(self, image, text) -> tuple[np.ndarray, np.ndarray]:
