@@ -92,8 +92,10 @@ def from_host_copy(tree, mesh: Mesh):
 def check_batch_size(global_batch_size: int, mesh: Mesh, what: str) -> int:
   """Returns the per-process batch size, or explains why it does not divide."""
   if global_batch_size % mesh.size:
+    fit = max(mesh.size, global_batch_size // mesh.size * mesh.size)
     raise UserError(
       f'{what} = {global_batch_size} must be a multiple of the number of '
-      f'devices ({mesh.size}), since each device takes an equal slice.'
+      f'devices ({mesh.size}), since each device takes an equal slice: set it to {fit} '
+      f'or another multiple of {mesh.size}.'
     )
   return global_batch_size // jax.process_count()

@@ -206,6 +206,14 @@ def text_init_dir(config) -> Path | None:
   return tokenizer.resolve(location)
 
 
+def image_init_path(config) -> Path | None:
+  """The torchvision state dict `config.model.image.init` names, if any."""
+  if not config.model.image.init:
+    return None
+  _, location = _split_spec(config.model.image.init, ('torchvision',), 'config.model.image.init')
+  return Path(location)
+
+
 def resolve_pretrained_config(config) -> None:
   """Takes the text tower's sizes and tokenizer from `config.model.text.init`.
 
@@ -228,8 +236,8 @@ def load_pretrained(config, params, batch_stats) -> tuple[dict, dict]:
   subtree})` for the towers that have an init; the caller places them.
   """
   new_params, new_batch_stats = {}, {}
-  if config.model.image.init:
-    _, path = _split_spec(config.model.image.init, ('torchvision',), 'config.model.image.init')
+  path = image_init_path(config)
+  if path is not None:
     new_params['image_encoder'], new_batch_stats['image_encoder'] = resnet_from_torchvision(
       read_tensors(path), params['image_encoder'], batch_stats['image_encoder']
     )

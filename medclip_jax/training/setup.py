@@ -24,6 +24,7 @@ from medclip_jax.errors import UserError
 from medclip_jax.evaluation import Evaluation
 from medclip_jax.interop import convert
 from medclip_jax.training import checkpointing
+from medclip_jax.training import checks
 from medclip_jax.training import optimizer as optimizer_lib
 from medclip_jax.training import state as state_lib
 from medclip_jax.training.precise_bn import PreciseBN
@@ -85,8 +86,11 @@ class Setup:
 
   @classmethod
   def create(cls, config) -> 'Setup':
-    """Takes a pretrained text tower's sizes into `config` (in place), then builds everything."""
+    """Takes a pretrained text tower's sizes into `config` (in place), checks the config
+    (`training.checks`, then the mesh, batch and tokenizer), then builds everything."""
+    checks.check_files(config)
     convert.resolve_pretrained_config(config)
+    checks.check(config)
     mesh = sharding.create_mesh(config.mesh)
     local_batch = sharding.check_batch_size(config.train.batch_size, mesh, 'train.batch_size')
     tokenizer = tokenizer_lib.load(config.data.tokenizer)
@@ -94,7 +98,8 @@ class Setup:
       raise UserError(
         f'The tokenizer in {tokenizer_lib.resolve(config.data.tokenizer)} has '
         f'{len(tokenizer)} tokens but config.model.text.vocab_size is '
-        f'{config.model.text.vocab_size}; make them agree.'
+        f'{config.model.text.vocab_size}: set config.model.text.vocab_size to {len(tokenizer)} '
+        '(or more), or config.data.tokenizer to the tokenizer the text tower was built for.'
       )
     parts = shapes(config)
     schedule = optimizer_lib.learning_rate_schedule(config.train)

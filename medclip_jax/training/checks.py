@@ -1,0 +1,77 @@
+"""Config checks that need no devices and no compile, run before a trainer writes anything.
+
+Each failure is a `UserError` of one line naming the field and the fix. The
+checks that need the devices (the mesh, the batch split over it) and the
+tokenizer follow in `Setup.create`; unknown config keys are refused by
+ml_collections when the flags are parsed.
+"""
+
+import warnings
+from pathlib import Path
+
+from medclip_jax.errors import UserError
+from medclip_jax.interop import convert, tables
+
+# The ResNet halves its input five times (stem conv, max-pool, three strided stages).
+IMAGE_STRIDE = 32
+
+
+def check_files(config) -> None:
+  """Raises `UserError` if a file or directory the config starts from is missing (run
+  before the pretrained text tower's sizes are read from its directory)."""
+  for field, path, wanted in (
+    (
+      'model.image.init',
+      convert.image_init_path(config),
+      'a torchvision ResNet state dict (.pth or .safetensors)',
+    ),
+    (
+      'model.text.init',
+      convert.text_init_dir(config),
+      'a Hugging Face BERT directory (config.json and weights)',
+    ),
+  ):
+    if path is not None and not path.exists():
+      spec = config.model.image.init if field == 'model.image.init' else config.model.text.init
+      raise UserError(
+        f"config.{field}={spec!r}: nothing at {path}; give the path of {wanted}, or '' for "
+        'a randomly initialised tower.'
+      )
+  init_from = config.get('init_from', '')  # configs saved before it existed have none
+  if init_from:
+    path = Path(init_from)
+    if not ((path / tables.EXPORT_FILES['metadata']).is_file() or (path / 'checkpoints').is_dir()):
+      raise UserError(
+        f'config.init_from={init_from!r} is neither a training workdir (with checkpoints/) '
+        f'nor an export directory (with {tables.EXPORT_FILES["metadata"]}); give one, or '
+        "'' to start from the towers' own initialisation."
+      )
+
+
+def check(config) -> None:
+  """Raises `UserError` for the first setting the towers cannot take."""
+  size = config.data.image_size
+  if size < IMAGE_STRIDE:
+    raise UserError(
+      f'config.data.image_size={size} is smaller than the ResNet image tower can take: it '
+      f'halves the image five times, so give at least {IMAGE_STRIDE} (a multiple of '
+      f'{IMAGE_STRIDE}, e.g. 64 or 224, keeps every feature map whole).'
+    )
+  if size % IMAGE_STRIDE:
+    warnings.warn(
+      f'config.data.image_size={size} is not a multiple of {IMAGE_STRIDE}: the last '
+      'feature maps are padded at their edges.',
+      stacklevel=2,
+    )
+  positions = config.model.text.max_position_embeddings
+  if config.data.max_text_length > positions:
+    raise UserError(
+      f'config.data.max_text_length={config.data.max_text_length} is longer than the text '
+      f'tower has positions (config.model.text.max_position_embeddings={positions}): set '
+      f'config.data.max_text_length to {positions} or less.'
+    )
+  if config.train.max_nonfinite_in_a_row < 1:
+    raise UserError(
+      'config.train.max_nonfinite_in_a_row must be at least 1 (the number of skipped '
+      f'non-finite steps in a row that stop the run), got {config.train.max_nonfinite_in_a_row}.'
+    )

@@ -1,0 +1,84 @@
+"""Bad configs fail before anything compiles or is written, naming the field and the fix."""
+
+import os
+
+import pytest
+
+from medclip_jax.errors import UserError
+from medclip_jax.training import trainer
+from tests import helpers
+
+
+def _set(config, path, value):
+  *parents, leaf = path.split('.')
+  node = config
+  for name in parents:
+    node = node[name]
+  node[leaf] = value
+
+
+BAD = {
+  'image size below the tower': (
+    {'data.image_size': 16},
+    r'config\.data\.image_size=16 .* at least 32',
+  ),
+  'text longer than the positions': (
+    {'data.max_text_length': 600},
+    r'config\.data\.max_text_length=600 .*max_position_embeddings=512\): set config\.data\.max_text_length to 512',
+  ),
+  'tokenizer larger than the vocabulary': (
+    {'model.text.vocab_size': 10},
+    r'tokens but config\.model\.text\.vocab_size is 10: set config\.model\.text\.vocab_size to 30522',
+  ),
+  'missing image init file': (
+    {'model.image.init': 'torchvision:/nonexistent/resnet18.pth'},
+    r"config\.model\.image\.init='torchvision:/nonexistent/resnet18\.pth': nothing at",
+  ),
+  'missing text init directory': (
+    {'model.text.init': 'hf:/nonexistent/bert'},
+    r"config\.model\.text\.init='hf:/nonexistent/bert': nothing at /nonexistent/bert",
+  ),
+  'missing init_from': (
+    {'init_from': '/nonexistent/run'},
+    r"config\.init_from='/nonexistent/run' is neither",
+  ),
+  'mesh larger than the devices': (
+    {'mesh': {'data': 4, 'fsdp': 1}},
+    r"config\.mesh \{'data': 4, 'fsdp': 1\} needs 4 devices but 1 are visible",
+  ),
+  'no non-finite steps allowed': (
+    {'train.max_nonfinite_in_a_row': 0},
+    r'config\.train\.max_nonfinite_in_a_row must be at least 1',
+  ),
+}
+
+
+@pytest.mark.parametrize('name', sorted(BAD))
+def test_a_bad_config_is_refused_before_the_workdir_is_written(name, tiny_config, tmp_path):
+  overrides, message = BAD[name]
+  config = tiny_config()
+  for path, value in overrides.items():
+    _set(config, path, value)
+  workdir = tmp_path / 'run'
+  with pytest.raises(UserError, match=message):
+    trainer.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()
+
+
+def test_a_batch_that_does_not_divide_over_the_devices_is_one_paragraph_exit_2(
+  tiny_flags, tmp_path
+):
+  workdir, log = tmp_path / 'run', tmp_path / 'run.log'
+  proc = helpers.start_main(
+    [f'--workdir={workdir}', *tiny_flags(train__batch_size=15)],
+    log,
+    env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'},
+  )
+  assert proc.wait(timeout=120) == 2
+  out = log.read_text()
+  assert (
+    'error: train.batch_size = 15 must be a multiple of the number of devices (2), since '
+    'each device takes an equal slice: set it to 14 or another multiple of 2.' in out
+  )
+  assert 'Traceback' not in out
+  assert not os.path.exists(workdir)
