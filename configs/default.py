@@ -100,6 +100,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.adam_b2 = 0.98
   config.train.adam_eps = 1e-6
   config.train.grad_clip_norm = 1.0
+  # A step whose loss or gradients are not finite is skipped (nothing learned,
+  # counted in metrics.jsonl as skipped_steps); this many in a row stop the run.
+  config.train.max_nonfinite_in_a_row = 10
   # Parameter groups: name -> regular expression matched in full against each
   # parameter's '/'-joined path (e.g. 'text_encoder/encoder/layer/0/output/dense/kernel');
   # every parameter must match exactly one group.

@@ -35,6 +35,19 @@ class Reporter:
     self._mark_step = None
     self._mark_time = None
 
+  def drop_after(self, step: int) -> None:
+    """Removes the rows of steps after `step` from metrics.jsonl: a resumed run trains them
+    again (a killed run logged steps past its last checkpoint), and writes them once more."""
+    if not self.is_main:
+      return
+    path = Path(self._jsonl.name)
+    self._jsonl.close()
+    rows = path.read_text(encoding='utf-8').splitlines(keepends=True)
+    kept = [r for r in rows if r.strip() and json.loads(r).get('step', 0) <= step]
+    if len(kept) != len(rows):
+      path.write_text(''.join(kept), encoding='utf-8')
+    self._jsonl = open(path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
+
   def start_timer(self, step: int) -> None:
     """Starts the throughput clock (call after warm-up/compilation)."""
     self._mark_step, self._mark_time = step, time.perf_counter()
@@ -65,10 +78,12 @@ class Reporter:
     if self.is_main:
       eta = (self.total_steps - step) / rate if rate > 0 else float('nan')
       pairs = '-' if math.isnan(rate) else f'{rate * batch_size:.1f}'
+      loss = 'skipped' if scalars['loss'] is None else f'{scalars["loss"]:.4f}'
+      skipped = f'  skipped {scalars["skipped_total"]}' if scalars.get('skipped_total') else ''
       print(
-        f'step {step:>6}/{self.total_steps}  loss {scalars["loss"]:.4f}  '
+        f'step {step:>6}/{self.total_steps}  loss {loss}  '
         f'lr {scalars["learning_rate"]:.2e}  pairs/s {pairs}  '
-        f'eta {_format_duration(eta)}',
+        f'eta {_format_duration(eta)}{skipped}',
         flush=True,
       )
 

@@ -11,13 +11,17 @@ from medclip_jax.errors import UserError
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array  # int32 scalar: updates applied so far
+  step: jax.Array  # int32 scalar: steps taken (batches consumed) so far
   # The model's parameters and, beside them at the top level, the objectives'
   # (e.g. the sigmoid loss's 'logit_bias').
   params: dict
   batch_stats: dict  # BatchNorm running statistics of the image tower
   opt_state: optax.OptState
   rng: jax.Array  # uint32[2] key; per-step keys are folded from it
+  # int32 scalar: steps whose update was skipped for a non-finite loss or
+  # gradient (see training/step.py). Checkpoints written before it existed
+  # restore with 0 (training/checkpointing.py).
+  skipped: jax.Array
 
   def variables(self) -> dict:
     """The variables `model.apply` takes (linen ignores the objectives' parameters)."""
@@ -54,4 +58,5 @@ def create(model, objectives: dict, tx, config, rng) -> TrainState:
     batch_stats=batch_stats,
     opt_state=tx.init(params),
     rng=state_rng,
+    skipped=jnp.zeros((), jnp.int32),
   )

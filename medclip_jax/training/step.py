@@ -1,4 +1,10 @@
-"""The update: both towers forward, the weighted objectives, AdamW, the scale clamped."""
+"""The update: both towers forward, the weighted objectives, AdamW, the scale clamped.
+
+A step whose loss or gradient norm is not finite changes nothing but the
+step and skip counters (big_vision and MaxText stop or skip likewise): one bad
+batch does not poison the parameters, and the trainer stops after
+`config.train.max_nonfinite_in_a_row` such steps.
+"""
 
 import math
 
@@ -55,16 +61,35 @@ def make_train_step(model, objectives: dict, tx, schedule, mesh, config):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     params = {**params, 'logit_scale': jnp.minimum(params['logit_scale'], MAX_LOGIT_SCALE)}
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep_if_not_finite = lambda new, old: jax.tree.map(
+      lambda n, o: jnp.where(finite, n, o), new, old
+    )
+    params = keep_if_not_finite(params, state.params)
+    opt_state = keep_if_not_finite(opt_state, state.opt_state)
+    batch_stats = keep_if_not_finite(batch_stats, state.batch_stats)
+    nonfinite = 1 - finite.astype(jnp.int32)
     metrics = {
       'loss': loss,
       **metrics,
       'learning_rate': schedule(state.step),
-      'grad_norm': optax.tree.norm(grads),
+      'grad_norm': grad_norm,
       'logit_scale': jnp.exp(params['logit_scale']),
       'truncated_texts': jnp.sum(batch['truncated']),
+      'nonfinite': nonfinite,
+      'skipped': state.skipped + nonfinite,
     }
+    if 'stop' in batch:
+      # A preemption request from any process (training/preemption.py),
+      # seen by all of them in the same step's metrics.
+      metrics['stop'] = jnp.max(batch['stop'])
     new_state = state.replace(
-      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+      step=state.step + 1,
+      params=params,
+      batch_stats=batch_stats,
+      opt_state=opt_state,
+      skipped=state.skipped + nonfinite,
     )
     return new_state, metrics
 
