@@ -1,20 +1,26 @@
-"""Checkpoints: what one holds, and that checkpoints written before objectives and evaluators
-became data still restore, export and train on exactly as before."""
+"""Checkpoints: what one holds; that checkpoints written before objectives and evaluators
+became data still restore, export and train on exactly as before; that an unreadable latest
+checkpoint is skipped for the one before and a failed save stops the run with the last intact."""
 
+import errno
 import json
 import shutil
 from pathlib import Path
 
+import grain
 import jax
 import ml_collections
 import numpy as np
 import pytest
 
+from medclip_jax.errors import UserError
 from medclip_jax.interop import export
 from medclip_jax.training import checkpointing
+from medclip_jax.training import trainer
 from medclip_jax.training.setup import Setup
 from medclip_jax.training.setup import restore_on_one_device
 from medclip_jax.training.setup import shapes
+from tests import helpers
 
 # Written by the code of commit 891f5e0 (the layout before objectives and
 # evaluators were data): step 1 of a sigmoid-loss run with a frozen text
@@ -107,3 +113,52 @@ def test_the_variables_alone_restore_as_in_the_whole_state(legacy, trained_run):
     for a, w in zip(jax.tree.leaves(alone), jax.tree.leaves(whole)):
       assert isinstance(a, np.ndarray)
       np.testing.assert_array_equal(a, w)
+
+
+def test_a_failed_save_stops_the_run_and_leaves_the_previous_checkpoint(
+  tiny_config, tmp_path, monkeypatch
+):
+  config = tiny_config()
+  config.train.steps, config.train.checkpoint_every = 9, 3
+  save = grain.checkpoint.CheckpointHandler.save
+
+  def disk_full_at_step_6(self, directory, item=None, args=None):
+    if directory.parent.name.startswith('6.'):
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    return save(self, directory, item, args)
+
+  monkeypatch.setattr(grain.checkpoint.CheckpointHandler, 'save', disk_full_at_step_6)
+  message = (
+    r'Writing the checkpoint at step 6 to .*/checkpoints failed \(OSError: \[Errno 28\] No '
+    r'space left on device\); the checkpoint at step 3 is intact\. Free disk space'
+  )
+  with pytest.raises(UserError, match=message):
+    trainer.train_and_evaluate(config, str(tmp_path))
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), keep=3)
+  assert checkpointer.all_steps() == [3]
+  assert int(restore_on_one_device(config, checkpointer, 3).step) == 3
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'random_bytes'])
+def test_an_unreadable_latest_checkpoint_is_skipped_naming_the_file(
+  damage, trained_run, tmp_path, capsys
+):
+  config, reference_dir, reference = trained_run  # checkpoints 6 and 12
+  workdir = tmp_path / 'run'
+  shutil.copytree(reference_dir, workdir)
+  files = sorted((workdir / 'checkpoints' / '12' / 'state').rglob('ocdbt.process_0/d/*'))
+  largest = max(files, key=lambda p: p.stat().st_size)
+  data = largest.read_bytes()
+  if damage == 'truncated':
+    largest.write_bytes(data[: len(data) // 2])
+  else:
+    largest.write_bytes(np.random.default_rng(0).bytes(len(data)))
+  results = trainer.train_and_evaluate(config, str(workdir))
+  out = capsys.readouterr().out
+  reason = 'bytes where' if damage == 'truncated' else 'its contents changed since it was written'
+  assert f'warning: skipping the checkpoint at step 12: {largest}: ' in out and reason in out
+  assert 'resuming from the checkpoint at step 6' in out
+  assert sorted(helpers.training_rows(workdir)) == list(range(1, 13))
+  for key, value in reference.items():  # steps 7..12 again, as the first time
+    np.testing.assert_allclose(results[key], value, atol=1e-6, err_msg=key)
+  assert [p.name.split('-')[0] for p in (workdir / 'corrupt_checkpoints').iterdir()] == ['12']
