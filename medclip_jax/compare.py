@@ -25,6 +25,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from medclip_jax.errors import UserError
+from medclip_jax.training import preemption
 
 MODELS = ('start', 'captions', 'labels')
 
@@ -135,6 +136,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   try:
     rows = compare(FLAGS.config, FLAGS.init, FLAGS.workdir)
+  except preemption.Preempted as e:
+    print(f'\n{e} (the runs already finished are kept)', flush=True)
+    return
   except UserError as e:
     print(f'\nerror: {e}\n', file=sys.stderr)
     sys.exit(2)

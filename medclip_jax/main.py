@@ -60,10 +60,13 @@ def main(argv):
   if _DISTRIBUTED.value:
     initialize_distributed()
   # Imported after flag parsing so that `--help` answers quickly.
+  from medclip_jax.training import preemption  # pylint: disable=import-outside-toplevel
   from medclip_jax.training import trainer  # pylint: disable=import-outside-toplevel
 
   try:
     trainer.train_and_evaluate(_CONFIG.value, workdir)
+  except preemption.Preempted as e:
+    print(f'\n{e}', flush=True)  # a requested stop is a success: exit status 0
   except UserError as e:
     print(f'\nerror: {e}\n', file=sys.stderr)
     sys.exit(2)

@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +61,47 @@ def run_module(module, *args, timeout=120):
     text=True,
     timeout=timeout,
   )
+
+
+def start_main(args, log_path, env=None, code=None, **kwargs):
+  """Starts `python -m medclip_jax.main *args` on CPU, stdout and stderr going to
+  `log_path`; with `code`, `python -c code *args` instead (a trainer with something planted)."""
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', **(env or {})}
+  command = ['-c', code] if code else ['-m', 'medclip_jax.main']
+  with open(log_path, 'w', encoding='utf-8') as log:
+    return subprocess.Popen(
+      [sys.executable, *command, *args],
+      cwd=REPO,
+      env=env,
+      stdout=log,
+      stderr=subprocess.STDOUT,
+      text=True,
+      **kwargs,
+    )
+
+
+def wait_until(condition, processes, log_paths, timeout=240):
+  """Polls `condition()` until it holds; fails with the logs if a process ends first."""
+  deadline = time.time() + timeout
+  while not condition():
+    for proc, log in zip(processes, log_paths):
+      assert proc.poll() is None, open(log, encoding='utf-8').read()
+    assert time.time() < deadline, 'timed out: ' + open(log_paths[0], encoding='utf-8').read()
+    time.sleep(0.05)
+
+
+def training_rows(workdir):
+  """{step: row} of the training rows (those with a loss key) of WORKDIR/metrics.jsonl;
+  fails if a step has two rows."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding='utf-8') as f:
+    lines = f.read().split('\n')[:-1]  # a line still being written has no newline yet
+  rows = [r for r in map(json.loads, lines) if 'loss' in r]
+  steps = [r['step'] for r in rows]
+  assert len(steps) == len(set(steps)), f'steps logged twice: {steps}'
+  return {r['step']: r for r in rows}
 
 
 def run_on_devices(devices: int, code: str) -> str:

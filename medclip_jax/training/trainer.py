@@ -1,9 +1,13 @@
 """The trainer: one function that reads top to bottom.
 
-Sections: checks and set-up; input; state; evaluation; loop. Every process runs
-the same code; only process 0 writes logs. What is assembled (mesh, model,
-objectives, optimizer, shardings, jitted step, state) comes from
-`training.setup`.
+Sections: checks and set-up; the workdir lock; input; state; evaluation; loop.
+Every process runs the same code; only process 0 writes logs. What is
+assembled (mesh, model, objectives, optimizer, shardings, jitted step, state)
+comes from `training.setup`. What can go wrong on a cluster is handled here:
+another trainer on the workdir (`workdir_lock`), an unreadable checkpoint (the
+newest readable one is used), a stop request (`preemption`), non-finite losses
+(skipped by the step, counted here, the run stopped after
+`train.max_nonfinite_in_a_row`).
 """
 
 import time
@@ -13,16 +17,23 @@ import jax
 import numpy as np
 
 from medclip_jax.data import pipeline
+from medclip_jax.errors import UserError
 from medclip_jax.evaluation import results as results_lib
 from medclip_jax.training import checkpointing
+from medclip_jax.training import preemption
 from medclip_jax.training import reporting
+from medclip_jax.training import workdir_lock
 from medclip_jax.training.setup import Setup
+
+# Per-step metrics that are counters or signals rather than averages.
+_NOT_AVERAGED = ('nonfinite', 'skipped', 'stop')
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains (resuming from the latest checkpoint in `workdir`) and evaluates.
+  """Trains (resuming from the latest readable checkpoint in `workdir`) and evaluates.
 
-  Returns the final evaluation results.
+  Returns the final evaluation results. Raises `preemption.Preempted` after a
+  stop request (the checkpoint written) and `UserError` for what a user can fix.
   """
   workdir = str(Path(workdir).absolute())
 
@@ -33,7 +44,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   setup = Setup.create(config)
   evaluation = setup.evaluation(info.get('labels', {}))
   precise_bn = setup.precise_bn()
+
+  # ---- The workdir lock: one trainer per workdir ----
+  with workdir_lock.WorkdirLock(workdir) as stale:
+    return _train(config, workdir, train_text, setup, evaluation, precise_bn, stale)
+
+
+def _train(config, workdir, train_text, setup, evaluation, precise_bn, stale) -> dict:
+  """The run itself, under the workdir lock; `stale` describes a lock taken over."""
   reporter = reporting.Reporter(workdir, config.train.steps)
+  if stale:
+    reporter.info(f'took over the workdir lock left by {stale}, which is no longer running')
   reporter.info(
     f'{jax.process_count()} process(es), {jax.device_count()} '
     f'{jax.devices()[0].platform} device(s), mesh {dict(setup.mesh.shape)}'
@@ -47,7 +68,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # ---- State: restored from the latest checkpoint, or fresh ----
   checkpointer = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
-  latest = checkpointer.latest_step()
+  state, latest = None, None
+  for step in sorted(checkpointer.all_steps(), reverse=True):
+    problem = None
+    try:
+      state = setup.restore_state(checkpointer, step, train_iter)
+    except checkpointing.CorruptCheckpoint as e:
+      problem = f'{e.path}: {e.reason}'
+    # Each process checks the files it reads; all take the same checkpoint.
+    if _all_processes(problem is None):
+      latest = step
+      break
+    moved = checkpointer.set_aside(step)
+    reporter.info(
+      f'warning: skipping the checkpoint at step {step}: '
+      f'{problem or "unreadable on another process"}; moved to {moved}'
+    )
   if latest is None:
     state = setup.init_state()
     if config.init_from:
@@ -59,7 +95,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       )
   else:
     reporter.info(f'resuming from the checkpoint at step {latest} in {checkpointer.directory}')
-    state = setup.restore_state(checkpointer, latest, train_iter)
+  reporter.drop_after(latest or 0)  # steps a killed run logged past its checkpoint run again
 
   # ---- Evaluation: precise BatchNorm, then every configured evaluator ----
 
@@ -93,46 +129,85 @@ def train_and_evaluate(config, workdir: str) -> dict:
   start = int(state.step)
   pending = []
   truncated = 0  # texts cut off at max_text_length tokens in this run
+  in_a_row = []  # the latest steps whose update was skipped, while they follow each other
+  stop = preemption.StopRequests()
+
+  def check_step(step, metrics) -> bool:
+    """Counts a finished step's non-finite loss; True if any process asked to stop."""
+    flags = jax.device_get({k: metrics[k] for k in ('nonfinite', 'stop')})
+    if not flags['nonfinite']:
+      in_a_row.clear()
+    else:
+      in_a_row.append(step)
+      reporter.info(f'warning: step {step}: the loss or gradients are not finite; update skipped')
+      if len(in_a_row) >= config.train.max_nonfinite_in_a_row:
+        good = [s for s in checkpointer.all_steps() if s < in_a_row[0]]
+        last = (
+          f'step {max(good)} in {checkpointer.directory}' if good else 'none (none was written)'
+        )
+        raise UserError(
+          f'Training stopped at step {step}: the loss or gradients were not finite for '
+          f'{len(in_a_row)} steps in a row (steps {in_a_row[0]}..{step}, all skipped; '
+          f'config.train.max_nonfinite_in_a_row={config.train.max_nonfinite_in_a_row}). '
+          f'The last checkpoint before them: {last}. Lower config.train.learning_rate or '
+          'look at the data of these steps, and restart from that checkpoint.'
+        )
+    return bool(flags['stop'])
+
   if start < total:
     reporter.info(f'training steps {start + 1}..{total}, global batch {config.train.batch_size}')
   try:
-    for step in range(start + 1, total + 1):
-      state, metrics = setup.train_step(state, setup.global_batch(next(train_iter)))
-      pending.append(metrics)
-      if step == start + 1:  # the first step compiled: time from here on
-        jax.block_until_ready(metrics)
-        reporter.start_timer(step)
-      elif step == start + 2 and setup.train_step._cache_size() > 1:  # pylint: disable=protected-access
-        # A state whose dtypes or shardings differ from what the step returns
-        # compiles twice and silently skews every timing.
-        raise RuntimeError(
-          'The train step compiled a second time: the initial '
-          'state does not match the state the step returns.'
-        )
-      if step % config.train.log_every == 0 or step == total:
-        logged = jax.device_get(pending)
-        truncated += sum(int(m['truncated_texts']) for m in logged)
-        scalars = {k: float(np.mean([m[k] for m in logged])) for k in logged[0]}
-        scalars['learning_rate'] = float(logged[-1]['learning_rate'])
-        reporter.train_progress(step, scalars, config.train.batch_size)
-        pending = []
-      if step == total:
-        break  # the last checkpoint is written after the final statistics
-      if step % config.train.checkpoint_every == 0:
-        checkpointer.save(step, state, train_iter, config)
-      if config.eval.every and step % config.eval.every == 0:
-        run_eval(state, step)
+    with stop:
+      previous = None  # (step, metrics) of the step before this one, read one step late
+      for step in range(start + 1, total + 1):
+        local = next(train_iter)
+        local['stop'] = np.full(len(local['truncated']), stop.requested, np.int32)
+        state, metrics = setup.train_step(state, setup.global_batch(local))
+        pending.append(metrics)
+        if step == start + 1:  # the first step compiled: time from here on
+          jax.block_until_ready(metrics)
+          reporter.start_timer(step)
+        elif step == start + 2 and setup.train_step._cache_size() > 1:  # pylint: disable=protected-access
+          # A state whose dtypes or shardings differ from what the step returns
+          # compiles twice and silently skews every timing.
+          raise RuntimeError(
+            'The train step compiled a second time: the initial '
+            'state does not match the state the step returns.'
+          )
+        stop_now = previous is not None and check_step(*previous)
+        previous = (step, metrics)
+        if step % config.train.log_every == 0 or step == total or stop_now:
+          logged = jax.device_get(pending)
+          truncated += sum(int(m['truncated_texts']) for m in logged)
+          reporter.train_progress(step, _window_scalars(logged), config.train.batch_size)
+          pending = []
+        if step == total:
+          check_step(*previous)
+          break  # the last checkpoint is written after the final statistics
+        if stop_now:
+          # Every process saw the request in the same step's metrics: all stop here.
+          if checkpointer.latest_step() != step:
+            checkpointer.save(step, state, train_iter, config)
+          checkpointer.wait()
+          raise preemption.Preempted(step, checkpointer.directory)
+        if step % config.train.checkpoint_every == 0:
+          checkpointer.save(step, state, train_iter, config)
+        if config.eval.every and step % config.eval.every == 0:
+          run_eval(state, step)
 
     # The final model keeps the recomputed BatchNorm statistics, so the last
     # checkpoint (and anything exported from it) is what was evaluated.
     state, results = run_eval(state, total)
     if checkpointer.latest_step() != total:
       checkpointer.save(total, state, train_iter, config)
+    checkpointer.wait()
   finally:
     # Also on Ctrl-C or an error: let a checkpoint being written complete.
-    checkpointer.wait()
-    checkpointer.close()
-    reporter.close()
+    try:
+      checkpointer.wait()
+    finally:
+      checkpointer.close()
+      reporter.close()
   if truncated:
     texts = (total - start) * config.train.batch_size
     reporter.info(
@@ -141,3 +216,28 @@ def train_and_evaluate(config, workdir: str) -> dict:
     )
   reporter.info(results_lib.format_table(total, results))
   return results
+
+
+def _all_processes(ok: bool) -> bool:
+  """True if `ok` holds on every process (a collective in a multi-process run)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _window_scalars(logged: list) -> dict:
+  """The scalars of a logging row from the steps since the last: means over the steps
+  whose update was applied (None if none was), the learning rate of the last step, how
+  many steps of the window were skipped and how many the run has skipped so far."""
+  applied = [m for m in logged if not m['nonfinite']]
+  scalars = {
+    k: float(np.mean([m[k] for m in applied])) if applied else None
+    for k in logged[0]
+    if k not in _NOT_AVERAGED
+  }
+  scalars['learning_rate'] = float(logged[-1]['learning_rate'])
+  scalars['skipped_steps'] = int(sum(int(m['nonfinite']) for m in logged))
+  scalars['skipped_total'] = int(logged[-1]['skipped'])
+  return scalars

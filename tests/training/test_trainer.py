@@ -1,18 +1,20 @@
-"""End-to-end training: loss falls, logs and evals are written, runs resume."""
+"""End-to-end training: loss falls, logs and evals are written, runs resume (bitwise after a
+SIGKILL, also one mid-checkpoint), non-finite steps are skipped and, many in a row, stop the run."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
+import random
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
+from medclip_jax.errors import UserError
 from medclip_jax.training import checkpointing
 from medclip_jax.training import trainer
+from medclip_jax.training.setup import Setup
+from medclip_jax.training.setup import restore_on_one_device
+from tests import helpers
 
 _EXPECTED_EVAL_KEYS = {
   'retrieval.gallery_size',
@@ -85,38 +87,126 @@ def test_interrupted_run_resumes_with_the_same_data_order(trained_run, tmp_path,
     np.testing.assert_allclose(resumed[key], value, atol=1e-6, err_msg=key)
 
 
-def _main(args, **kwargs):
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  return subprocess.Popen(
-    [sys.executable, '-m', 'medclip_jax.main', *args],
-    env=env,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-    text=True,
-    **kwargs,
-  )
+# Run as `python -c CODE FLAGS`: the trainer, with the save of step 6 stalled after
+# half of its data position is written, so that a SIGKILL lands mid-checkpoint.
+_STALL_THE_SAVE_OF_STEP_6 = """
+import sys, time
+import grain
+from absl import app
+from medclip_jax import main
+save = grain.checkpoint.CheckpointHandler.save
+def stalled(self, directory, item=None, args=None):
+  if directory.parent.name.startswith('6.'):
+    (directory / 'process_0-of-1.json').write_text('{"next_ind')
+    print('stalled in the save of step 6 at', directory, flush=True)
+    time.sleep(600)
+  return save(self, directory, item, args)
+grain.checkpoint.CheckpointHandler.save = stalled
+sys.argv = ['main'] + sys.argv[1:]
+app.run(main.main)
+"""
 
 
-def test_sigkill_mid_training_then_rerun_resumes_from_the_checkpoint(tiny_flags, tmp_path):
-  every = {'train__log_every': 5, 'train__checkpoint_every': 5}
-  proc = _main(
-    [f'--workdir={tmp_path}', *tiny_flags(train__steps=100000, **every)], start_new_session=True
-  )
-  checkpoints = tmp_path / 'checkpoints'
-  deadline = time.time() + 240
-  while time.time() < deadline and not (checkpoints / '10').exists():
-    assert proc.poll() is None, proc.stdout.read()
-    time.sleep(0.5)
-  os.killpg(proc.pid, signal.SIGKILL)
+@pytest.mark.parametrize('while_saving', [False, True], ids=['between_saves', 'while_saving'])
+def test_a_killed_run_rerun_ends_bitwise_equal_to_an_uninterrupted_one(
+  while_saving, trained_run, tiny_flags, tmp_path
+):
+  config, reference_dir, _ = trained_run  # 12 steps, uninterrupted
+  workdir = tmp_path / 'run'
+  args = [f'--workdir={workdir}', *tiny_flags(train__checkpoint_every=2)]
+  killed_log, rerun_log = tmp_path / 'killed.log', tmp_path / 'rerun.log'
+  if while_saving:
+    proc = helpers.start_main(args, killed_log, code=_STALL_THE_SAVE_OF_STEP_6)
+    stalled = lambda: 'stalled in the save of step 6' in killed_log.read_text()
+    helpers.wait_until(stalled, [proc], [killed_log])
+  else:
+    kill_after = random.randint(4, 8)
+    proc = helpers.start_main(args, killed_log)
+    logged = lambda: max(helpers.training_rows(workdir), default=0) >= kill_after
+    helpers.wait_until(logged, [proc], [killed_log])
+  proc.kill()
   proc.wait()
-  saved = checkpointing.Checkpointer(str(tmp_path), keep=3).latest_step()
-  assert saved is not None and saved >= 10
+  killed_at = max(helpers.training_rows(workdir))
+  # None when no save had completed yet (they are written in the background): a fresh start.
+  restart = checkpointing.Checkpointer(str(workdir), keep=3).latest_step()
+  assert restart is None or restart <= killed_at, (restart, killed_at)
+  if while_saving:
+    assert restart == 4 and killed_at == 6
+    assert list((workdir / 'checkpoints').glob('6.orbax-checkpoint-tmp*'))  # half-written
 
-  rerun = _main([f'--workdir={tmp_path}', *tiny_flags(train__steps=saved + 5, **every)])
-  out, _ = rerun.communicate(timeout=300)
-  assert rerun.returncode == 0, out
-  assert f'resuming from the checkpoint at step {saved}' in out
-  assert f'training steps {saved + 1}..{saved + 5}' in out
+  rerun = helpers.start_main(args, rerun_log)
+  assert rerun.wait(timeout=300) == 0, rerun_log.read_text()
+  out = rerun_log.read_text()
+  assert f'took over the workdir lock left by process {proc.pid}' in out
+  if restart is not None:
+    assert f'resuming from the checkpoint at step {restart}' in out
+  restart = restart or 0
+  rows, reference_rows = helpers.training_rows(workdir), helpers.training_rows(reference_dir)
+  assert sorted(rows) == list(range(1, 13)), f'killed after step {killed_at}'
+  for step in range(restart + 1, 13):
+    assert rows[step]['loss'] == reference_rows[step]['loss'], step
+  ours = restore_on_one_device(config, checkpointing.Checkpointer(str(workdir), keep=3), 12)
+  reference = restore_on_one_device(
+    config, checkpointing.Checkpointer(str(reference_dir), keep=3), 12
+  )
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ours), jax.tree.leaves(reference)):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
+def _plant_nan_images(monkeypatch, steps):
+  """Makes every training batch's images float32 (one compiled step) and NaN at `steps`."""
+  global_batch = Setup.global_batch
+  seen = []
+
+  def planted(self, local):
+    if 'stop' in local:  # a training step's batch
+      seen.append(len(seen) + 1)
+      image = local['image'].astype(np.float32)
+      if seen[-1] in steps:
+        image[:] = np.nan
+      local = {**local, 'image': image}
+    return global_batch(self, local)
+
+  monkeypatch.setattr(Setup, 'global_batch', planted)
+
+
+def test_a_non_finite_step_is_skipped_and_counted(tiny_config, tmp_path, monkeypatch):
+  config = tiny_config()
+  config.train.steps, config.train.checkpoint_every, config.train.keep_checkpoints = 5, 1, 10
+  config.eval.bn_recompute_batches = 0
+  _plant_nan_images(monkeypatch, {3})
+  trainer.train_and_evaluate(config, str(tmp_path))
+  rows = helpers.training_rows(tmp_path)
+  assert [rows[s]['skipped_steps'] for s in range(1, 6)] == [0, 0, 1, 0, 0]
+  assert [rows[s]['skipped_total'] for s in range(1, 6)] == [0, 0, 1, 1, 1]
+  assert rows[3]['loss'] is None and all(np.isfinite(rows[s]['loss']) for s in (1, 2, 4, 5))
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), keep=10)
+  before, after = (restore_on_one_device(config, checkpointer, s) for s in (2, 3))
+  assert (int(before.step), int(before.skipped), int(after.step), int(after.skipped)) == (
+    2,
+    0,
+    3,
+    1,
+  )
+  for name in ('params', 'batch_stats', 'opt_state', 'rng'):
+    for a, b in zip(jax.tree.leaves(getattr(before, name)), jax.tree.leaves(getattr(after, name))):
+      np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_non_finite_steps_in_a_row_stop_the_run_naming_the_last_good_checkpoint(
+  tiny_config, tmp_path, monkeypatch
+):
+  config = tiny_config()
+  config.train.checkpoint_every, config.train.max_nonfinite_in_a_row = 3, 3
+  _plant_nan_images(monkeypatch, {4, 5, 6})
+  message = (
+    r'Training stopped at step 6: the loss or gradients were not finite for 3 steps in a row '
+    r'\(steps 4\.\.6, all skipped; .*The last checkpoint before them: step 3 in '
+  )
+  with pytest.raises(UserError, match=message):
+    trainer.train_and_evaluate(config, str(tmp_path))
+  # Step 6's flags are read while step 7 runs; the run stops before step 7 is logged.
+  assert max(helpers.training_rows(tmp_path)) == 6
 
 
 def test_sigmoid_loss_trains_beside_infonce_and_exports_its_bias(tiny_config, tmp_path):

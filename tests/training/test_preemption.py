@@ -1,0 +1,92 @@
+"""Stopping on request: SIGTERM checkpoints the step reached and exits 0, in one process or
+in both of a two-process run when only one is signalled; a second signal exits at once."""
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from medclip_jax.errors import UserError
+from medclip_jax.training import checkpointing
+from medclip_jax.training import trainer
+from tests import helpers
+
+ENDLESS = {'train__steps': 100000, 'train__checkpoint_every': 1000}
+
+
+def _stopped_at(log):
+  found = re.search(r'stopped on request at step (\d+); checkpoint written to', log.read_text())
+  assert found, log.read_text()
+  return int(found.group(1))
+
+
+def test_sigterm_checkpoints_the_step_reached_and_exits_0_and_a_busy_workdir_is_refused(
+  tiny_flags, tiny_config, tmp_path
+):
+  workdir, log = tmp_path / 'run', tmp_path / 'run.log'
+  proc = helpers.start_main([f'--workdir={workdir}', *tiny_flags(**ENDLESS)], log)
+  helpers.wait_until(lambda: max(helpers.training_rows(workdir), default=0) >= 3, [proc], [log])
+
+  # A second trainer on the same workdir refuses, naming the first, and leaves it alone.
+  with pytest.raises(UserError, match=rf'in use by another trainer: process {proc.pid} on '):
+    trainer.train_and_evaluate(tiny_config(), str(workdir))
+
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=120) == 0, log.read_text()
+  step = _stopped_at(log)
+  assert 'SIGTERM received: stopping after this step with a checkpoint' in log.read_text()
+  assert checkpointing.Checkpointer(str(workdir), keep=3).latest_step() == step
+  assert max(helpers.training_rows(workdir)) == step
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tiny_flags, tmp_path):
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  workdir = tmp_path / 'run'
+  logs = [tmp_path / f'process_{i}.log' for i in range(2)]
+  procs = [
+    helpers.start_main(
+      [
+        '--distributed',
+        f'--coordinator_address=127.0.0.1:{port}',
+        '--num_processes=2',
+        f'--process_id={i}',
+        f'--workdir={workdir}',
+        *tiny_flags(**ENDLESS),
+      ],
+      logs[i],
+      env={'XLA_FLAGS': '--xla_force_host_platform_device_count=1'},
+    )
+    for i in range(2)
+  ]
+  helpers.wait_until(lambda: max(helpers.training_rows(workdir), default=0) >= 3, procs, logs)
+  procs[1].send_signal(signal.SIGTERM)  # process 1 only: process 0 learns of it in the step
+  for proc, log in zip(procs, logs):
+    assert proc.wait(timeout=180) == 0, log.read_text()
+  steps = [_stopped_at(log) for log in logs]
+  assert steps[0] == steps[1], steps
+  assert checkpointing.Checkpointer(str(workdir), keep=3).latest_step() == steps[0]
+
+
+def test_a_second_signal_exits_at_once():
+  code = (
+    'import os, signal, time\n'
+    'from medclip_jax.training import preemption\n'
+    'with preemption.StopRequests() as requests:\n'
+    '  os.kill(os.getpid(), signal.SIGTERM)\n'
+    '  time.sleep(0.5)\n'
+    '  print("requested:", requests.requested, flush=True)\n'
+    '  os.kill(os.getpid(), signal.SIGINT)\n'
+    '  time.sleep(30)\n'
+    'print("not reached")\n'
+  )
+  out = subprocess.run(
+    [sys.executable, '-c', code], cwd=helpers.REPO, capture_output=True, text=True, timeout=60
+  )
+  assert out.returncode == 128 + signal.SIGINT, out
+  assert out.stdout == 'requested: True\n'
+  assert 'SIGINT again: exiting now, without a checkpoint.' in out.stderr
