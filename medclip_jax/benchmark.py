@@ -19,11 +19,10 @@ import time
 import jax
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
+from medclip_jax import cli
 from medclip_jax.data import pipeline
-from medclip_jax.errors import UserError
 from medclip_jax.training.setup import Setup
 
 
@@ -103,17 +102,12 @@ def _define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
   FLAGS = flags.FLAGS
   config = FLAGS.config
-  try:
-    results = run(config, FLAGS.steps, FLAGS.warmup, FLAGS.input_batches)
-  except UserError as e:
-    raise SystemExit(f'benchmark: {e}') from None
+  results = run(config, FLAGS.steps, FLAGS.warmup, FLAGS.input_batches)
   print(format_results(config, results))
 
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -16,15 +16,13 @@ command resumes them.
 """
 
 import json
-import sys
 from pathlib import Path
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
-from medclip_jax.errors import UserError
+from medclip_jax import cli
 from medclip_jax.training import preemption
 
 MODELS = ('start', 'captions', 'labels')
@@ -132,16 +130,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   FLAGS = flags.FLAGS
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
   try:
     rows = compare(FLAGS.config, FLAGS.init, FLAGS.workdir)
   except preemption.Preempted as e:
     print(f'\n{e} (the runs already finished are kept)', flush=True)
     return
-  except UserError as e:
-    print(f'\nerror: {e}\n', file=sys.stderr)
-    sys.exit(2)
   workdir = Path(FLAGS.workdir)
   print(table(rows))
   print(f'written: {workdir / "compare.md"}, {workdir / "compare.json"}, {workdir / "compare.png"}')
@@ -149,4 +142,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -13,14 +13,13 @@ WORKDIR/eval/step_<N>/report.html and the evaluators' files beside it
 (e.g. captions.jsonl), and prints the table.
 """
 
-import sys
 from pathlib import Path
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
+from medclip_jax import cli
 from medclip_jax.errors import UserError
 
 
@@ -83,20 +82,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   FLAGS = flags.FLAGS
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  try:
-    loaded, results, path, notes = evaluate(
-      FLAGS.workdir,
-      FLAGS.step,
-      FLAGS.split,
-      FLAGS.data,
-      None if FLAGS.config is None else FLAGS.config.evals,
-      FLAGS.only,
-    )
-  except UserError as e:
-    print(f'\nerror: {e}\n', file=sys.stderr)
-    sys.exit(2)
+  loaded, results, path, notes = evaluate(
+    FLAGS.workdir,
+    FLAGS.step,
+    FLAGS.split,
+    FLAGS.data,
+    None if FLAGS.config is None else FLAGS.config.evals,
+    FLAGS.only,
+  )
   from medclip_jax.evaluation import results as results_lib  # pylint: disable=import-outside-toplevel
 
   print(f'evaluated {loaded.describe()}')
@@ -108,4 +101,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main)

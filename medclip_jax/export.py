@@ -5,13 +5,10 @@
 What it writes, and how to load it: `medclip_jax.interop.export`.
 """
 
-import sys
-
 from absl import app
 from absl import flags
-from absl import logging
 
-from medclip_jax.errors import UserError
+from medclip_jax import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training run directory (holds checkpoints/).')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to export (default: the latest).')
@@ -21,19 +18,13 @@ _OUT = flags.DEFINE_string('out', None, 'Output directory.')
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
   # Imported after flag parsing so that `--help` answers quickly.
   from medclip_jax.interop import export  # pylint: disable=import-outside-toplevel
 
-  try:
-    out = export.export(_WORKDIR.value, _OUT.value, _STEP.value)
-  except UserError as e:
-    print(f'\nerror: {e}\n', file=sys.stderr)
-    sys.exit(2)
+  out = export.export(_WORKDIR.value, _OUT.value, _STEP.value)
   print(f'exported to {out}')
 
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['workdir', 'out'])
-  app.run(main)
+  cli.run(main)

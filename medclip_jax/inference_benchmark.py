@@ -21,8 +21,8 @@ import time
 
 from absl import app
 from absl import flags
-from absl import logging
 
+from medclip_jax import cli
 from medclip_jax.data import records
 from medclip_jax.data import synthetic
 from medclip_jax.errors import UserError
@@ -134,15 +134,10 @@ def run(FLAGS) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  try:
-    lines = run(flags.FLAGS)
-  except UserError as e:
-    raise SystemExit(f'inference_benchmark: {e}') from None
+  lines = run(flags.FLAGS)
   print('\n'.join(lines))
 
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -5,15 +5,13 @@ Rerunning the same command resumes from the latest checkpoint in the workdir.
 """
 
 import os
-import sys
 from pathlib import Path
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
-from medclip_jax.errors import UserError
+from medclip_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config', None, 'Path to a config file.', lock_config=True
@@ -53,9 +51,6 @@ def initialize_distributed() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    # Orbax and grain log every file operation at INFO; --verbosity=0 shows it.
-    logging.set_verbosity(logging.WARNING)
   workdir = _WORKDIR.value or str(Path('runs') / Path(flags.FLAGS['config'].config_filename).stem)
   if _DISTRIBUTED.value:
     initialize_distributed()
@@ -67,10 +62,7 @@ def main(argv):
     trainer.train_and_evaluate(_CONFIG.value, workdir)
   except preemption.Preempted as e:
     print(f'\n{e}', flush=True)  # a requested stop is a success: exit status 0
-  except UserError as e:
-    print(f'\nerror: {e}\n', file=sys.stderr)
-    sys.exit(2)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -18,8 +18,8 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
+from medclip_jax import cli as command_line
 from medclip_jax.errors import UserError
 
 COMMANDS = ('embed', 'caption', 'search', 'zeroshot')
@@ -203,11 +203,9 @@ def cli(argv, flag_values) -> int:
 
 
 def main(argv):
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
   sys.exit(cli(argv, flags.FLAGS))
 
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  command_line.run(main)

@@ -5,6 +5,7 @@ import pytest
 from configs import demo
 from medclip_jax import benchmark
 from medclip_jax.data import prepare
+from medclip_jax.errors import UserError
 
 
 @pytest.fixture(scope='module')
@@ -36,5 +37,5 @@ def test_benchmark_reports_input_and_step_rates_of_the_demo(demo_config, record_
 def test_benchmark_without_data_is_a_user_error(tmp_path):
   config = demo.get_config()
   config.data.dir = str(tmp_path / 'nothing')
-  with pytest.raises(benchmark.UserError, match='No prepared dataset'):
+  with pytest.raises(UserError, match='No prepared dataset'):
     benchmark.run(config)

@@ -128,6 +128,33 @@ def _tfds_info(data_config) -> dict:
     ) from e
 
 
+def _no_dataset_message(data_config) -> str:
+  """What to do when config.data.dir holds no prepared dataset.
+
+  The config file's own prepare command is suggested only when it writes to
+  that directory: for a directory given by the user it would not help.
+  """
+  where = Path(data_config.dir).absolute() if data_config.dir else None
+  command = data_config.prepare_command
+  output = re.search(r'--output=(\S+)', command)
+  if where is None:
+    return (
+      'config.data.dir is empty: set it to a directory written by python -m '
+      'medclip_jax.data.prepare (e.g. --config.data.dir=data/mine).'
+    )
+  head = (
+    f'No prepared dataset found in {where} (config.data.dir): training reads the ArrayRecord '
+    'shards and dataset_info.json that python -m medclip_jax.data.prepare writes.'
+  )
+  if command and output and Path(output.group(1)).absolute() == where:
+    return f'{head} For this config run:\n  {command}\nthen start training again.'
+  return (
+    f'{head} Check the path, or prepare your data there, e.g. for a CSV of images and '
+    f'captions:\n  python -m medclip_jax.data.prepare --format=manifest --input=FILE.csv '
+    f'--output={data_config.dir}\n(its --help lists the other formats).'
+  )
+
+
 def dataset_info(data_config) -> dict:
   """The info of the dataset `config.data` names, or a UserError saying how to prepare it."""
   if data_config.tfds_name:
@@ -136,12 +163,7 @@ def dataset_info(data_config) -> dict:
     try:
       info = records.read_dataset_info(data_config.dir)
     except FileNotFoundError as e:
-      raise UserError(
-        f'No prepared dataset found in {Path(data_config.dir).absolute()} '
-        f'(config.data.dir). Training reads ArrayRecord shards and '
-        f'dataset_info.json written by the prepare command; for this config '
-        f'run:\n  {data_config.prepare_command}\nthen start training again.'
-      ) from e
+      raise UserError(_no_dataset_message(data_config)) from e
   if info.get('splits', {}).get(data_config.train_split, {}).get('count') == 0:
     raise UserError(
       f'The {data_config.train_split!r} split in {data_config.dir} is empty: nothing to train '

@@ -33,13 +33,13 @@ from __future__ import annotations
 import collections
 import inspect
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 
 from absl import app
 from absl import flags
 
+from medclip_jax import cli
 from medclip_jax import errors
 from medclip_jax.data import ingest
 from medclip_jax.data import records
@@ -236,11 +236,40 @@ def _progress_printer(interval: float = 10.0) -> Callable[[int, int], None]:
   return report
 
 
+def _refuse_foreign_flags(format: str) -> None:  # pylint: disable=redefined-builtin
+  """A format flag given for a format that does not read it is an error, not ignored."""
+  format_flags = {
+    name for builder in FORMATS.values() for name in inspect.signature(builder).parameters
+  } & set(FLAGS)
+  takes = set(inspect.signature(FORMATS[format]).parameters) & format_flags
+  foreign = sorted(name for name in format_flags - takes if FLAGS[name].present)
+  if foreign:
+    raise errors.UserError(
+      f'--format={format} does not read {", ".join("--" + n for n in foreign)}, so '
+      f'{"it" if len(foreign) == 1 else "they"} would be ignored. This format takes '
+      f'{", ".join("--" + n for n in sorted(takes))} (and --output, --num_shards); '
+      'see python -m medclip_jax.data.prepare --help.'
+    )
+
+
+def skip_summary(skipped: list[dict], top: int = 3) -> str:
+  """'5 skipped (3 unreadable image, 2 duplicate id)': the commonest reasons with counts."""
+  if not skipped:
+    return '0 skipped'
+  counts = collections.Counter(item['reason'] for item in skipped).most_common()
+  shown = ', '.join(f'{n} {reason}' for reason, n in counts[:top])
+  more = f', {sum(n for _, n in counts[top:])} other' if len(counts) > top else ''
+  return f'{len(skipped)} skipped ({shown}{more}; all listed in dataset_info.json)'
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if FLAGS.format not in FORMATS:
-    sys.exit(f'prepare: unknown --format={FLAGS.format!r}; known formats: {", ".join(FORMATS)}')
+    raise errors.UserError(
+      f'prepare: unknown --format={FLAGS.format!r}; known formats: {", ".join(FORMATS)}.'
+    )
+  _refuse_foreign_flags(FLAGS.format)
   start = time.time()
   try:
     info = prepare(
@@ -250,8 +279,8 @@ def main(argv: Sequence[str]) -> None:
       progress=_progress_printer(),
       **_options_from_flags(FORMATS[FLAGS.format]),
     )
-  except (OptionError, errors.UserError) as e:
-    sys.exit(f'prepare: {e}')
+  except OptionError as e:
+    raise errors.UserError(f'prepare: {e}') from e
   seconds = time.time() - start
   counts = ', '.join(
     f'{split} {s["count"]} ({len(s["files"])} shard{"" if len(s["files"]) == 1 else "s"})'
@@ -259,9 +288,9 @@ def main(argv: Sequence[str]) -> None:
   )
   print(
     f'Wrote {info["format"]} dataset to {FLAGS.output}: {counts}; '
-    f'{len(info["skipped"])} skipped; {seconds:.1f} s.'
+    f'{skip_summary(info["skipped"])}; {seconds:.1f} s.'
   )
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -75,3 +75,10 @@ def check(config) -> None:
       'config.train.max_nonfinite_in_a_row must be at least 1 (the number of skipped '
       f'non-finite steps in a row that stop the run), got {config.train.max_nonfinite_in_a_row}.'
     )
+  steps, warmup = config.train.steps, config.train.warmup_steps
+  if warmup > steps:
+    raise UserError(
+      f'config.train.warmup_steps={warmup} is longer than the run (config.train.steps={steps}): '
+      'the learning rate would never reach config.train.learning_rate. Set '
+      f'--config.train.warmup_steps={max(steps // 10, 0)} (a tenth of the run is usual) or more steps.'
+    )

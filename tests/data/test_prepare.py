@@ -1,13 +1,17 @@
 """Tests of medclip_jax.data.prepare: its options, skipped inputs, group leaks, progress and
 the command line."""
 
+import collections
+
 import pytest
 
 from medclip_jax.data import prepare
 from medclip_jax.data import records
 from tests.helpers import make_record
 from tests.helpers import run_module
+from tests.helpers import skipped_by_id
 from tests.helpers import split_records
+from tests.helpers import write_manifest
 
 
 def test_prepare_rejects_unknown_format_and_options(tmp_path):
@@ -89,3 +93,39 @@ def test_cli_writes_dataset(tmp_path):
   info = records.read_dataset_info(str(tmp_path))
   assert info['seed'] == 5
   assert {s: v['count'] for s, v in info['splits'].items()} == {'train': 3, 'val': 2, 'test': 1}
+
+
+def test_cli_refuses_flags_the_format_does_not_read(tmp_path):
+  out = tmp_path / 'out'
+  result = run_module(
+    'medclip_jax.data.prepare',
+    '--format=manifest',
+    f'--input={tmp_path / "m.csv"}',
+    f'--output={out}',
+    '--image_size=32',
+    '--num_train=5',
+  )
+  assert result.returncode == 2
+  assert 'Traceback' not in result.stdout + result.stderr
+  assert '--format=manifest does not read --image_size, --num_train' in result.stderr
+  assert '--label_columns' in result.stderr  # what it does read
+  assert not out.exists()
+
+
+def test_cli_prints_the_commonest_skip_reasons_with_counts(tmp_path):
+  manifest, good, bad = write_manifest(tmp_path)
+  out = tmp_path / 'out'
+  result = run_module(
+    'medclip_jax.data.prepare',
+    '--format=manifest',
+    f'--input={manifest}',
+    f'--output={out}',
+    '--image_column=path',
+    '--caption_column=text',
+    '--max_bad_fraction=0.9',
+  )
+  assert result.returncode == 0, result.stderr
+  reasons = collections.Counter(skipped_by_id(records.read_dataset_info(str(out))).values())
+  top = ', '.join(f'{n} {reason}' for reason, n in reasons.most_common(3))
+  assert f'{sum(reasons.values())} skipped ({top}' in result.stdout
+  assert 'all listed in dataset_info.json' in result.stdout

@@ -1,0 +1,141 @@
+"""What every command does with its command line before and around its work.
+
+`run(main)` replaces `absl.app.run(main)`: a mistake on the command line (a
+missing config file, an override naming a field the config lacks, a value of
+the wrong type, a required flag left out) and a `UserError` raised by the
+command are printed as one paragraph with exit status 2, not a traceback.
+"""
+
+import difflib
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from medclip_jax.errors import UserError
+
+_SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / 'configs'
+
+
+def fail(message: str) -> NoReturn:
+  """Prints `message` as the command's error and exits with status 2."""
+  print(f'\nerror: {message}\n', file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def _config_flag_names(flag_values: flags.FlagValues) -> list[str]:
+  return [
+    name
+    for name, flag in flag_values._flags().items()  # pylint: disable=protected-access
+    # ml_collections' config file flags are the flags that know their file.
+    if hasattr(type(flag), 'config_filename')
+  ]
+
+
+def _missing_config_file(name: str, argv: Sequence[str]) -> str:
+  given = [a.split('=', 1)[1] for a in argv if a.startswith(f'--{name}=')]
+  path = given[-1].split(':', 1)[0] if given else '?'
+  shipped = sorted(p.name for p in _SHIPPED_CONFIGS.glob('*.py') if not p.name.startswith('_'))
+  shipped = [p for p in shipped if p != 'default.py']
+  hint = f' The configs shipped with medclip_jax: {", ".join(shipped)} in {_SHIPPED_CONFIGS}.'
+  return (
+    f'--{name}={path}: there is no such config file (looked for {Path(path).resolve()}). '
+    'A config file is a Python file with a get_config() function; give its path from the '
+    f'directory you run in.{hint if shipped else ""}'
+  )
+
+
+def _unknown_field(argv: Sequence[str], error: Exception, flag_values: flags.FlagValues) -> str:
+  """The message for an override whose path names a field the config lacks."""
+  text = str(error).strip('\'"').replace('\\n', '\n').replace("\\'", "'")
+  missing = re.search(r"'([^']+)'", text)
+  key = missing.group(1) if missing else text.splitlines()[0]
+  for arg in argv:
+    flag = arg.partition('=')[0].lstrip('-')
+    name, *path = flag.split('.')
+    if name in _config_flag_names(flag_values) and key in path:
+      parent = [name, *path[: path.index(key)]]
+      below = path[path.index(key) + 1 :]
+      break
+  else:
+    return f'A config override names a field the config does not have: {key!r}.'
+  known = sorted(_fields(flag_values, argv, parent))
+  close = difflib.get_close_matches(key, known, n=1)
+  where = '.'.join(parent)
+  suggestion = f'did you mean --{".".join([*parent, close[0], *below])}? ' if close else ''
+  return (
+    f'{arg}: {suggestion}The config has no field {key!r} in {where} '
+    f'(its fields: {", ".join(known) or "none"}). The command line can only change fields '
+    'the config file defines; add new ones in a config file.'
+  )
+
+
+def _fields(flag_values: flags.FlagValues, argv: Sequence[str], path: list[str]) -> list[str]:
+  """The field names at `path` (['config', 'train']) of the config file named on `argv`."""
+  name, *keys = path
+  given = [a.split('=', 1)[1] for a in argv if a.startswith(f'--{name}=')]
+  if not given:
+    return []
+  # Overrides are applied while the file's flag is parsed, so it has no value
+  # yet: load the file again, as it is without overrides.
+  node = flag_values[name].parser.parse(given[-1])
+  for key in keys:
+    node = node[key] if key in node else {}
+  return list(node.keys()) if hasattr(node, 'keys') else []
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """`absl.app`'s flag parsing, with the user's mistakes as one paragraph, exit 2."""
+  flag_values = flags.FLAGS
+  try:
+    rest = flag_values(argv)
+  except OSError as e:
+    # An override applied to a config file that failed to load.
+    for name in _config_flag_names(flag_values):
+      if 'earlier failure to load' in str(e) and any(a.startswith(f'--{name}=') for a in argv):
+        fail(_missing_config_file(name, argv))
+    raise
+  except (AttributeError, KeyError) as e:
+    fail(_unknown_field(argv, e, flag_values))
+  except flags.Error as e:
+    message = str(e)
+    bad = re.match(r'flag --([^=]+)=', message)
+    if bad and bad.group(1) in flag_values and flag_values[bad.group(1)].default is not None:
+      wanted = type(flag_values[bad.group(1)].default).__name__
+      message += f' (this field takes a {wanted})'
+    fail(
+      f'{message.rstrip(".")}. See --helpshort for the flags, --helpfull for every config field.'
+    )
+  for name in _config_flag_names(flag_values):
+    if _load_error(flag_values, name):
+      fail(_missing_config_file(name, argv))
+  return rest
+
+
+def _load_error(flag_values: flags.FlagValues, name: str) -> bool:
+  """Whether the config file flag `name` names a file that failed to load."""
+  try:
+    getattr(flag_values[name].value, 'keys', None)
+  except (OSError, flags.Error):
+    return True
+  return False
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """Runs a command's `main(argv)` the way every medclip_jax command runs."""
+
+  def guarded(argv: list[str]) -> None:
+    if not flags.FLAGS['verbosity'].present:
+      # Orbax and grain log every file operation at INFO; --verbosity=0 shows it.
+      logging.set_verbosity(logging.WARNING)
+    try:
+      main(argv)
+    except UserError as e:
+      fail(str(e))
+
+  app.run(guarded, flags_parser=parse_flags)
