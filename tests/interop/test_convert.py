@@ -210,6 +210,7 @@ def test_demo_config_trains_from_minilm_with_the_text_tower_locked(tiny_data, tm
   config.model.image.width = 8
   config.train.batch_size = 8
   config.train.steps = 2
+  config.train.warmup_steps = 1
   config.eval.batch_size = 16
   config.eval.bn_recompute_batches = 1
   config.evals = {}  # the tower's weights are what this checks: nothing is evaluated
