@@ -37,11 +37,18 @@ def _config_flag_names(flag_values: flags.FlagValues) -> list[str]:
   ]
 
 
-def _missing_config_file(name: str, argv: Sequence[str]) -> str:
+def _given(name: str, argv: Sequence[str]) -> str | None:
+  """The value of the last `--name=VALUE` on `argv`, if any."""
   given = [a.split('=', 1)[1] for a in argv if a.startswith(f'--{name}=')]
-  path = given[-1].split(':', 1)[0] if given else '?'
-  shipped = sorted(p.name for p in _SHIPPED_CONFIGS.glob('*.py') if not p.name.startswith('_'))
-  shipped = [p for p in shipped if p != 'default.py']
+  return given[-1] if given else None
+
+
+def _missing_config_file(name: str, argv: Sequence[str]) -> str:
+  path = (_given(name, argv) or '?').split(':', 1)[0]
+  # default.py holds shared defaults and is not runnable by itself.
+  shipped = sorted(
+    p.name for p in _SHIPPED_CONFIGS.glob('*.py') if p.name not in ('__init__.py', 'default.py')
+  )
   hint = f' The configs shipped with medclip_jax: {", ".join(shipped)} in {_SHIPPED_CONFIGS}.'
   return (
     f'--{name}={path}: there is no such config file (looked for {Path(path).resolve()}). '
@@ -78,12 +85,12 @@ def _unknown_field(argv: Sequence[str], error: Exception, flag_values: flags.Fla
 def _fields(flag_values: flags.FlagValues, argv: Sequence[str], path: list[str]) -> list[str]:
   """The field names at `path` (['config', 'train']) of the config file named on `argv`."""
   name, *keys = path
-  given = [a.split('=', 1)[1] for a in argv if a.startswith(f'--{name}=')]
-  if not given:
+  given = _given(name, argv)
+  if given is None:
     return []
   # Overrides are applied while the file's flag is parsed, so it has no value
   # yet: load the file again, as it is without overrides.
-  node = flag_values[name].parser.parse(given[-1])
+  node = flag_values[name].parser.parse(given)
   for key in keys:
     node = node[key] if key in node else {}
   return list(node.keys()) if hasattr(node, 'keys') else []
@@ -96,9 +103,10 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     rest = flag_values(argv)
   except OSError as e:
     # An override applied to a config file that failed to load.
-    for name in _config_flag_names(flag_values):
-      if 'earlier failure to load' in str(e) and any(a.startswith(f'--{name}=') for a in argv):
-        fail(_missing_config_file(name, argv))
+    if 'earlier failure to load' in str(e):
+      for name in _config_flag_names(flag_values):
+        if _given(name, argv) is not None:
+          fail(_missing_config_file(name, argv))
     raise
   except (AttributeError, KeyError) as e:
     fail(_unknown_field(argv, e, flag_values))

@@ -80,5 +80,5 @@ def check(config) -> None:
     raise UserError(
       f'config.train.warmup_steps={warmup} is longer than the run (config.train.steps={steps}): '
       'the learning rate would never reach config.train.learning_rate. Set '
-      f'--config.train.warmup_steps={max(steps // 10, 0)} (a tenth of the run is usual) or more steps.'
+      f'--config.train.warmup_steps={steps // 10} (a tenth of the run is usual) or more steps.'
     )
