@@ -54,11 +54,12 @@ class CorruptCheckpoint(Exception):
 class Checkpointer:
   """Saves and restores training checkpoints under `WORKDIR/checkpoints`."""
 
-  def __init__(self, workdir: str, keep: int):
+  def __init__(self, workdir: str, keep: int, create: bool = True):
+    """`create=False` for reading only: a missing directory is not made."""
     self.directory = Path(workdir).absolute() / 'checkpoints'
     self._manager = ocp.CheckpointManager(
       self.directory,
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create),
       # Named up front so that a checkpoint's metadata can be read before restoring it.
       item_handlers={
         'state': ocp.StandardCheckpointHandler(),
@@ -67,6 +68,9 @@ class Checkpointer:
       },
     )
     self._saving = None  # the step of the save in flight
+
+  def path(self, step: int) -> Path:
+    return self.directory / str(step)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()

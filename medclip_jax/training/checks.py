@@ -6,6 +6,7 @@ tokenizer follow in `Setup.create`; unknown config keys are refused by
 ml_collections when the flags are parsed.
 """
 
+import json
 import warnings
 from pathlib import Path
 
@@ -82,3 +83,60 @@ def check(config) -> None:
       'the learning rate would never reach config.train.learning_rate. Set '
       f'--config.train.warmup_steps={steps // 10} (a tenth of the run is usual) or more steps.'
     )
+
+
+# What a resumed run may not change: the model (its sizes, pooling, towers'
+# inits, tokenizer via data) and the data it learns from (dataset, image size,
+# text length, augmentation, training text), the objectives and the parameter
+# groups the optimizer state is laid out by. Everything else (steps, schedule,
+# logging, checkpointing, evaluation, mesh, reader threads) may change.
+_FIXED_ON_RESUME = ('model.', 'data.', 'objectives.', 'train.param_groups.')
+_FREE_DATA_KEYS = ('data.prepare_command', 'data.num_threads', 'data.prefetch', 'data.workers')
+
+
+_ABSENT = object()  # a key one of the two configs lacks
+
+
+def _flat(tree: dict, prefix: str = '') -> dict:
+  """{'a.b.c': leaf} of nested dicts."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value:
+      flat.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def check_resume(saved: dict, config, where: str) -> str | None:
+  """Compares `config` with the config `saved` with the checkpoint at `where`.
+
+  Raises `UserError` naming every changed key that would change the model or
+  its data, with both values. Returns one line listing the other changes (they
+  are accepted), or None if nothing changed.
+  """
+  old, new = _flat(saved), _flat(json.loads(config.to_json_best_effort()))
+  changed = sorted(k for k in old.keys() | new.keys() if old.get(k, _ABSENT) != new.get(k, _ABSENT))
+  fixed = [k for k in changed if k.startswith(_FIXED_ON_RESUME) and k not in _FREE_DATA_KEYS]
+  free = [k for k in changed if k not in fixed]
+
+  def listing(keys, sep):
+    return sep.join(
+      f'{k}: {_show(old.get(k, _ABSENT))} -> {_show(new.get(k, _ABSENT))}' for k in keys
+    )
+
+  if fixed:
+    raise UserError(
+      f'This config changes the model or its data since the checkpoint at {where} was '
+      f'written ({listing(fixed, "; ")}, checkpoint value first). Resuming would go on training, '
+      'and later export, a model its checkpoint does not describe. Use a fresh --workdir for '
+      'the new settings, or drop these overrides to resume; steps, the learning-rate schedule, '
+      'logging, checkpointing and evaluation may change on resume.'
+    )
+  if free:
+    return f'resuming with settings changed since the checkpoint: {listing(free, ", ")}'
+  return None
+
+
+def _show(value) -> str:
+  return '(absent)' if value is _ABSENT else repr(value)

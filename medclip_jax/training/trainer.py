@@ -20,6 +20,7 @@ from medclip_jax.data import pipeline
 from medclip_jax.errors import UserError
 from medclip_jax.evaluation import results as results_lib
 from medclip_jax.training import checkpointing
+from medclip_jax.training import checks
 from medclip_jax.training import preemption
 from medclip_jax.training import reporting
 from medclip_jax.training import workdir_lock
@@ -75,6 +76,10 @@ def _train(config, workdir, train_text, setup, evaluation, precise_bn, stale) ->
       state = setup.restore_state(checkpointer, step, train_iter)
     except checkpointing.CorruptCheckpoint as e:
       problem = f'{e.path}: {e.reason}'
+    except UserError:
+      # It does not fit this config: name the changed settings if that is why.
+      checks.check_resume(checkpointer.restore_config(step), config, checkpointer.path(step))
+      raise
     # Each process checks the files it reads; all take the same checkpoint.
     if _all_processes(problem is None):
       latest = step
@@ -94,7 +99,12 @@ def _train(config, workdir, train_text, setup, evaluation, precise_bn, stale) ->
         f'{config.model.text.init or "(random text tower)"}'
       )
   else:
+    changed = checks.check_resume(
+      checkpointer.restore_config(latest), config, checkpointer.path(latest)
+    )
     reporter.info(f'resuming from the checkpoint at step {latest} in {checkpointer.directory}')
+    if changed:
+      reporter.info(changed)
   reporter.drop_after(latest or 0)  # steps a killed run logged past its checkpoint run again
 
   # ---- Evaluation: precise BatchNorm, then every configured evaluator ----

@@ -87,6 +87,59 @@ def test_interrupted_run_resumes_with_the_same_data_order(trained_run, tmp_path,
     np.testing.assert_allclose(resumed[key], value, atol=1e-6, err_msg=key)
 
 
+def _copy_checkpoints(workdir, to):
+  import shutil  # pylint: disable=import-outside-toplevel
+
+  shutil.copytree(Path(workdir) / 'checkpoints', Path(to) / 'checkpoints')
+
+
+@pytest.mark.parametrize(
+  'overrides, named',
+  [
+    # Same shapes: the checkpoint restores, the stored config tells them apart.
+    (
+      {'data.image_size': 64, 'model.text.pooling': 'cls', 'train.learning_rate': 0.01},
+      ['data.image_size: 32 -> 64', "model.text.pooling: 'mean' -> 'cls'"],
+    ),
+    # Other shapes: named by key too, not only as mismatched arrays.
+    ({'model.embed_dim': 64}, ['model.embed_dim: 32 -> 64']),
+  ],
+)
+def test_resuming_with_a_changed_model_or_data_is_refused_naming_the_keys(
+  trained_run, tmp_path, overrides, named
+):
+  config, workdir, _ = trained_run
+  _copy_checkpoints(workdir, tmp_path)
+  config = config.copy_and_resolve_references()
+  config.update_from_flattened_dict(overrides)
+  with pytest.raises(UserError) as error:
+    trainer.train_and_evaluate(config, str(tmp_path))
+  message = str(error.value)
+  for text in named:
+    assert text in message
+  assert 'learning_rate' not in message and 'fresh --workdir' in message
+  assert checkpointing.Checkpointer(str(tmp_path), keep=3).all_steps() == [6, 12]
+
+
+def test_resuming_with_a_longer_run_and_a_new_learning_rate_lists_them_and_trains_on(
+  trained_run, tmp_path, capsys
+):
+  config, workdir, _ = trained_run
+  _copy_checkpoints(workdir, tmp_path)
+  config = config.copy_and_resolve_references()
+  config.train.steps, config.train.learning_rate = 13, 0.01
+  config.eval.bn_recompute_batches = 0
+  trainer.train_and_evaluate(config, str(tmp_path))
+  out = capsys.readouterr().out
+  assert (
+    'resuming with settings changed since the checkpoint: eval.bn_recompute_batches: 2 -> 0, '
+    'train.learning_rate: 0.001 -> 0.01, train.steps: 12 -> 13' in out
+  )
+  assert sorted(_train_rows(tmp_path)) == [13]
+  saved = checkpointing.Checkpointer(str(tmp_path), keep=3).restore_config(13)
+  assert saved['train']['learning_rate'] == 0.01
+
+
 # Run as `python -c CODE FLAGS`: the trainer, with the save of step 6 stalled after
 # half of its data position is written, so that a SIGKILL lands mid-checkpoint.
 _STALL_THE_SAVE_OF_STEP_6 = """
