@@ -12,6 +12,7 @@ in PyTorch from these files.
 """
 
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -49,7 +50,7 @@ def _hf_bert_config(text_config: ml_collections.ConfigDict):
 
 def export(workdir: str, out: str, step: int | None = None) -> Path:
   """Writes the export of `step` (default: the latest) of `workdir` to `out`."""
-  checkpointer = checkpointing.Checkpointer(workdir, keep=1_000_000)
+  checkpointer = checkpointing.Checkpointer(workdir, keep=1_000_000, create=False)
   steps = checkpointer.all_steps()
   if not steps:
     raise UserError(
@@ -107,4 +108,14 @@ def export(workdir: str, out: str, step: int | None = None) -> Path:
   (out / tables.EXPORT_FILES['metadata']).write_text(
     json.dumps(metadata, indent=2, default=list) + '\n'
   )
+  _make_readable(out)
   return out
+
+
+def _make_readable(out: Path) -> None:
+  """Gives every exported file the mode a plain write would: safetensors writes 0600."""
+  umask = os.umask(0)
+  os.umask(umask)
+  for path in out.rglob('*'):
+    if path.is_file():
+      path.chmod(0o666 & ~umask)

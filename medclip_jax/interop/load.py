@@ -50,7 +50,7 @@ def load(path, step: int | None = None) -> Loaded:
 
 
 def _from_workdir(path: Path, step: int | None) -> Loaded:
-  checkpointer = checkpointing.Checkpointer(str(path), keep=1_000_000)
+  checkpointer = checkpointing.Checkpointer(str(path), keep=1_000_000, create=False)
   try:
     steps = checkpointer.all_steps()
     if not steps:

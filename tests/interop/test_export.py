@@ -94,6 +94,19 @@ def test_export_writes_the_documented_files(exported, trained_run):
   assert tok.unk_token_id not in tok('brain mass', add_special_tokens=False)['input_ids']
 
 
+def test_exported_files_are_readable_by_everyone_under_the_usual_umask(exported):
+  # The test process runs under umask 022 (pytest does not change it).
+  modes = {p.name: p.stat().st_mode & 0o777 for p in exported.rglob('*') if p.is_file()}
+  assert 'image_encoder.safetensors' in modes and 'model.safetensors' in modes
+  assert set(modes.values()) == {0o644}, modes
+
+
 def test_export_of_a_workdir_without_checkpoints_is_a_user_error(tmp_path):
   with pytest.raises(UserError, match='No checkpoints in'):
     export.export(str(tmp_path), str(tmp_path / 'out'))
+
+
+def test_export_of_a_missing_workdir_creates_no_directory(tmp_path):
+  with pytest.raises(UserError, match='No checkpoints in'):
+    export.export(str(tmp_path / 'runs' / 'nonexist'), str(tmp_path / 'out'))
+  assert list(tmp_path.iterdir()) == []
