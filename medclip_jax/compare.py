@@ -140,6 +140,11 @@ def main(argv):
   print(f'written: {workdir / "compare.md"}, {workdir / "compare.json"}, {workdir / "compare.png"}')
 
 
-if __name__ == '__main__':
+def console_main() -> None:
+  """The installed command's entry point (pyproject.toml's [project.scripts])."""
   _define_flags()
   cli.run(main)
+
+
+if __name__ == '__main__':
+  console_main()

@@ -99,6 +99,11 @@ def main(argv):
   print(f'results: {Path(FLAGS.workdir) / "eval" / f"step_{loaded.step}.json"}\nreport: {path}')
 
 
-if __name__ == '__main__':
+def console_main() -> None:
+  """The installed command's entry point (pyproject.toml's [project.scripts])."""
   _define_flags()
   cli.run(main)
+
+
+if __name__ == '__main__':
+  console_main()

@@ -25,6 +25,11 @@ def main(argv):
   print(f'exported to {out}')
 
 
-if __name__ == '__main__':
+def console_main() -> None:
+  """The installed command's entry point (pyproject.toml's [project.scripts])."""
   flags.mark_flags_as_required(['workdir', 'out'])
   cli.run(main)
+
+
+if __name__ == '__main__':
+  console_main()

@@ -138,6 +138,11 @@ def main(argv):
   print('\n'.join(lines))
 
 
-if __name__ == '__main__':
+def console_main() -> None:
+  """The installed command's entry point (pyproject.toml's [project.scripts])."""
   _define_flags()
   cli.run(main)
+
+
+if __name__ == '__main__':
+  console_main()

@@ -64,5 +64,10 @@ def main(argv):
     print(f'\n{e}', flush=True)  # a requested stop is a success: exit status 0
 
 
-if __name__ == '__main__':
+def console_main() -> None:
+  """The installed command's entry point (pyproject.toml's [project.scripts])."""
   cli.run(main)
+
+
+if __name__ == '__main__':
+  console_main()

@@ -206,6 +206,11 @@ def main(argv):
   sys.exit(cli(argv, flags.FLAGS))
 
 
-if __name__ == '__main__':
+def console_main() -> None:
+  """The installed command's entry point (pyproject.toml's [project.scripts])."""
   _define_flags()
   command_line.run(main)
+
+
+if __name__ == '__main__':
+  console_main()

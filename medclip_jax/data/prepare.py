@@ -292,5 +292,10 @@ def main(argv: Sequence[str]) -> None:
   )
 
 
-if __name__ == '__main__':
+def console_main() -> None:
+  """The installed command's entry point (pyproject.toml's [project.scripts])."""
   cli.run(main)
+
+
+if __name__ == '__main__':
+  console_main()
