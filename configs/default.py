@@ -116,7 +116,11 @@ def get_config() -> ml_collections.ConfigDict:
   # When and on what the evaluators run.
   config.eval = ml_collections.ConfigDict()
   config.eval.every = 0  # 0: only at the end of training
+  # The evaluation at the end of training (and python -m medclip_jax.evaluate's
+  # default) is on `split`; those every `every` steps are on `every_split`, so
+  # that choosing when to stop does not look at the test split.
   config.eval.split = 'test'
+  config.eval.every_split = 'val'
   config.eval.batch_size = 256
   # Batches used to recompute BatchNorm statistics before evaluating (0: use
   # the running averages as they are).

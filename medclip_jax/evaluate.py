@@ -51,8 +51,8 @@ def evaluate(workdir, step=None, split=None, data=None, evals=None, only=None) -
   evaluation = setup.evaluation(config, info.get('labels', {}))
   results, details = evaluation(evaluation.place(loaded.variables))
   if only:  # the other evaluators' results of this step stay
-    results = {**results_lib.read(str(workdir), loaded.step), **results}
-  results_lib.write(str(workdir), loaded.step, results, details)
+    results = {**results_lib.read(str(workdir), loaded.step, config.eval.split), **results}
+  results_lib.write(str(workdir), loaded.step, config.eval.split, results, details)
   path = report.write(
     results_lib.step_dir(str(workdir), loaded.step) / 'report.html',
     step=loaded.step,

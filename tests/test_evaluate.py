@@ -34,7 +34,7 @@ def test_it_writes_flat_results_the_per_image_file_and_the_report(evaluated, tra
   copy, results, report, _, _ = evaluated
   _, _, trained = trained_run
   saved = json.loads((copy / 'eval' / 'step_12.json').read_text())
-  assert saved == results
+  assert saved == {**results, 'split': 'test', 'step': 12}
   # The training run's keys, with the same values: evaluation is reproducible.
   for key, value in trained.items():
     assert results[key] == pytest.approx(value, abs=1e-6), key

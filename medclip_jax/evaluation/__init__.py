@@ -91,10 +91,11 @@ class Evaluation:
     """Host variables (a loaded model's) replicated on this evaluation's devices, once."""
     return jax.device_put(variables, sharding.replicated(self.embedder.mesh))
 
-  def __call__(self, variables) -> tuple[dict, dict]:
-    """(flat results, details) of the model `variables`; see `run_evaluators`."""
+  def __call__(self, variables, split: str | None = None) -> tuple[dict, dict]:
+    """(flat results, details) of the model `variables` on `split` (default: the config's
+    eval.split); see `run_evaluators`."""
     if not self.evaluators:
       return {}, {}  # nothing to embed the split for
     self.embedder.clear_cache()
-    split = self.embedder.encode_split(variables, self.split, self.label_vocabs)
+    split = self.embedder.encode_split(variables, split or self.split, self.label_vocabs)
     return run_evaluators(self.evaluators, variables, split, self.embedder)

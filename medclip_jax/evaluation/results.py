@@ -16,13 +16,18 @@ def step_dir(workdir: str, step: int) -> Path:
   return Path(workdir) / 'eval' / f'step_{step}'
 
 
-def write(workdir: str, step: int, results: dict, details: dict | None = None) -> Path:
-  """Writes the flat results of `step` and the evaluators' files (process 0 only); returns the
-  results' path."""
+# Keys of a results file beside the flat '<evaluator>.<key>' results (which all hold a dot).
+_ABOUT = ('split', 'step')
+
+
+def write(workdir: str, step: int, split: str, results: dict, details: dict | None = None) -> Path:
+  """Writes the flat results of `step` on `split` (recorded in the file as 'split' and
+  'step') and the evaluators' files (process 0 only); returns the results' path."""
   path = Path(workdir) / 'eval' / f'step_{step}.json'
   if jax.process_index() == 0:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, sort_keys=True) + '\n')
+    text = json.dumps({**results, 'split': split, 'step': step}, indent=2, sort_keys=True)
+    path.write_text(text + '\n')
     for name, files in _files(details or {}).items():
       target = step_dir(workdir, step) / name
       target.parent.mkdir(parents=True, exist_ok=True)
@@ -30,10 +35,13 @@ def write(workdir: str, step: int, results: dict, details: dict | None = None) -
   return path
 
 
-def read(workdir: str, step: int) -> dict:
-  """The flat results written for `step`, or {} if there are none."""
+def read(workdir: str, step: int, split: str) -> dict:
+  """The flat results written for `step` on `split`, or {} if there are none."""
   path = Path(workdir) / 'eval' / f'step_{step}.json'
-  return json.loads(path.read_text()) if path.is_file() else {}
+  saved = json.loads(path.read_text()) if path.is_file() else {}
+  if saved.get('split', split) != split:  # files written before 'split' was recorded: as asked
+    return {}
+  return {k: v for k, v in saved.items() if k not in _ABOUT}
 
 
 def _files(details: dict) -> dict:

@@ -140,3 +140,20 @@ def check_resume(saved: dict, config, where: str) -> str | None:
 
 def _show(value) -> str:
   return '(absent)' if value is _ABSENT else repr(value)
+
+
+def check_eval_splits(config, info: dict) -> None:
+  """Raises `UserError` if a split the evaluations read has no records: found before
+  training rather than after it."""
+  if all(entry.get('type') == 'off' for entry in config.evals.values()):
+    return
+  splits = info.get('splits', {})
+  for field in ('split', 'every_split') if config.eval.every else ('split',):
+    name = config.eval[field]
+    if not splits.get(name, {}).get('count'):
+      have = sorted(k for k, v in splits.items() if v.get('count'))
+      raise UserError(
+        f'config.eval.{field}={name!r}: the dataset in {config.data.dir} has no records in '
+        f'that split (splits with records: {", ".join(have) or "none"}); set '
+        f'--config.eval.{field} to one of them.'
+      )

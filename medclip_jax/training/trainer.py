@@ -41,6 +41,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # ---- Checks and set-up: mesh, model, objectives, optimizer, shardings, jitted step ----
   # Problems a user can fix (data, config) are reported before anything is written.
   info = pipeline.dataset_info(config.data)
+  checks.check_eval_splits(config, info)
   train_text = pipeline.describe_train_text(config.data, info)
   setup = Setup.create(config)
   evaluation = setup.evaluation(info.get('labels', {}))
@@ -110,14 +111,15 @@ def _train(config, workdir, train_text, setup, evaluation, precise_bn, stale) ->
   # ---- Evaluation: precise BatchNorm, then every configured evaluator ----
 
   def run_eval(state, step):
+    split = config.eval.split if step == config.train.steps else config.eval.every_split
     t0 = time.perf_counter()
     if config.eval.bn_recompute_batches:
       stats_iter = setup.train_batches(seed=config.seed + step + 1)
       batches = (next(stats_iter) for _ in range(config.eval.bn_recompute_batches))
       state = state.replace(batch_stats=precise_bn(state.params, state.batch_stats, batches))
-    results, details = evaluation(state.variables())
+    results, details = evaluation(state.variables(), split)
     reporter.write(step, results)
-    results_lib.write(workdir, step, results, details)
+    results_lib.write(workdir, step, split, results, details)
     for name, entry in details.items():
       if 'unavailable' in entry:
         reporter.info(f'{name}: unavailable: {entry["unavailable"]}')
@@ -130,7 +132,8 @@ def _train(config, workdir, train_text, setup, evaluation, precise_bn, stale) ->
       )
       reporter.info(f'report: {path}')
     reporter.info(
-      f'evaluated step {step} in {time.perf_counter() - t0:.1f}s: {results_lib.headline(results)}'
+      f'evaluated step {step} on {split} in {time.perf_counter() - t0:.1f}s: '
+      f'{results_lib.headline(results)}'
     )
     return state, results
 

@@ -46,6 +46,15 @@ BAD = {
     {'mesh': {'data': 4, 'fsdp': 1}},
     r"config\.mesh \{'data': 4, 'fsdp': 1\} needs 4 devices but 1 are visible",
   ),
+  'final evaluation on a split the dataset lacks': (
+    {'eval.split': 'validation'},
+    r"config\.eval\.split='validation': the dataset in .* has no records in that split "
+    r'\(splits with records: test, train, val\)',
+  ),
+  'periodic evaluation on a split the dataset lacks': (
+    {'eval.every': 6, 'eval.every_split': 'dev'},
+    r"config\.eval\.every_split='dev'",
+  ),
   'no non-finite steps allowed': (
     {'train.max_nonfinite_in_a_row': 0},
     r'config\.train\.max_nonfinite_in_a_row must be at least 1',

@@ -53,10 +53,10 @@ def test_loss_falls_and_logs_have_the_documented_keys(trained_run):
 def test_final_evaluation_is_written_with_flat_keys(trained_run):
   _, workdir, results = trained_run
   saved = json.loads((Path(workdir) / 'eval' / 'step_12.json').read_text())
-  assert saved == results
+  assert saved == {**results, 'split': 'test', 'step': 12}
   assert _EXPECTED_EVAL_KEYS <= set(saved)
   assert saved['retrieval.gallery_size'] == 48
-  for key, value in saved.items():
+  for key, value in results.items():
     if key.endswith('_rank'):
       assert 1.0 <= value <= 48, key
     elif key != 'retrieval.gallery_size':
@@ -85,6 +85,20 @@ def test_interrupted_run_resumes_with_the_same_data_order(trained_run, tmp_path,
     np.testing.assert_allclose(rows[step]['loss'], ref_rows[step]['loss'], rtol=1e-5)
   for key, value in reference.items():
     np.testing.assert_allclose(resumed[key], value, atol=1e-6, err_msg=key)
+
+
+def test_periodic_evaluations_use_the_val_split_and_the_final_one_the_test_split(
+  tiny_config, tmp_path, capsys
+):
+  config = tiny_config()
+  config.train.steps, config.eval.every, config.eval.bn_recompute_batches = 4, 2, 0
+  trainer.train_and_evaluate(config, str(tmp_path))
+  periodic = json.loads((tmp_path / 'eval' / 'step_2.json').read_text())
+  final = json.loads((tmp_path / 'eval' / 'step_4.json').read_text())
+  assert (periodic['split'], periodic['step'], periodic['retrieval.gallery_size']) == ('val', 2, 8)
+  assert (final['split'], final['step'], final['retrieval.gallery_size']) == ('test', 4, 48)
+  out = capsys.readouterr().out
+  assert 'evaluated step 2 on val' in out and 'evaluated step 4 on test' in out
 
 
 def _copy_checkpoints(workdir, to):
