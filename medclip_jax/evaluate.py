@@ -61,7 +61,7 @@ def evaluate(workdir, step=None, split=None, data=None, evals=None, only=None) -
     results=results,
     details=details,
   )
-  notes = [
+  notes = [f'warning: {w}' for w in evaluation.warnings] + [
     f'{name}: unavailable: {d["unavailable"]}' for name, d in details.items() if 'unavailable' in d
   ]
   return loaded, results, path, notes

@@ -538,6 +538,38 @@ def write_manifest(directory):
   return str(path), good, bad
 
 
+REGIONS, VIEWS = ('head', 'chest', 'knee'), ('axial', 'coronal')
+
+
+def write_labelled_manifest(directory, count=48, captions_per_image=1):
+  """A CSV (columns file, report, region, view, patient) of `count` small images whose label
+  columns are named unlike the demo's; each image has `captions_per_image` rows, one caption
+  each. Returns the CSV's path."""
+  rows = []
+  for i in range(count):
+    name = f'img/{i:03d}.png'
+    write(directory / 'img', f'{i:03d}.png', png(noise('RGB', (48, 40), seed=i)))
+    region, view = REGIONS[i % 3], VIEWS[i % 2]
+    for c in range(captions_per_image):
+      rows.append(
+        [name, f'{view} image {c} of the {region}, case {i}.', region, view, f'p{i % 16}']
+      )
+  path = directory / 'labelled.csv'
+  write_csv(path, ['file', 'report', 'region', 'view', 'patient'], rows)
+  return str(path)
+
+
+LABELLED_MANIFEST_OPTIONS = dict(
+  image_column='file',
+  caption_column='report',
+  label_columns='region,view',
+  group_column='patient',
+  val_fraction=0.25,
+  test_fraction=0.25,
+  seed=0,
+)
+
+
 def write_manifest_fixture(directory):
   """write_manifest's CSV (columns path, text, patient, modality) plus a long caption."""
   path, good, bad = write_manifest(directory)

@@ -1,8 +1,12 @@
 """The training command line: a user's mistake is one paragraph and exit status 2, not a traceback."""
 
+import json
+
 import pytest
 
 from medclip_jax.data import pipeline
+from medclip_jax.data import prepare
+from medclip_jax.training import checkpointing
 from medclip_jax.errors import UserError
 from tests import helpers
 
@@ -48,3 +52,32 @@ def test_warmup_longer_than_the_run_is_refused_before_anything_is_written(tmp_pa
   assert 'config.train.warmup_steps=40 is longer than the run' in result.stderr
   assert '--config.train.warmup_steps=2' in result.stderr
   assert not workdir.exists()
+
+
+def test_own_data_with_other_label_columns_trains_with_the_manifest_config(tmp_path, tiny_flags):
+  raw, data, workdir = tmp_path / 'raw', tmp_path / 'mine', tmp_path / 'run'
+  csv = helpers.write_labelled_manifest(raw)
+  prepare.prepare('manifest', str(data), input=csv, **helpers.LABELLED_MANIFEST_OPTIONS)
+  tiny = [f for f in tiny_flags() if not f.startswith(('--config=', '--config.data.dir='))]
+  region_prompts = "('an axial image of the {}.', 'a scan of the {}.')"
+  result = helpers.run_module(
+    'medclip_jax.main',
+    f'--config=configs/manifest.py:{data}',
+    f'--workdir={workdir}',
+    *tiny,
+    '--config.train.steps=2',
+    '--config.train.warmup_steps=1',
+    f'--config.evals.zeroshot.templates.region={region_prompts}',
+    timeout=300,
+  )
+  assert result.returncode == 0, result.stdout + result.stderr
+  final = json.loads((workdir / 'eval' / 'step_2.json').read_text())
+  for field in ('region', 'view'):  # every label column, none configured by hand
+    assert 0.0 <= final[f'zeroshot.{field}.top1'] <= 1.0
+  assert 'zeroshot.view.top3' not in final  # two classes
+  saved = checkpointing.Checkpointer(str(workdir), keep=3, create=False).restore_config(2)
+  assert saved['evals']['zeroshot']['templates']['region'] == [
+    'an axial image of the {}.',
+    'a scan of the {}.',
+  ]
+  assert 'warning' not in result.stdout

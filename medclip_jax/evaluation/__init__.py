@@ -86,6 +86,13 @@ class Evaluation:
     self.label_vocabs = dict(label_vocabs)
     self.embedder = embedding.Embedder(model, config, mesh)
     self.evaluators = build_evaluators(config.evals)
+    # What the configured evaluators ask of the dataset's labels and it lacks.
+    self.warnings = [
+      f'config.evals.{name}: {message}'
+      for name, (_, evaluator) in self.evaluators.items()
+      if hasattr(evaluator, 'unmatched')
+      for message in evaluator.unmatched(self.label_vocabs)
+    ]
 
   def place(self, variables):
     """Host variables (a loaded model's) replicated on this evaluation's devices, once."""

@@ -1,8 +1,10 @@
 """Zero-shot classification: each image takes the class whose prompt ensemble is nearest.
 
 `config.evals.<name> = {'type': 'zeroshot', 'templates': {field: (template, ...)},
-'class_names': {field: {label: (phrase, ...)}}, 'auroc': {field: (positive, negative)},
-'bootstrap': 1000, 'seed': 0}` gives, for every templated field the dataset labels:
+'default_templates': (template, ...), 'class_names': {field: {label: (phrase, ...)}},
+'auroc': {field: (positive, negative)}, 'bootstrap': 1000, 'seed': 0}` gives, for every
+templated field the dataset labels (`default_templates`, if given, serve every label field
+`templates` does not name):
 `<name>.<field>.top1` and `.top3` (top-k only where there are k classes),
 `.balanced_accuracy` (mean per-class recall), `.macro_f1` and `.accuracy.<class>`
 (each class's recall). Fields in `auroc` are also scored as CheXzero does: per
@@ -62,8 +64,11 @@ def prompts(field: str, label: str, templates, vocabs: dict, class_names: dict) 
 class Evaluator:
   """Prompt-ensemble zero-shot classification of each templated label field of the split."""
 
-  def __init__(self, templates=None, class_names=None, auroc=None, bootstrap=1000, seed=0):
+  def __init__(
+    self, templates=None, default_templates=(), class_names=None, auroc=None, bootstrap=1000, seed=0
+  ):
     self.templates = {f: list(t) for f, t in dict(templates or {}).items()}
+    self.default_templates = list(default_templates)
     self.class_names = dict(class_names or {})
     self.auroc_prompts = {f: tuple(pair) for f, pair in dict(auroc or {}).items()}
     for field, pair in self.auroc_prompts.items():
@@ -101,9 +106,22 @@ class Evaluator:
       out[name] = {'auroc': float(auroc(truth, probability[:, c])), 'low': low, 'high': high}
     return out
 
+  def unmatched(self, label_vocabs: dict) -> list[str]:
+    """Warnings for configured fields the dataset has no labels for (they are not scored)."""
+    named = set(self.templates) | set(self.class_names) | set(self.auroc_prompts)
+    missing = sorted(named - set(label_vocabs))
+    if not missing:
+      return []
+    have = ', '.join(sorted(label_vocabs)) or 'none'
+    return [
+      f'zero-shot fields {missing} match no label of the dataset (its label fields: {have}); '
+      'they are not scored'
+    ]
+
   def __call__(self, variables, split, embedder) -> dict:
     results, fields = {}, {}
-    for field, templates in self.templates.items():
+    default = {f: self.default_templates for f in split.vocabs} if self.default_templates else {}
+    for field, templates in {**default, **self.templates}.items():
       if field not in split.vocabs:
         continue
       classes = split.vocabs[field]

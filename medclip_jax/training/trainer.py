@@ -62,6 +62,8 @@ def _train(config, workdir, train_text, setup, evaluation, precise_bn, stale) ->
     f'{jax.devices()[0].platform} device(s), mesh {dict(setup.mesh.shape)}'
   )
   reporter.info(train_text)
+  for warning in evaluation.warnings:
+    reporter.info(f'warning: {warning}')
   n_params = sum(x.size for x in jax.tree.leaves(setup.abstract_state.params))
   reporter.info(f'model: {n_params / 1e6:.2f}M parameters')
 

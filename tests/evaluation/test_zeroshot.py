@@ -67,3 +67,27 @@ def test_the_evaluator_reports_per_class_scores_confusion_and_chexzero_auroc():
 def test_auroc_prompts_must_be_a_pair():
   with pytest.raises(ValueError, match='positive template, negative template'):
     zeroshot.Evaluator(auroc={'finding': ('{}',)})
+
+
+def test_default_templates_score_every_label_field_the_templates_do_not_name():
+  image = np.array([[1, 0, 0, 0], [0, 1, 0, 0]], dtype=float)
+  split = helpers.encoded_split(
+    'test',
+    image=image,
+    labels={'finding': [0, 1], 'region': [1, 0]},
+    vocabs={'finding': ['mass', 'normal'], 'region': ['normal', 'mass']},
+  )
+  evaluator = zeroshot.Evaluator(templates={'finding': ['no {}']}, default_templates=['{}'])
+  out = evaluator({}, split, helpers.FakeEmbedder({}, _vector))
+  assert out['region.top1'] == 1.0  # scored with the default '{}'
+  assert out['finding.top1'] == 0.5  # its own 'no {}' prompts tell nothing apart
+
+
+def test_fields_the_dataset_does_not_label_are_a_warning_naming_those_it_has():
+  evaluator = zeroshot.Evaluator(
+    templates={'modality': ['{}'], 'region': ['{}']}, auroc={'finding': ('{}', 'no {}')}
+  )
+  (warning,) = evaluator.unmatched({'region': ['head'], 'view': ['axial']})
+  assert warning.startswith("zero-shot fields ['finding', 'modality'] match no label")
+  assert '(its label fields: region, view)' in warning
+  assert evaluator.unmatched({'modality': [], 'region': [], 'finding': []}) == []
