@@ -96,7 +96,8 @@ def run(FLAGS) -> list[str]:
   model = inference.MedCLIP.load(FLAGS.model)
   try:
     test = list(records.read_records(records.split_files(FLAGS.data, 'test')))
-    bank = [r['caption'] for r in records.read_records(records.split_files(FLAGS.data, 'train'))]
+    train = records.read_records(records.split_files(FLAGS.data, 'train'))
+    bank = [c for r in train for c in records.captions(r)]
   except FileNotFoundError as e:
     raise UserError(f'{FLAGS.data} lacks a prepared split: {e}') from e
   if not test or not bank:

@@ -99,7 +99,7 @@ def _bank(FLAGS) -> list[str] | str:
     files = records.split_files(data, FLAGS.bank_split)
   except FileNotFoundError as e:
     raise UserError(f'No prepared {FLAGS.bank_split!r} split in {data} for the bank: {e}') from e
-  return [r['caption'] for r in records.read_records(files)]
+  return [c for r in records.read_records(files) for c in records.captions(r)]
 
 
 def _inputs(command: str, FLAGS, inference) -> dict:

@@ -9,7 +9,8 @@ The manifest, MedPix and ROCO fixtures each hold images of every PIL mode
 and a huge one, a group with several images, and each kind of bad input:
 missing, zero-byte, non-image and truncated files, a blank caption, invalid
 UTF-8 (repaired, so converted), a caption longer than any text tower takes
-and a duplicate id.
+and a repeated image: a duplicate id (MedPix), a second caption of the same
+image (manifest).
 """
 
 import collections
@@ -532,7 +533,7 @@ def write_manifest(directory):
   write(images, 'bad_utf8.png', png(noise('L', seed=2)))
   rows.append(['img/bad_utf8.png', BAD_UTF8, 'patient-1', 'MR'])
   good.append('img/bad_utf8.png')
-  rows.append(['img/mode_l.png', 'the same image again', 'patient-1', 'CT'])  # duplicate id
+  rows.append(['img/mode_l.png', 'the same image again', 'patient-1', 'CT'])  # a second caption
   path = directory / 'data' / 'manifest.csv'
   write_csv(path, ['path', 'text', 'patient', 'modality'], rows)
   return str(path), good, bad
@@ -578,7 +579,6 @@ def write_manifest_fixture(directory):
   with open(path, 'ab') as f:
     f.write(b','.join(map(csv_field, row)) + b'\n')
   good.append('img/long.png')
-  bad['img/mode_l.png'] = 'duplicate id'  # its last row
   options = dict(
     OPTIONS,
     input=path,
@@ -879,9 +879,11 @@ def unit_rows(rng, shape):
 # ---- Evaluation ----
 
 
-def encoded_split(name, image, text=None, labels=None, vocabs=None, **meta):
-  """An `EncodedSplit` from arrays; meta lists ('id', 'group', 'caption', 'image_key') default
-  to one distinct record, group and image per row."""
+def encoded_split(
+  name, image, text=None, labels=None, vocabs=None, more_text=None, more_text_record=(), **meta
+):
+  """An `EncodedSplit` from arrays; meta lists ('id', 'group', 'caption', 'captions',
+  'image_key') default to one distinct record, group, caption and image per row."""
   from medclip_jax.evaluation.embedding import EncodedSplit  # pylint: disable=import-outside-toplevel
 
   n = len(image if image is not None else text)
@@ -892,8 +894,21 @@ def encoded_split(name, image, text=None, labels=None, vocabs=None, **meta):
     'labels': [{} for _ in range(n)],
     'image_key': [f'{name}-image-{i}' for i in range(n)],
   }
+  meta = {**defaults, **meta}
+  meta.setdefault('captions', [[c] for c in meta['caption']])
+  if more_text is None and text is not None:
+    more_text = np.zeros((0, text.shape[1]), text.dtype)
   labels = {f: np.asarray(v) for f, v in (labels or {}).items()}
-  return EncodedSplit(name, image, text, labels, dict(vocabs or {}), {**defaults, **meta})
+  return EncodedSplit(
+    name,
+    image,
+    text,
+    more_text,
+    np.asarray(more_text_record, np.int64),
+    labels,
+    dict(vocabs or {}),
+    meta,
+  )
 
 
 class FakeEmbedder:

@@ -56,7 +56,7 @@ def test_warmup_longer_than_the_run_is_refused_before_anything_is_written(tmp_pa
 
 def test_own_data_with_other_label_columns_trains_with_the_manifest_config(tmp_path, tiny_flags):
   raw, data, workdir = tmp_path / 'raw', tmp_path / 'mine', tmp_path / 'run'
-  csv = helpers.write_labelled_manifest(raw)
+  csv = helpers.write_labelled_manifest(raw, captions_per_image=2)  # two rows per image
   prepare.prepare('manifest', str(data), input=csv, **helpers.LABELLED_MANIFEST_OPTIONS)
   tiny = [f for f in tiny_flags() if not f.startswith(('--config=', '--config.data.dir='))]
   region_prompts = "('an axial image of the {}.', 'a scan of the {}.')"

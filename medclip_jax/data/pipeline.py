@@ -223,11 +223,18 @@ class Preprocess:
       caption = swap_laterality(caption)
     return image[:, ::-1], caption
 
-  def text(self, record: dict) -> str:
-    """The caption, or the template filled from the record's labels if it has them all."""
+  def text(self, record: dict, rng: np.random.Generator | None = None) -> str:
+    """The caption, or the template filled from the record's labels if it has them all.
+
+    Of an image's several captions, training (given `rng`) draws one each time the
+    image is read; evaluation takes the first.
+    """
     if self.template and all(f in record['labels'] for f in self.template_fields):
       return self.template.format(**record['labels'])
-    return record['caption']
+    several = records.captions(record)
+    if rng is not None and len(several) > 1:
+      return several[int(rng.integers(len(several)))]
+    return several[0]
 
   def tokenize(self, text: str) -> tuple[np.ndarray, np.ndarray, bool]:
     """Token ids and mask, padded to max_length, and whether text was cut off."""
@@ -246,7 +253,7 @@ class Preprocess:
   def __call__(self, raw: bytes, rng: np.random.Generator | None = None):
     record = records.decode(raw)
     image = image_lib.decode(record['image'])
-    caption = self.text(record)
+    caption = self.text(record, rng if self.train else None)
     if self.train:
       pixels = random_crop(image, self.image_size, self.crop_scale, rng)
       pixels, caption = self._flip(pixels, caption, rng)
@@ -348,13 +355,15 @@ def eval_batches(
 
 def split_metadata(data_config, split: str) -> dict[str, list]:
   """Every record of `split` without its pixels, in split order: 'id', 'group',
-  'caption', 'labels' (dicts) and 'image_key' (a digest of the image bytes,
-  equal for records that show the same image)."""
-  out = {'id': [], 'group': [], 'caption': [], 'labels': [], 'image_key': []}
+  'caption' (the first), 'captions' (all of the record's), 'labels' (dicts) and
+  'image_key' (a digest of the image bytes, equal for records that show the
+  same image)."""
+  out = {'id': [], 'group': [], 'caption': [], 'captions': [], 'labels': [], 'image_key': []}
   records_ = source(data_config, split)
   for index in range(len(records_)):
     record = records.decode(records_[index])
     for key in ('id', 'group', 'caption', 'labels'):
       out[key].append(record[key])
+    out['captions'].append(records.captions(record))
     out['image_key'].append(hashlib.sha1(record['image']).hexdigest())
   return out

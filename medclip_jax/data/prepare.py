@@ -114,6 +114,7 @@ def prepare(
   labels = {name: set(values) for name, values in source.labels.items()}
   label_counts = {split: collections.defaultdict(collections.Counter) for split in records.SPLITS}
   caption_words: list[int] = []
+  captions_in = collections.Counter()  # split -> captions (an image may have several)
   split_of_group: dict[str, str] = {}
   seen_ids: set[str] = set()
   try:
@@ -141,7 +142,9 @@ def prepare(
       for name, value in item['labels'].items():
         labels.setdefault(name, set()).add(value)
         label_counts[split][name][value] += 1
-      caption_words.append(len(item['caption'].split()))
+      several = records.captions(item)
+      captions_in[split] += len(several)
+      caption_words.extend(len(c.split()) for c in several)
     if progress:
       progress(len(seen_ids), len(skipped))
     if source.max_bad_fraction is not None:
@@ -154,7 +157,11 @@ def prepare(
   splits = {}
   for split, writer in writers.items():
     paths = writer.close()
-    splits[split] = {'count': writer.count, 'files': [os.path.basename(p) for p in paths]}
+    splits[split] = {
+      'count': writer.count,
+      'captions': captions_in[split],
+      'files': [os.path.basename(p) for p in paths],
+    }
   info = {
     'format': format,
     'splits': splits,
@@ -282,10 +289,12 @@ def main(argv: Sequence[str]) -> None:
   except OptionError as e:
     raise errors.UserError(f'prepare: {e}') from e
   seconds = time.time() - start
-  counts = ', '.join(
-    f'{split} {s["count"]} ({len(s["files"])} shard{"" if len(s["files"]) == 1 else "s"})'
-    for split, s in info['splits'].items()
-  )
+
+  def count(s):
+    several = f', {s["captions"]} captions' if s['captions'] != s['count'] else ''
+    return f'{s["count"]}{several} ({len(s["files"])} shard{"" if len(s["files"]) == 1 else "s"})'
+
+  counts = ', '.join(f'{split} {count(s)}' for split, s in info['splits'].items())
   print(
     f'Wrote {info["format"]} dataset to {FLAGS.output}: {counts}; '
     f'{skip_summary(info["skipped"])}; {seconds:.1f} s.'

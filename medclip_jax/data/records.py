@@ -10,7 +10,9 @@ Each ArrayRecord entry is one msgpack-serialised record::
      'group': str,         # case / patient id; no group spans two splits
      'image': bytes,       # PNG, grayscale ('L') or RGB
      'caption': str,       # the text paired with the image
-     'labels': {str: str}} # classification labels; may be empty
+     'labels': {str: str}, # classification labels; may be empty
+     'captions': [str]}    # only for an image with several captions: all of
+                           # them, the first being 'caption' (see `captions`)
 
 Shards are written with ``group_size:1`` so that grain can read any record
 directly (random access) without decoding its neighbours.
@@ -38,6 +40,12 @@ _FIELD_TYPES = {
   'caption': str,
   'labels': dict,
 }
+_OPTIONAL_FIELD_TYPES = {'captions': list}
+
+
+def captions(record: dict) -> list[str]:
+  """Every caption of `record`: one, or several for an image described more than once."""
+  return list(record.get('captions') or [record['caption']])
 
 
 def _check(record: Any) -> None:
@@ -45,12 +53,24 @@ def _check(record: Any) -> None:
   if not isinstance(record, dict):
     raise ValueError(f'A record must be a dict, got {type(record).__name__}.')
   missing = sorted(set(_FIELD_TYPES) - set(record))
-  unknown = sorted((str(k) for k in set(record) - set(_FIELD_TYPES)))
+  unknown = sorted(str(k) for k in set(record) - set(_FIELD_TYPES) - set(_OPTIONAL_FIELD_TYPES))
   if missing or unknown:
     raise ValueError(
       f'Bad record keys: missing {missing}, unknown {unknown}; a record '
-      f'has exactly the keys {sorted(_FIELD_TYPES)}.'
+      f'has exactly the keys {sorted(_FIELD_TYPES)}, and optionally {sorted(_OPTIONAL_FIELD_TYPES)}.'
     )
+  if 'captions' in record:
+    several = record['captions']
+    if (
+      not isinstance(several, list)
+      or len(several) < 2
+      or not all(isinstance(c, str) and c for c in several)
+      or several[0] != record.get('caption')
+    ):
+      raise ValueError(
+        f'Record {record.get("id")!r}: captions must be a list of two or more non-empty '
+        "strings starting with the record's caption."
+      )
   for key, kind in _FIELD_TYPES.items():
     if not isinstance(record[key], kind):
       raise ValueError(
@@ -78,6 +98,8 @@ def encode(record: dict) -> bytes:
     'caption': record['caption'],
     'labels': dict(sorted(record['labels'].items())),
   }
+  if 'captions' in record:
+    canonical['captions'] = list(record['captions'])
   return msgpack.packb(canonical, use_bin_type=True)
 
 

@@ -5,10 +5,11 @@
 captions) or a file: `.txt` (one caption a line) or `.csv` (a `caption`
 column). An image never retrieves the caption of its own record, nor of any
 record of its group (case or patient), when the bank is a split of the same
-dataset; a file bank has no records to exclude. The top-1 caption of every
-image is scored against the image's reference caption in one call
-(`caption_metrics.score`: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D), reported as
-`<name>.<metric>`, beside two references that give the scores meaning:
+dataset; a file bank has no records to exclude. A split bank holds every
+caption of its records (several for an image described more than once). The
+top-1 caption of every image is scored against the image's reference captions
+(all of them) in one call (`caption_metrics.score`: BLEU-1..4, METEOR,
+ROUGE-L, CIDEr-D), reported as `<name>.<metric>`, beside two references that give the scores meaning:
 `<name>.random.<metric>`, a random allowed bank caption per image, and
 `<name>.oracle.<metric>`, the allowed bank caption with the best CIDEr-D
 against the reference (the best any retrieval from this bank can do). Every
@@ -55,8 +56,9 @@ class Evaluator:
         "evaluator's bank to a split that has some, or to a .txt/.csv file of captions."
       )
     bank = embedder.encode_split(variables, self.bank, split.vocabs, images=False)
-    meta = bank.meta
-    return meta['caption'], bank.text, meta['id'], meta['group'], f'the {self.bank} split'
+    emb, record, texts = bank.all_captions()
+    ids, groups = (np.asarray(bank.meta[k])[record] for k in ('id', 'group'))
+    return texts, emb, list(ids), list(groups), f'the {self.bank} split'
 
   def __call__(self, variables, split, embedder) -> dict:
     texts, bank_emb, bank_ids, bank_groups, what = self._bank(variables, split, embedder)
@@ -77,7 +79,7 @@ class Evaluator:
       'model': top[:, 0],
       'random': np.array([rng.choice(np.flatnonzero(row)) for row in may]),
     }
-    references = {i: [split.meta['caption'][i]] for i in range(n)}
+    references = {i: list(split.meta['captions'][i]) for i in range(n)}
     details = {'bank': f'{what}, {len(texts)} captions'}
     results = {}
     try:

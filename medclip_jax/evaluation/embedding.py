@@ -24,15 +24,34 @@ class EncodedSplit:
 
   name: str
   image: np.ndarray | None  # [N, D] unit-norm image embeddings (None if not asked for)
-  text: np.ndarray | None  # [N, D] unit-norm caption embeddings (None if not asked for)
+  text: np.ndarray | None  # [N, D] unit-norm embeddings of each record's (first) caption
+  # The other captions of images that have several: [K, D] embeddings and the
+  # record [K] each belongs to (K = 0 when every image has one caption).
+  more_text: np.ndarray | None
+  more_text_record: np.ndarray
   labels: dict[str, np.ndarray]  # field -> [N] class index into vocabs[field], -1 if unknown
   vocabs: dict[str, list[str]]  # field -> class names, from dataset_info.json
-  # Per record: 'id', 'group' (case or patient), 'caption', 'image_key' (equal
-  # for records that show the same image); see pipeline.split_metadata.
+  # Per record: 'id', 'group' (case or patient), 'caption', 'captions',
+  # 'image_key' (equal for records that show the same image); see
+  # pipeline.split_metadata.
   meta: dict[str, list]
 
   def __len__(self) -> int:
     return len(self.meta['id'])
+
+  def all_captions(self, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list]:
+    """Every caption of the records `rows` (distinct; default: all): (embeddings [M, D], the
+    record of each [M], the texts): each record's first caption, then the others."""
+    rows = np.arange(len(self)) if rows is None else np.asarray(rows)
+    more = np.isin(self.more_text_record, rows)
+    texts = [self.meta['caption'][r] for r in rows] + [
+      c for r in np.unique(self.more_text_record[more]) for c in self.meta['captions'][r][1:]
+    ]
+    return (
+      np.concatenate([self.text[rows], self.more_text[more]]),
+      np.concatenate([rows, self.more_text_record[more]]),
+      texts,
+    )
 
 
 class Embedder:
@@ -157,11 +176,20 @@ class Embedder:
     # Rows arrive in the order the processes' shares interleave: put them in split order.
     order = np.argsort(np.concatenate(out['index']), kind='stable')
     rows = {k: np.concatenate(v)[order] if v else None for k, v in out.items()}
+    meta = pipeline.split_metadata(self.config.data, split)
+    more = [(i, c) for i, several in enumerate(meta['captions']) for c in several[1:]]
+    more_text = None
+    if texts:
+      more_text = np.zeros((0, rows['text'].shape[1]), rows['text'].dtype)
+      if more:
+        more_text = self.encode_strings(variables, [c for _, c in more])
     return EncodedSplit(
       name=split,
       image=rows['image'],
       text=rows['text'],
+      more_text=more_text,
+      more_text_record=np.array([i for i, _ in more], np.int64),
       labels={f: rows[f'label/{f}'] for f in label_vocabs},
       vocabs=dict(label_vocabs),
-      meta=pipeline.split_metadata(self.config.data, split),
+      meta=meta,
     )

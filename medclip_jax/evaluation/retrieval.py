@@ -4,9 +4,10 @@
 gives `<name>.gallery_size`, `<name>.{i2t,t2i}.R@<k>` and
 `<name>.{i2t,t2i}.{mean,median}_rank`. The gallery is every record of the
 split, or `gallery_size` of them drawn with `seed` (PMC-CLIP reports 2,000).
-Records that show the same image (equal bytes) are one image with several
-captions: image->text counts a hit when any of its captions is in the top k,
-and text->image searches the distinct images.
+An image with several captions (a record's `captions`, or records that show
+the same image, equal bytes) is one image: image->text counts a hit when any
+of its captions is in the top k of all the gallery's captions, and
+text->image asks each caption for its image among the distinct images.
 """
 
 import numpy as np
@@ -64,5 +65,7 @@ class Evaluator:
       rows = np.sort(
         np.random.default_rng(self.seed).choice(rows, self.gallery_size, replace=False)
       )
-    keys = np.asarray(split.meta['image_key'])[rows]
-    return retrieval_metrics(split.image[rows], split.text[rows], self.ks, keys)
+    text, record, _ = split.all_captions(rows)
+    keys = np.asarray(split.meta['image_key'])[record]
+    out = retrieval_metrics(split.image[record], text, self.ks, keys)
+    return {**out, 'gallery_size': float(len(rows))}

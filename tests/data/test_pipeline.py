@@ -13,7 +13,7 @@ from medclip_jax.errors import UserError
 from tests.helpers import data_config
 
 
-def _record(caption, image=None, labels=None):
+def _record(caption, image=None, labels=None, captions=None):
   if image is None:
     image = np.zeros((20, 30), np.uint8)
     image[:, :5] = 255  # a bright stripe on the image's left edge
@@ -26,6 +26,7 @@ def _record(caption, image=None, labels=None):
       'image': buf.getvalue(),
       'caption': caption,
       'labels': {'laterality': 'left'} if labels is None else labels,
+      **({'captions': captions} if captions else {}),
     }
   )
 
@@ -93,6 +94,26 @@ def test_train_text_template_uses_labels_and_falls_back_to_the_caption():
   # Evaluation always pairs images with their captions.
   evaluation = pipeline.Preprocess(config, train=False)
   assert _text(evaluation, evaluation(labelled)) == 'axial image, large mass.'
+
+
+def test_training_draws_one_of_an_images_captions_per_read_seeded_and_evaluation_the_first():
+  captions = ['ct of the chest.', 'chest ct, no effusion.', 'axial chest ct.']
+  raw = _record(captions[0], captions=captions)
+  train = pipeline.Preprocess(data_config(max_text_length=16), train=True)
+  drawn = [_text(train, train(raw, np.random.default_rng(seed))) for seed in range(30)]
+  assert set(drawn) == set(captions)
+  again = [_text(train, train(raw, np.random.default_rng(seed))) for seed in range(30)]
+  assert again == drawn
+  evaluation = pipeline.Preprocess(data_config(max_text_length=16))
+  assert _text(evaluation, evaluation(raw)) == captions[0]
+
+
+@pytest.mark.parametrize(
+  'captions', [['only one'], ['first', ''], ['not the caption', 'second'], 'first']
+)
+def test_malformed_caption_lists_are_refused(captions):
+  with pytest.raises(ValueError, match='captions must be a list of two or more'):
+    _record('first', captions=captions)
 
 
 def test_long_texts_are_truncated_and_flagged():

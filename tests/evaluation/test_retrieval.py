@@ -40,6 +40,28 @@ def test_an_image_with_several_captions_hits_when_any_is_in_the_top_k():
   assert alone['i2t.R@1'] == 2 / 3  # as separate images, record 0's caption is not its best
 
 
+def test_a_record_with_two_captions_hits_when_either_is_in_the_top_k():
+  # Record 0 has captions 'a0' (below record 1's 'b' for image 0) and 'a1' (its best match).
+  image = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
+  first = np.array([[0.1, 0.8, 0.6], [0.3, 0.95, 0], [0, 0, 1]], np.float32)
+  second = np.array([[1, 0, 0]], np.float32)
+  split = helpers.encoded_split(
+    'test',
+    image,
+    first,
+    more_text=second,
+    more_text_record=[0],
+    captions=[['a0', 'a1'], ['b'], ['c']],
+  )
+  r = retrieval.Evaluator(ks=(1,))(None, split, None)
+  assert r['gallery_size'] == 3
+  assert r['i2t.R@1'] == 1.0  # image 0's top caption is a1, one of its own
+  # Every caption asks for its image: a0 finds image 1 (0.8) first, a1, b and c their own.
+  assert r['t2i.R@1'] == 3 / 4
+  one_caption = helpers.encoded_split('test', image, first)
+  assert retrieval.Evaluator(ks=(1,))(None, one_caption, None)['i2t.R@1'] == 2 / 3
+
+
 def test_a_fixed_gallery_is_sampled_with_its_seed():
   rng = np.random.default_rng(0)
   emb = rng.normal(size=(50, 8))

@@ -66,6 +66,8 @@ class Entry:
   image: str | Callable[[int], bytes]
   caption: str | bytes
   labels: Mapping[str, str]
+  # Other captions of the same image (e.g. several reports or reference captions).
+  more_captions: tuple = ()
 
 
 def check_real_options(
@@ -108,7 +110,7 @@ def convert(entries: Iterable[Entry | Skipped], max_side: int, repaired: list) -
       yield entry
       continue
     try:
-      caption, was_repaired = ingest.clean_caption(entry.caption)
+      captions, was_repaired = _clean_captions((entry.caption, *entry.more_captions))
       if callable(entry.image):
         image = entry.image(max_side)
       else:
@@ -118,13 +120,33 @@ def convert(entries: Iterable[Entry | Skipped], max_side: int, repaired: list) -
       continue
     if was_repaired:
       repaired.append({'id': entry.id, 'reason': 'invalid UTF-8 in caption replaced'})
-    yield {
+    record = {
       'id': entry.id,
       'group': entry.group,
       'image': image,
-      'caption': caption,
+      'caption': captions[0],
       'labels': dict(entry.labels),
     }
+    if len(captions) > 1:
+      record['captions'] = captions
+    yield record
+
+
+def _clean_captions(raw_captions) -> tuple[list[str], bool]:
+  """The non-empty captions, cleaned and without repeats, and whether bad bytes were
+  replaced; `ingest.BadRecord('empty caption')` if none is left."""
+  captions, repaired = [], False
+  for raw in raw_captions:
+    try:
+      caption, was_repaired = ingest.clean_caption(raw)
+    except ingest.BadRecord:
+      continue  # a blank one among several
+    repaired |= was_repaired
+    if caption not in captions:
+      captions.append(caption)
+  if not captions:
+    raise ingest.BadRecord('empty caption')
+  return captions, repaired
 
 
 def real_source(

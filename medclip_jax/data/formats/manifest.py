@@ -5,6 +5,8 @@ or, in Parquet tables, the image file's bytes: a binary cell, or a Hugging
 Face `datasets` Image struct {'bytes', 'path'} (as in datasets saved to or
 downloaded as Parquet). A record's id is its path, or for embedded bytes
 without a path 'row N'; its group is --group_column's value, else its id.
+Rows naming the same image are one record with several captions (in row
+order, repeats dropped), taking its group and labels from the first of them.
 """
 
 from __future__ import annotations
@@ -62,14 +64,24 @@ def source(
     return None, None
 
   def entries():
+    read = []  # (row number, row, image id, image) of every row
+    rows_of = {}  # image id -> its rows
     for number, row in enumerate(rows, start=1):
+      name, image = (None, None) if row is None else image_of(row.get(image_column), number)
+      read.append((number, row, name, image))
+      if name:
+        rows_of.setdefault(name, []).append(row)
+    # Each image at its first row, with the captions of all its rows.
+    for number, row, name, image in read:
       if row is None:
         yield base.Skipped(f'row {number}', 'bad JSON line')
         continue
-      name, image = image_of(row.get(image_column), number)
       if not name:
         yield base.Skipped(f'row {number}', 'no image path')
         continue
+      image_rows = rows_of[name]
+      if image_rows[0] is not row:
+        continue  # a later row of an image already given
       group = base.text(row.get(group_column)) if group_column else name
       yield base.Entry(
         id=name,
@@ -77,6 +89,7 @@ def source(
         image=image,
         caption=row.get(caption_column) or '',
         labels={c: base.text(row.get(c)) for c in labels if base.text(row.get(c))},
+        more_captions=tuple(other.get(caption_column) or '' for other in image_rows[1:]),
       )
 
   return base.grouped_source(

@@ -47,11 +47,8 @@ def test_manifest_converts_good_and_reports_bad(tmp_path):
   info = prepare.prepare('manifest', str(out), input=path, **_manifest_options())
   assert info == records.read_dataset_info(str(out))
   assert info['converted'] == len(good) == 8
-  # The last row repeats img/mode_l.png.
-  assert info['skipped'] == [{'id': i, 'reason': r} for i, r in bad.items()] + [
-    {'id': 'img/mode_l.png', 'reason': 'duplicate id'}
-  ]
-  assert len(info['skipped']) == 7
+  assert info['skipped'] == [{'id': i, 'reason': r} for i, r in bad.items()]
+  assert len(info['skipped']) == 6
   assert info['repaired'] == [
     {'id': 'img/bad_utf8.png', 'reason': 'invalid UTF-8 in caption replaced'}
   ]
@@ -66,6 +63,10 @@ def test_manifest_converts_good_and_reports_bad(tmp_path):
   assert recs['img/mode_1.png']['caption'] == 'A scan number 0'
   assert recs['img/bad_utf8.png']['caption'] == 'bad \ufffd\ufffd bytes'
   assert recs['img/mode_1.png']['group'] == 'patient-0'
+  # The last row names img/mode_l.png again: a second caption, not a second record.
+  assert recs['img/mode_l.png']['captions'] == ['A scan number 1', 'the same image again']
+  assert 'captions' not in recs['img/mode_1.png']
+  assert sum(s['captions'] for s in info['splits'].values()) == len(good) + 1
   modes = {}
   for rec in recs.values():
     image = Image.open(io.BytesIO(rec['image']))
@@ -109,9 +110,9 @@ def test_too_many_bad_records_fails_and_writes_nothing(tmp_path):
   with pytest.raises(prepare.TooManyBadRecords) as e:
     prepare.prepare('manifest', str(out), input=path, **_manifest_options(max_bad_fraction=0.05))
   message = str(e.value)
-  assert '7 of 15 manifest inputs (46.7%)' in message
+  assert '6 of 14 manifest inputs (42.9%)' in message
   assert 'max_bad_fraction=0.05' in message
-  for reason in ('missing file: 1', 'truncated or corrupt image: 2', 'duplicate id: 1'):
+  for reason in ('missing file: 1', 'truncated or corrupt image: 2', 'empty caption: 1'):
     assert reason in message
   assert_nothing_written(out)
 
@@ -163,7 +164,7 @@ def test_cli_reports_bad_data_and_missing_input_in_one_line(tmp_path):
     f'--max_side={MAX_SIDE}',
   )
   assert result.returncode == 0, result.stderr
-  assert '7 skipped' in result.stdout
+  assert '6 skipped' in result.stdout
 
 
 def test_training_runs_on_a_prepared_manifest_with_messy_records(tmp_path, tiny_config):
