@@ -74,7 +74,11 @@ def _unknown_field(argv: Sequence[str], error: Exception, flag_values: flags.Fla
   known = sorted(_fields(flag_values, argv, parent))
   close = difflib.get_close_matches(key, known, n=1)
   where = '.'.join(parent)
-  suggestion = f'did you mean --{".".join([*parent, close[0], *below])}? ' if close else ''
+  if close:
+    suggestion = f'did you mean --{".".join([*parent, close[0], *below])}? '
+  else:  # the field may live elsewhere: config.evals.zeroshot, not config.eval.zeroshot
+    found = _paths_to(flag_values, argv, parent[0], key)
+    suggestion = f'did you mean --{".".join([*found[0], *below])}? ' if found else ''
   return (
     f'{arg}: {suggestion}The config has no field {key!r} in {where} '
     f'(its fields: {", ".join(known) or "none"}). The command line can only change fields '
@@ -82,18 +86,39 @@ def _unknown_field(argv: Sequence[str], error: Exception, flag_values: flags.Fla
   )
 
 
+def _loaded(flag_values: flags.FlagValues, argv: Sequence[str], name: str):
+  """The config file flag `name` names on `argv`, loaded as it is without overrides (they
+  are applied while the flag is parsed, so it has no value yet); None if not given."""
+  given = _given(name, argv)
+  return None if given is None else flag_values[name].parser.parse(given)
+
+
 def _fields(flag_values: flags.FlagValues, argv: Sequence[str], path: list[str]) -> list[str]:
   """The field names at `path` (['config', 'train']) of the config file named on `argv`."""
   name, *keys = path
-  given = _given(name, argv)
-  if given is None:
+  node = _loaded(flag_values, argv, name)
+  if node is None:
     return []
-  # Overrides are applied while the file's flag is parsed, so it has no value
-  # yet: load the file again, as it is without overrides.
-  node = flag_values[name].parser.parse(given)
   for key in keys:
     node = node[key] if key in node else {}
   return list(node.keys()) if hasattr(node, 'keys') else []
+
+
+def _paths_to(flag_values: flags.FlagValues, argv: Sequence[str], name: str, key: str) -> list:
+  """The paths (['config', 'evals', 'zeroshot']) of every field named `key`, shortest first."""
+  found = []
+
+  def walk(node, path):
+    for child in node.keys():
+      if child == key:
+        found.append([*path, child])
+      if hasattr(node[child], 'keys'):
+        walk(node[child], [*path, child])
+
+  root = _loaded(flag_values, argv, name)
+  if root is not None:
+    walk(root, [name])
+  return sorted(found, key=len)
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:

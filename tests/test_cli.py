@@ -47,6 +47,15 @@ def test_an_unknown_override_key_puts_the_suggestion_first(tmp_path):
     helpers.run_module('medclip_jax.main', '--config=configs/demo.py', '--config.trian.steps=3')
   )
   assert 'did you mean --config.train.steps?' in message
+  # A field that lives under another parent is found there.
+  message = _refused(
+    helpers.run_module(
+      'medclip_jax.main',
+      '--config=configs/demo.py',
+      "--config.eval.zeroshot.templates.modality=('a {} image.',)",
+    )
+  )
+  assert 'did you mean --config.evals.zeroshot.templates.modality?' in message
 
 
 def test_a_value_of_the_wrong_type_says_what_the_field_takes():

@@ -18,8 +18,8 @@ There is one builder per real format of medclip_jax.data.formats: medclip_manife
 medclip_medpix, medclip_roco, medclip_pubmedvision, medclip_reports and medclip_dicom. A
 builder runs `prepare` on the manual directory, so its records, splits and skipped inputs are
 exactly prepare's (and, like prepare, it fails when more than max_bad_fraction of the inputs are
-bad). Examples are {'id', 'group', 'caption', 'image' (prepare's PNG), 'labels' ({'name': [...],
-'value': [...]})}, in array_record files; the dataset's metadata holds prepare's dataset info
+bad). Examples are {'id', 'group', 'caption', 'more_captions' (an image's other captions),
+'image' (prepare's PNG), 'labels' ({'name': [...], 'value': [...]})}, in array_record files; the dataset's metadata holds prepare's dataset info
 (skipped inputs included).
 """
 
@@ -57,7 +57,8 @@ class _FormatBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Builds one prepare format from the manual directory (see the module docstring)."""
 
   FORMAT = ''
-  VERSION = tfds.core.Version('1.0.0')
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.1.0': "'more_captions': an image's other captions."}
   BUILDER_CONFIGS = [FormatConfig(name='default')]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
     'Put the dataset files in the manual directory; the config options name them relative to it '
@@ -73,6 +74,8 @@ class _FormatBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           'id': tfds.features.Text(),
           'group': tfds.features.Text(),
           'caption': tfds.features.Text(),
+          # The other captions of an image that has several (none for most).
+          'more_captions': tfds.features.Sequence(tfds.features.Text()),
           # Prepare's PNG (grayscale or RGB) as is; read as [H, W, 3] unless not decoded.
           'image': tfds.features.Image(encoding_format='png'),
           # Label names vary by format and options: (name, value) pairs.
@@ -112,6 +115,7 @@ class _FormatBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           'id': record['id'],
           'group': record['group'],
           'caption': record['caption'],
+          'more_captions': records.captions(record)[1:],
           'image': record['image'],
           'labels': {'name': list(labels), 'value': list(labels.values())},
         },
@@ -155,13 +159,17 @@ def to_record(example: dict) -> dict:
     return value.decode('utf-8') if isinstance(value, bytes) else str(value)
 
   labels = example['labels']
-  return {
+  record = {
     'id': text(example['id']),
     'group': text(example['group']),
     'image': bytes(example['image']),
     'caption': text(example['caption']),
     'labels': {text(k): text(v) for k, v in zip(labels['name'], labels['value'], strict=True)},
   }
+  more = [text(c) for c in example.get('more_captions', ())]
+  if more:
+    record['captions'] = [record['caption'], *more]
+  return record
 
 
 def builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
