@@ -73,6 +73,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.image.bn_momentum = 0.9
   # '' (random) or 'torchvision:/path/resnet50.pth' (or .safetensors).
   config.model.image.init = ''
+  # Convolution and max-pool implementation: 'cpu' (gradients written for
+  # XLA's CPU backend, model/cpu_ops.py), 'xla' (XLA's own), or 'auto' (cpu on
+  # a CPU backend). Same parameters and results either way.
+  config.model.image.ops = 'auto'
   config.model.text = ml_collections.ConfigDict()
   # '' (random) or 'hf:/path/to/bert_dir' (config.json + model.safetensors or
   # pytorch_model.bin). With a checkpoint, the sizes below and

@@ -1,5 +1,6 @@
 """The two towers and MedCLIP, built from ``config.model``."""
 
+import jax
 import jax.numpy as jnp
 
 from medclip_jax.interop import tables
@@ -26,9 +27,12 @@ def build(model_config) -> MedCLIP:
     )
   dtype = _DTYPES[model_config.dtype]
   image, text = model_config.image, model_config.text
+  ops = image.get('ops', 'auto')  # configs saved before it existed have none
+  if ops == 'auto':
+    ops = 'cpu' if jax.default_backend() == 'cpu' else 'xla'
   return MedCLIP(
     image_encoder=ResNet(
-      depth=image.depth, width=image.width, bn_momentum=image.bn_momentum, dtype=dtype
+      depth=image.depth, width=image.width, bn_momentum=image.bn_momentum, dtype=dtype, ops=ops
     ),
     text_encoder=build_text_encoder(text, dtype),
     embed_dim=model_config.embed_dim,

@@ -56,11 +56,18 @@ class MedCLIP(nn.Module):
     features = self.text_encoder(input_ids, attention_mask, train=train)
     return _l2_normalize(self.text_projection(features))
 
-  def __call__(self, images, input_ids, attention_mask, train: bool) -> dict:
+  def __call__(self, images, input_ids, attention_mask, train: bool, locked=()) -> dict:
     """The named outputs objectives read: unit-norm ``image_embedding`` and
-    ``text_embedding`` [B, embed_dim] and the raw (log) ``logit_scale``."""
+    ``text_embedding`` [B, embed_dim] and the raw (log) ``logit_scale``.
+
+    Towers named in `locked` ('image_encoder', 'text_encoder'), which are not
+    trained, run in inference mode even when `train` (as LiT locks a tower):
+    no dropout, BatchNorm on its running statistics.
+    """
     return {
-      'image_embedding': self.encode_image(images, train),
-      'text_embedding': self.encode_text(input_ids, attention_mask, train),
+      'image_embedding': self.encode_image(images, train and 'image_encoder' not in locked),
+      'text_embedding': self.encode_text(
+        input_ids, attention_mask, train and 'text_encoder' not in locked
+      ),
       'logit_scale': self.logit_scale,
     }

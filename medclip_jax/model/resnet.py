@@ -14,6 +14,7 @@ from flax import linen as nn
 from flax import traverse_util
 
 from medclip_jax.interop import tables
+from medclip_jax.model import cpu_ops
 
 # torchvision initialises convs with kaiming_normal_(mode='fan_out',
 # nonlinearity='relu'): an untruncated normal with std sqrt(2 / fan_out).
@@ -22,7 +23,7 @@ _conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 ModuleDef = Callable[..., nn.Module]
 
 
-def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
+def _conv(features: int, kernel: int, stride: int, *, name: str, dtype: Any, ops: str) -> nn.Conv:
   # Explicit symmetric padding: 'SAME' pads asymmetrically for stride 2,
   # which would not match PyTorch (and pretrained weights) exactly.
   pad = kernel // 2
@@ -35,6 +36,7 @@ def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.
     dtype=dtype,
     param_dtype=jnp.float32,
     kernel_init=_conv_init,
+    conv_general_dilated=cpu_ops.conv_general_dilated if ops == 'cpu' else None,
     name=name,
   )
 
@@ -45,11 +47,11 @@ class _Downsample(nn.Module):
   features: int
   stride: int
   norm: ModuleDef
-  dtype: Any
+  conv: ModuleDef
 
   @nn.compact
   def __call__(self, x):
-    x = _conv(self.features, 1, self.stride, self.dtype, '0')(x)
+    x = self.conv(self.features, 1, self.stride, name='0')(x)
     return self.norm(name='1')(x)
 
 
@@ -59,15 +61,15 @@ class BasicBlock(nn.Module):
   planes: int
   stride: int
   norm: ModuleDef
-  dtype: Any
+  conv: ModuleDef
 
   expansion = 1
 
   @nn.compact
   def __call__(self, x):
-    out = _conv(self.planes, 3, self.stride, self.dtype, 'conv1')(x)
+    out = self.conv(self.planes, 3, self.stride, name='conv1')(x)
     out = nn.relu(self.norm(name='bn1')(out))
-    out = _conv(self.planes, 3, 1, self.dtype, 'conv2')(out)
+    out = self.conv(self.planes, 3, 1, name='conv2')(out)
     out = self.norm(name='bn2')(out)
     return nn.relu(out + _shortcut(self, x))
 
@@ -78,17 +80,17 @@ class Bottleneck(nn.Module):
   planes: int
   stride: int
   norm: ModuleDef
-  dtype: Any
+  conv: ModuleDef
 
   expansion = 4
 
   @nn.compact
   def __call__(self, x):
-    out = _conv(self.planes, 1, 1, self.dtype, 'conv1')(x)
+    out = self.conv(self.planes, 1, 1, name='conv1')(x)
     out = nn.relu(self.norm(name='bn1')(out))
-    out = _conv(self.planes, 3, self.stride, self.dtype, 'conv2')(out)
+    out = self.conv(self.planes, 3, self.stride, name='conv2')(out)
     out = nn.relu(self.norm(name='bn2')(out))
-    out = _conv(self.planes * 4, 1, 1, self.dtype, 'conv3')(out)
+    out = self.conv(self.planes * 4, 1, 1, name='conv3')(out)
     out = self.norm(name='bn3')(out)
     return nn.relu(out + _shortcut(self, x))
 
@@ -97,7 +99,7 @@ def _shortcut(block, x):
   # Same rule as torchvision: project whenever the shape changes.
   features = block.planes * block.expansion
   if block.stride != 1 or x.shape[-1] != features:
-    return _Downsample(features, block.stride, block.norm, block.dtype, name='downsample')(x)
+    return _Downsample(features, block.stride, block.norm, block.conv, name='downsample')(x)
   return x
 
 
@@ -109,17 +111,21 @@ class _Stage(nn.Module):
   num_blocks: int
   stride: int
   norm: ModuleDef
-  dtype: Any
+  conv: ModuleDef
 
   @nn.compact
   def __call__(self, x):
     for i in range(self.num_blocks):
       stride = self.stride if i == 0 else 1
-      x = self.block(self.planes, stride, self.norm, self.dtype, name=str(i))(x)
+      x = self.block(self.planes, stride, self.norm, self.conv, name=str(i))(x)
     return x
 
 
 _BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
+
+
+def _xla_max_pool(x, window, strides, padding):
+  return nn.max_pool(x, window, strides=strides, padding=padding)
 
 
 class ResNet(nn.Module):
@@ -134,12 +140,17 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  # 'cpu': convolutions and max-pool with gradients written for XLA's CPU
+  # backend (`cpu_ops`); 'xla': XLA's own. The parameters are the same.
+  ops: str = 'xla'
 
   def __post_init__(self):
     if self.depth not in tables.RESNET_LAYOUTS:
       raise ValueError(
         f'Unsupported ResNet depth {self.depth}; expected one of {sorted(tables.RESNET_LAYOUTS)}.'
       )
+    if self.ops not in ('cpu', 'xla'):
+      raise ValueError(f"ResNet ops must be 'cpu' or 'xla', got {self.ops!r}.")
     super().__post_init__()
 
   @nn.compact
@@ -154,11 +165,13 @@ class ResNet(nn.Module):
       dtype=self.dtype,
       param_dtype=jnp.float32,
     )
+    conv = functools.partial(_conv, dtype=self.dtype, ops=self.ops)
     x = jnp.asarray(x, self.dtype)
-    x = _conv(self.width, 7, 2, self.dtype, 'conv1')(x)
+    x = conv(self.width, 7, 2, name='conv1')(x)
     x = nn.relu(norm(name='bn1')(x))
-    # max_pool pads with -inf, matching PyTorch's MaxPool2d(3, 2, padding=1).
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    # Both pad with -inf, matching PyTorch's MaxPool2d(3, 2, padding=1).
+    pool = cpu_ops.max_pool if self.ops == 'cpu' else _xla_max_pool
+    x = pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
     for i, num_blocks in enumerate(layers):
       x = _Stage(
         block,
@@ -166,7 +179,7 @@ class ResNet(nn.Module):
         num_blocks,
         1 if i == 0 else 2,
         norm,
-        self.dtype,
+        conv,
         name=f'layer{i + 1}',
       )(x)
     # Pool in float32 so low-precision compute still yields float32 features.

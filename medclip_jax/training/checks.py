@@ -89,9 +89,16 @@ def check(config) -> None:
 # inits, tokenizer via data) and the data it learns from (dataset, image size,
 # text length, augmentation, training text), the objectives and the parameter
 # groups the optimizer state is laid out by. Everything else (steps, schedule,
-# logging, checkpointing, evaluation, mesh, reader threads) may change.
+# logging, checkpointing, evaluation, mesh, reader threads, the convolution
+# implementation) may change.
 _FIXED_ON_RESUME = ('model.', 'data.', 'objectives.', 'train.param_groups.')
-_FREE_DATA_KEYS = ('data.prepare_command', 'data.num_threads', 'data.prefetch', 'data.workers')
+_FREE_KEYS = (
+  'data.prepare_command',
+  'data.num_threads',
+  'data.prefetch',
+  'data.workers',
+  'model.image.ops',
+)
 
 
 _ABSENT = object()  # a key one of the two configs lacks
@@ -117,7 +124,7 @@ def check_resume(saved: dict, config, where: str) -> str | None:
   """
   old, new = _flat(saved), _flat(json.loads(config.to_json_best_effort()))
   changed = sorted(k for k in old.keys() | new.keys() if old.get(k, _ABSENT) != new.get(k, _ABSENT))
-  fixed = [k for k in changed if k.startswith(_FIXED_ON_RESUME) and k not in _FREE_DATA_KEYS]
+  fixed = [k for k in changed if k.startswith(_FIXED_ON_RESUME) and k not in _FREE_KEYS]
   free = [k for k in changed if k not in fixed]
 
   def listing(keys, sep):
