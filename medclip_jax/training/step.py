@@ -34,6 +34,13 @@ def make_train_step(model, objectives: dict, tx, schedule, mesh, config):
     images = pipeline.normalize(batch['image'], mean, std)
     labels = optimizer_lib.param_labels(config.train, state.params)
 
+    # A tower none of whose parameters train runs in inference mode.
+    locked = [
+      tower
+      for tower in ('image_encoder', 'text_encoder')
+      if tower in labels and all(group in frozen for group in jax.tree.leaves(labels[tower]))
+    ]
+
     def loss_fn(params):
       # No backward pass through frozen groups (clipping would otherwise keep
       # their unused gradients alive).
@@ -46,6 +53,7 @@ def make_train_step(model, objectives: dict, tx, schedule, mesh, config):
         batch['input_ids'],
         batch['attention_mask'],
         train=True,
+        locked=locked,
         rngs={'dropout': dropout_rng},
         mutable=['batch_stats'],
       )

@@ -1,6 +1,8 @@
-"""The set-up: a run can start from the weights of a trained model (config.init_from)."""
+"""The set-up: a run can start from the weights of a trained model (config.init_from); a locked
+tower runs in inference mode."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -31,3 +33,19 @@ def test_init_from_a_model_of_other_sizes_is_a_user_error(trained_run):
   other.model.embed_dim = 16
   with pytest.raises(UserError, match=r'image_projection, text_projection \(params\) differ'):
     Setup.create(other).init_state()
+
+
+@pytest.mark.parametrize('text_multiplier', [0.0, 1.0])
+def test_a_locked_tower_runs_in_inference_mode(tiny_config, text_multiplier):
+  config = tiny_config()
+  config.train.lr_multipliers.text_encoder = text_multiplier
+  setup = Setup.create(config)
+  state = setup.init_state()
+  batch = setup.global_batch(next(setup.train_batches()))
+  losses = []
+  for seed in (1, 2):  # two dropout streams
+    fresh = jax.tree.map(jnp.copy, state.replace(rng=jax.random.PRNGKey(seed)))  # it is donated
+    _, metrics = setup.train_step(fresh, batch)
+    losses.append(float(metrics['loss']))
+  # The ResNet has no dropout: only a text tower in training mode sees the two streams.
+  assert (losses[0] == losses[1]) == (text_multiplier == 0.0), losses
