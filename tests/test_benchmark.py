@@ -39,3 +39,25 @@ def test_benchmark_without_data_is_a_user_error(tmp_path):
   config.data.dir = str(tmp_path / 'nothing')
   with pytest.raises(UserError, match='No prepared dataset'):
     benchmark.run(config)
+
+
+def test_the_torch_reference_and_the_tower_breakdown_are_timed_on_the_same_batch(tiny_config):
+  config = tiny_config()
+  config.train.lr_multipliers.text_encoder = 0.0  # a locked tower: no gradients in either step
+  results = benchmark.run(
+    config, steps=1, warmup=1, input_batches=2, reference='torch', towers=True
+  )
+  assert results['speedup_over_torch'] == pytest.approx(
+    results['torch_step_seconds'] / results['step_seconds']
+  )
+  for side in ('jax', 'torch'):
+    assert set(results['towers'][side]) == {'image', 'text'}
+    assert all(seconds > 0 for seconds in results['towers'][side].values())
+  text = benchmark.format_results(config, results)
+  assert 'eager, ' in text and 'JAX is ' in text and 'JAX/torch' in text
+  assert 'image (ResNet18 width 8, 32 px)' in text
+
+
+def test_an_unknown_reference_is_a_user_error(tiny_config):
+  with pytest.raises(UserError, match="the reference can only be 'torch'"):
+    benchmark.run(tiny_config(), reference='tensorflow')

@@ -37,7 +37,8 @@ def _save_safetensors(tensors: dict, path: Path) -> None:
   )
 
 
-def _hf_bert_config(text_config: ml_collections.ConfigDict):
+def hf_bert_config(text_config: ml_collections.ConfigDict):
+  """transformers' BertConfig of `config.model.text` (the export's, and the benchmark's reference)."""
   from transformers import BertConfig  # pylint: disable=import-outside-toplevel
 
   return BertConfig(
@@ -78,7 +79,7 @@ def export(workdir: str, out: str, step: int | None = None) -> Path:
   _save_safetensors(
     convert.bert_to_hf(params['text_encoder']), text_dir / tables.HF_WEIGHT_FILES[0]
   )
-  _hf_bert_config(config.model.text).save_pretrained(str(text_dir))
+  hf_bert_config(config.model.text).save_pretrained(str(text_dir))
   tokenizer_lib.load(config.data.tokenizer).save_pretrained(str(text_dir))
   heads = {}
   for key, name in tables.HEADS.items():
