@@ -113,6 +113,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.param_groups = dict(DEFAULT_PARAM_GROUPS)
   # Learning-rate multiplier per parameter group (default 1); 0 freezes the group.
   config.train.lr_multipliers = {'image_encoder': 1.0, 'text_encoder': 1.0, 'heads': 1.0}
+  # With the text tower locked (lr multiplier 0), compute its features of every
+  # training text once and project them each step instead of running it (as
+  # LiT does); only where nothing changes a record's text (one caption each, no
+  # caption-rewriting flips). The start-up line says whether it applies.
+  config.train.cache_locked_text = False
   config.train.log_every = 50
   config.train.checkpoint_every = 1000
   config.train.keep_checkpoints = 3

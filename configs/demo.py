@@ -38,6 +38,8 @@ def get_config():
   config.model.text.init = f'hf:{tokenizer.BUNDLED_MINILM}'
   config.model.text.pooling = 'mean'
   config.train.lr_multipliers = {'image_encoder': 1.0, 'text_encoder': 0.0, 'heads': 1.0}
+  # ... and its features of the 8000 training captions are computed once.
+  config.train.cache_locked_text = True
 
   config.train.steps = 400
   config.train.batch_size = 64

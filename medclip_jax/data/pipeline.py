@@ -288,13 +288,53 @@ def _read_options(data_config):
   )
 
 
-def train_iterator(
-  data_config, *, seed: int, local_batch_size: int, process_index: int, process_count: int
-):
-  """An endless, checkpointable iterator of this process's training batches."""
+class _Indexed:
+  """Preprocess of (record index, record), adding the record's precomputed text features
+  (a locked text tower's, see `training.setup.Setup.locked_text_features`) if given."""
+
+  def __init__(self, preprocess: Preprocess, text_features: np.ndarray | None):
+    self.preprocess, self.text_features = preprocess, text_features
+
+  def __call__(self, item, rng):
+    index, raw = item
+    example = self.preprocess(raw, rng)
+    if self.text_features is not None:
+      example['text_features'] = self.text_features[index]
+    return example
+
+
+def _with_index(index, raw):
+  return index, raw
+
+
+def train_texts(data_config) -> list[str]:
+  """The text training pairs each record of the training split with, in split order (the
+  caption, or the label template filled in); for records with one caption and no flips."""
   preprocess = Preprocess(data_config, train=True)
+  records_ = source(data_config, data_config.train_split)
+  return [preprocess.text(records.decode(records_[i])) for i in range(len(records_))]
+
+
+def train_iterator(
+  data_config,
+  *,
+  seed: int,
+  local_batch_size: int,
+  process_index: int,
+  process_count: int,
+  text_features: np.ndarray | None = None,
+):
+  """An endless, checkpointable iterator of this process's training batches.
+
+  With `text_features` ([records of the split, D], in split order) each example
+  also holds its record's row of them as 'text_features'.
+  """
+  preprocess = _Indexed(Preprocess(data_config, train=True), text_features)
   ds = (
+    # The record's index always travels with it (not only with text features), so
+    # that augmentation draws the same numbers either way.
     grain.MapDataset.source(source(data_config, data_config.train_split))
+    .map_with_index(_with_index)
     .seed(seed)
     .shuffle()
     .repeat()

@@ -51,23 +51,31 @@ class MedCLIP(nn.Module):
     """Images [B, H, W, 3] -> unit-norm float32 embeddings [B, embed_dim]."""
     return _l2_normalize(self.image_projection(self.image_encoder(images, train=train)))
 
-  def encode_text(self, input_ids, attention_mask, train: bool):
-    """Token ids and mask [B, T] -> unit-norm float32 embeddings [B, embed_dim]."""
-    features = self.text_encoder(input_ids, attention_mask, train=train)
+  def text_features(self, input_ids, attention_mask, train: bool):
+    """Token ids and mask [B, T] -> the text tower's pooled features [B, C], unprojected."""
+    return self.text_encoder(input_ids, attention_mask, train=train)
+
+  def encode_text(self, input_ids, attention_mask, train: bool, features=None):
+    """Token ids and mask [B, T] -> unit-norm float32 embeddings [B, embed_dim]; `features`,
+    if given, are the text tower's output already (`text_features`), and it is not run."""
+    if features is None:
+      features = self.text_features(input_ids, attention_mask, train)
     return _l2_normalize(self.text_projection(features))
 
-  def __call__(self, images, input_ids, attention_mask, train: bool, locked=()) -> dict:
+  def __call__(
+    self, images, input_ids, attention_mask, train: bool, locked=(), text_features=None
+  ) -> dict:
     """The named outputs objectives read: unit-norm ``image_embedding`` and
     ``text_embedding`` [B, embed_dim] and the raw (log) ``logit_scale``.
 
     Towers named in `locked` ('image_encoder', 'text_encoder'), which are not
     trained, run in inference mode even when `train` (as LiT locks a tower):
-    no dropout, BatchNorm on its running statistics.
+    no dropout, BatchNorm on its running statistics. `text_features` are a
+    locked text tower's outputs computed before (see `encode_text`).
     """
+    text_train = train and 'text_encoder' not in locked
     return {
       'image_embedding': self.encode_image(images, train and 'image_encoder' not in locked),
-      'text_embedding': self.encode_text(
-        input_ids, attention_mask, train and 'text_encoder' not in locked
-      ),
+      'text_embedding': self.encode_text(input_ids, attention_mask, text_train, text_features),
       'logit_scale': self.logit_scale,
     }

@@ -350,8 +350,7 @@ def upgrade_config(config: dict) -> dict:
     }
   config['train'].setdefault('param_groups', dict(optimizer_lib.DEFAULT_PARAM_GROUPS))
   config['train'].setdefault('max_nonfinite_in_a_row', 10)  # added with the non-finite guard
-  config['eval'].setdefault('every_split', 'val')
-  config['model']['image'].setdefault(
-    'ops', 'auto'
-  )  # the same parameters either way  # periodic evaluations used eval.split before
+  config['eval'].setdefault('every_split', 'val')  # periodic evaluations used eval.split before
+  config['model']['image'].setdefault('ops', 'auto')  # the same parameters either way
+  config['train'].setdefault('cache_locked_text', False)
   return config

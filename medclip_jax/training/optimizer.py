@@ -74,6 +74,16 @@ def frozen_groups(config) -> set[str]:
   return {name for name, mult in dict(config.lr_multipliers).items() if float(mult) == 0.0}
 
 
+def locked_towers(config, params) -> list[str]:
+  """The towers ('image_encoder', 'text_encoder') none of whose parameters train."""
+  labels, frozen = param_labels(config, params), frozen_groups(config)
+  return [
+    tower
+    for tower in ('image_encoder', 'text_encoder')
+    if tower in labels and all(group in frozen for group in jax.tree.leaves(labels[tower]))
+  ]
+
+
 def learning_rate_schedule(config) -> optax.Schedule:
   """Linear warmup to `config.learning_rate`, then cosine decay to 0."""
   return optax.warmup_cosine_decay_schedule(

@@ -11,8 +11,10 @@ the part that needs no devices (export, config checks); `evaluation(config,
 """
 
 import dataclasses
+import time
 
 import jax
+import numpy as np
 import optax
 
 from medclip_jax import model as model_lib
@@ -180,10 +182,11 @@ class Setup:
 
   # ---- Data ----
 
-  def train_batches(self, seed: int | None = None, data_dir: str | None = None):
+  def train_batches(self, seed: int | None = None, data_dir: str | None = None, text_features=None):
     """This process's training batches (endless, checkpointable), as the trainer reads them.
 
-    `seed` defaults to the config's; `data_dir` reads another prepared directory.
+    `seed` defaults to the config's; `data_dir` reads another prepared directory;
+    `text_features` (`locked_text_features`) go with each example.
     """
     data = self.config.data
     if data_dir is not None:
@@ -195,6 +198,65 @@ class Setup:
       local_batch_size=self.local_batch_size,
       process_index=jax.process_index(),
       process_count=jax.process_count(),
+      text_features=text_features,
+    )
+
+  def locked_text_features(
+    self, params, info: dict, placeholder: bool = False
+  ) -> tuple[np.ndarray | None, str]:
+    """The text tower's features of every training text, computed once, when
+    `config.train.cache_locked_text` asks and nothing changes them during the run: (features
+    [records, C] in split order, or None; a line saying which and why).
+
+    The tower must be locked (every parameter at multiplier 0: it never changes), each
+    record must have one text (one caption, or a label template), and flips must not
+    rewrite captions (hflip_prob 0, or laterality 'skip'). As LiT does, the step then
+    projects these features instead of running the tower. `placeholder` gives zeros of
+    their shape instead (the benchmark: their values do not change the step's time).
+    """
+    train, data = self.config.train, self.config.data
+    if not train.get('cache_locked_text', False):
+      return None, ''
+    counts = info.get('splits', {}).get(data.train_split, {})
+    why_not = (
+      'text tower not locked'
+      if 'text_encoder' not in optimizer_lib.locked_towers(train, params)
+      else 'flips rewrite captions (config.data.laterality=swap)'
+      if data.hflip_prob > 0 and data.laterality == 'swap'
+      else 'some images have several captions'
+      if counts.get('captions', counts.get('count')) != counts.get('count')
+      else ''
+    )
+    if why_not:
+      return (
+        None,
+        f'config.train.cache_locked_text: not cached ({why_not}); the tower runs each step',
+      )
+    if placeholder:
+      return np.zeros((counts['count'], self.config.model.text.hidden_size), np.float32), ''
+    start = time.perf_counter()
+    preprocess = pipeline.Preprocess(data, train=True)
+    texts = pipeline.train_texts(data)
+    tokens = [preprocess.tokenize(t)[:2] for t in texts]
+    rows = {'ids': np.stack([t[0] for t in tokens]), 'mask': np.stack([t[1] for t in tokens])}
+    encode = jax.jit(
+      lambda p, ids, mask: self.model.apply(
+        {'params': p}, ids, mask, train=False, method=model_lib.MedCLIP.text_features
+      ),
+      out_shardings=sharding.replicated(self.mesh),
+    )
+    size = self.config.eval.batch_size
+    out = []
+    for begin in range(0, len(texts), size):
+      chunk = {k: v[begin : begin + size] for k, v in rows.items()}
+      short = size - len(chunk['ids'])
+      chunk = {k: np.pad(v, ((0, short), (0, 0))) for k, v in chunk.items()}
+      placed = sharding.from_host_copy(chunk, self.mesh)
+      out.append(np.asarray(encode(params, placed['ids'], placed['mask']))[: size - short])
+    features = np.concatenate(out).astype(np.float32)
+    return features, (
+      f'locked text tower: its features of the {len(texts)} training texts computed once in '
+      f'{time.perf_counter() - start:.1f}s, projected each step instead of running it'
     )
 
   def global_batch(self, local_batch):

@@ -35,11 +35,7 @@ def make_train_step(model, objectives: dict, tx, schedule, mesh, config):
     labels = optimizer_lib.param_labels(config.train, state.params)
 
     # A tower none of whose parameters train runs in inference mode.
-    locked = [
-      tower
-      for tower in ('image_encoder', 'text_encoder')
-      if tower in labels and all(group in frozen for group in jax.tree.leaves(labels[tower]))
-    ]
+    locked = optimizer_lib.locked_towers(config.train, state.params)
 
     def loss_fn(params):
       # No backward pass through frozen groups (clipping would otherwise keep
@@ -54,6 +50,8 @@ def make_train_step(model, objectives: dict, tx, schedule, mesh, config):
         batch['attention_mask'],
         train=True,
         locked=locked,
+        # A locked text tower's outputs, computed once (Setup.locked_text_features).
+        text_features=batch.get('text_features'),
         rngs={'dropout': dropout_rng},
         mutable=['batch_stats'],
       )

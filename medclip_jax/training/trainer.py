@@ -49,10 +49,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # ---- The workdir lock: one trainer per workdir ----
   with workdir_lock.WorkdirLock(workdir) as stale:
-    return _train(config, workdir, train_text, setup, evaluation, precise_bn, stale)
+    return _train(config, workdir, info, train_text, setup, evaluation, precise_bn, stale)
 
 
-def _train(config, workdir, train_text, setup, evaluation, precise_bn, stale) -> dict:
+def _train(config, workdir, info, train_text, setup, evaluation, precise_bn, stale) -> dict:
   """The run itself, under the workdir lock; `stale` describes a lock taken over."""
   reporter = reporting.Reporter(workdir, config.train.steps)
   if stale:
@@ -109,6 +109,15 @@ def _train(config, workdir, train_text, setup, evaluation, precise_bn, stale) ->
     if changed:
       reporter.info(changed)
   reporter.drop_after(latest or 0)  # steps a killed run logged past its checkpoint run again
+
+  # A locked text tower's features, computed once; the iterator keeps its position.
+  text_features, note = setup.locked_text_features(state.params, info)
+  if note:
+    reporter.info(note)
+  if text_features is not None:
+    position = train_iter.get_state()
+    train_iter = setup.train_batches(text_features=text_features)
+    train_iter.set_state(position)
 
   # ---- Evaluation: precise BatchNorm, then every configured evaluator ----
 

@@ -314,3 +314,53 @@ def test_training_on_label_text_reports_truncated_texts(tiny_config, tmp_path, c
   )
   rows = _train_rows(tmp_path)
   assert [rows[s]['truncated_texts'] for s in (1, 2, 3)] == [16, 16, 16]
+
+
+def test_a_locked_text_towers_cached_features_train_as_running_it_also_after_a_resume(
+  tiny_config, tmp_path, capsys, monkeypatch
+):
+  def run(workdir, cache):
+    config = tiny_config()
+    config.train.lr_multipliers.text_encoder = 0.0
+    config.train.steps, config.train.checkpoint_every = 6, 4
+    config.train.cache_locked_text = cache
+    config.eval.bn_recompute_batches = 0
+    trainer.train_and_evaluate(config, str(workdir))
+    return _train_rows(workdir)
+
+  running = run(tmp_path / 'running', cache=False)
+  assert 'computed once' not in capsys.readouterr().out
+  save = checkpointing.Checkpointer.save
+
+  def save_then_interrupt(self, step, *args):
+    save(self, step, *args)
+    if step == 4:
+      raise KeyboardInterrupt
+
+  monkeypatch.setattr(checkpointing.Checkpointer, 'save', save_then_interrupt)
+  with pytest.raises(KeyboardInterrupt):
+    run(tmp_path / 'cached', cache=True)
+  assert 'its features of the 96 training texts computed once' in capsys.readouterr().out
+  monkeypatch.setattr(checkpointing.Checkpointer, 'save', save)
+  cached = run(tmp_path / 'cached', cache=True)  # resumed at step 4, the features again
+  assert sorted(cached) == list(range(1, 7))
+  for step in range(1, 7):
+    np.testing.assert_allclose(cached[step]['loss'], running[step]['loss'], rtol=1e-5)
+
+
+def test_features_are_not_cached_where_a_records_text_can_change(tiny_config):
+  config = tiny_config()
+  config.train.lr_multipliers.text_encoder = 0.0
+  config.train.cache_locked_text = True
+  config.data.hflip_prob = 0.5  # with laterality 'swap', flips rewrite 'left' and 'right'
+  setup = Setup.create(config)
+  info = {'splits': {'train': {'count': 96, 'captions': 96}}}
+  features, note = setup.locked_text_features(setup.abstract_state.params, info)
+  assert features is None and 'flips rewrite captions' in note
+  config.data.hflip_prob = 0.0
+  several = {'splits': {'train': {'count': 96, 'captions': 120}}}
+  assert 'several captions' in setup.locked_text_features(setup.abstract_state.params, several)[1]
+  config.train.lr_multipliers.text_encoder = 0.1
+  assert (
+    'not locked' in Setup.create(config).locked_text_features(setup.abstract_state.params, info)[1]
+  )
