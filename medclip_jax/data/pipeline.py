@@ -299,7 +299,8 @@ class _Indexed:
     index, raw = item
     example = self.preprocess(raw, rng)
     if self.text_features is not None:
-      example['text_features'] = self.text_features[index]
+      # Past the first epoch the index runs on; the source wraps it the same way.
+      example['text_features'] = self.text_features[index % len(self.text_features)]
     return example
 
 

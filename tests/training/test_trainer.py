@@ -322,7 +322,7 @@ def test_a_locked_text_towers_cached_features_train_as_running_it_also_after_a_r
   def run(workdir, cache):
     config = tiny_config()
     config.train.lr_multipliers.text_encoder = 0.0
-    config.train.steps, config.train.checkpoint_every = 6, 4
+    config.train.steps, config.train.checkpoint_every = 8, 4  # 128 examples: past an epoch
     config.train.cache_locked_text = cache
     config.eval.bn_recompute_batches = 0
     trainer.train_and_evaluate(config, str(workdir))
@@ -343,8 +343,8 @@ def test_a_locked_text_towers_cached_features_train_as_running_it_also_after_a_r
   assert 'its features of the 96 training texts computed once' in capsys.readouterr().out
   monkeypatch.setattr(checkpointing.Checkpointer, 'save', save)
   cached = run(tmp_path / 'cached', cache=True)  # resumed at step 4, the features again
-  assert sorted(cached) == list(range(1, 7))
-  for step in range(1, 7):
+  assert sorted(cached) == list(range(1, 9))
+  for step in range(1, 9):
     np.testing.assert_allclose(cached[step]['loss'], running[step]['loss'], rtol=1e-5)
 
 
