@@ -41,7 +41,7 @@ def test_an_unknown_override_key_puts_the_suggestion_first(tmp_path):
   assert message.startswith(
     'error: --config.train.batchsize=8: did you mean --config.train.batch_size?'
   )
-  assert 'batch_size, checkpoint_every' in message  # the fields that do exist
+  assert 'batch_size, cache_locked_text, checkpoint_every' in message  # the fields that do exist
   # A typo higher up the path is suggested with the rest of the path kept.
   message = _refused(
     helpers.run_module('medclip_jax.main', '--config=configs/demo.py', '--config.trian.steps=3')

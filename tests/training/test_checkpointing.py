@@ -52,7 +52,7 @@ def legacy(tmp_path, tiny_data):
   return config, workdir
 
 
-def test_a_checkpoint_of_the_old_layout_restores_and_steps_exactly_as_before(legacy):
+def test_a_checkpoint_of_the_old_layout_restores_and_steps_as_recorded(legacy):
   config, workdir = legacy
   # The old config's loss and evaluation fields, read as today's.
   assert 'loss' not in config.model and dict(config.objectives) == {'sigmoid': 1.0}
