@@ -218,15 +218,18 @@ class Setup:
     if not train.get('cache_locked_text', False):
       return None, ''
     counts = info.get('splits', {}).get(data.train_split, {})
-    why_not = (
-      'text tower not locked'
-      if 'text_encoder' not in optimizer_lib.locked_towers(train, params)
-      else 'flips rewrite captions (config.data.laterality=swap)'
-      if data.hflip_prob > 0 and data.laterality == 'swap'
-      else 'some images have several captions'
-      if counts.get('captions', counts.get('count')) != counts.get('count')
-      else ''
-    )
+    blockers = [
+      ('text_encoder' not in optimizer_lib.locked_towers(train, params), 'text tower not locked'),
+      (
+        data.hflip_prob > 0 and data.laterality == 'swap',
+        'flips rewrite captions (config.data.laterality=swap)',
+      ),
+      (
+        counts.get('captions', counts.get('count')) != counts.get('count'),
+        'some images have several captions',
+      ),
+    ]
+    why_not = next((reason for blocked, reason in blockers if blocked), '')
     if why_not:
       return (
         None,

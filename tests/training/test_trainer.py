@@ -1,6 +1,7 @@
 """End-to-end training: loss falls, logs and evals are written, runs resume (bitwise after a
 SIGKILL, also one mid-checkpoint), non-finite steps are skipped and, many in a row, stop the run."""
 
+import contextlib
 import json
 import random
 from pathlib import Path
@@ -63,20 +64,28 @@ def test_final_evaluation_is_written_with_flat_keys(trained_run):
       assert 0.0 <= value <= 1.0, key
 
 
-def test_interrupted_run_resumes_with_the_same_data_order(trained_run, tmp_path, monkeypatch):
-  config, reference_dir, reference = trained_run
+@contextlib.contextmanager
+def _interrupted_after_saving(monkeypatch, at_step):
+  """Within it, a trainer stops as if Ctrl-C arrived right after its save of `at_step`."""
   save = checkpointing.Checkpointer.save
 
   def save_then_interrupt(self, step, *args):
     save(self, step, *args)
-    if step == 6:
-      raise KeyboardInterrupt  # as if Ctrl-C arrived right after this save
+    if step == at_step:
+      raise KeyboardInterrupt
 
   monkeypatch.setattr(checkpointing.Checkpointer, 'save', save_then_interrupt)
-  with pytest.raises(KeyboardInterrupt):
+  try:
+    yield
+  finally:
+    monkeypatch.setattr(checkpointing.Checkpointer, 'save', save)
+
+
+def test_interrupted_run_resumes_with_the_same_data_order(trained_run, tmp_path, monkeypatch):
+  config, reference_dir, reference = trained_run
+  with pytest.raises(KeyboardInterrupt), _interrupted_after_saving(monkeypatch, 6):
     trainer.train_and_evaluate(config, str(tmp_path))
   assert checkpointing.Checkpointer(str(tmp_path), keep=3).latest_step() == 6
-  monkeypatch.setattr(checkpointing.Checkpointer, 'save', save)
 
   resumed = trainer.train_and_evaluate(config, str(tmp_path))
   rows, ref_rows = _train_rows(tmp_path), _train_rows(reference_dir)
@@ -330,18 +339,9 @@ def test_a_locked_text_towers_cached_features_train_as_running_it_also_after_a_r
 
   running = run(tmp_path / 'running', cache=False)
   assert 'computed once' not in capsys.readouterr().out
-  save = checkpointing.Checkpointer.save
-
-  def save_then_interrupt(self, step, *args):
-    save(self, step, *args)
-    if step == 4:
-      raise KeyboardInterrupt
-
-  monkeypatch.setattr(checkpointing.Checkpointer, 'save', save_then_interrupt)
-  with pytest.raises(KeyboardInterrupt):
+  with pytest.raises(KeyboardInterrupt), _interrupted_after_saving(monkeypatch, 4):
     run(tmp_path / 'cached', cache=True)
   assert 'its features of the 96 training texts computed once' in capsys.readouterr().out
-  monkeypatch.setattr(checkpointing.Checkpointer, 'save', save)
   cached = run(tmp_path / 'cached', cache=True)  # resumed at step 4, the features again
   assert sorted(cached) == list(range(1, 9))
   for step in range(1, 9):
