@@ -53,7 +53,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.max_text_length = 64
   config.data.num_threads = 2  # reader threads per process
   config.data.prefetch = 64  # elements buffered per process
-  config.data.workers = 0  # grain worker processes (0: in-process)
+  # Grain worker processes decoding and tokenizing beside the training process:
+  # 0 (reader threads in-process only), a number, or -1 (auto: one per core but
+  # one, at most 16, where the process has more than 2 cores, else 0). A resumed
+  # run may use another number.
+  config.data.workers = -1
 
   # What training minimises: objective name (a module in
   # medclip_jax/objectives/) -> weight; weight 0 switches it off. 'infonce'

@@ -1,12 +1,14 @@
 """Images as the model sees them, for training, evaluation and inference alike (no JAX here).
 
-A prepared record stores its image as PNG bytes made by `ingest.load_image`
-(or the dicom format's reader); evaluation decodes them and takes the centred
-square at the model's size. `read` turns what a user hands over (a file path
-to a PNG, JPEG or DICOM file, a PIL image, an array) into the image those PNG
-bytes hold, so an image given at inference time is processed exactly as the
-evaluation processes a prepared record of it. The PyTorch export uses this
-module too.
+A prepared record stores its image as bytes made by `ingest.load_image` (the
+input's own JPEG where that decodes to exactly the image prepare reads, PNG
+otherwise) or the dicom format's reader (PNG); evaluation decodes them in full
+and takes the centred square at the model's size, training decodes a large
+JPEG at reduced size for its random crop (`decode_reduced`). `read` turns what
+a user hands over (a file path to a PNG, JPEG or DICOM file, a PIL image, an
+array) into the image those bytes hold, so an image given at inference time is
+processed exactly as the evaluation processes a prepared record of it. The
+PyTorch export uses this module too.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def is_dicom(path) -> bool:
 
 
 def read(image, max_side: int = ingest.DEFAULT_MAX_SIDE) -> Image.Image:
-  """The image, mode 'L' or 'RGB', that `prepare` would store (as PNG) for a file path,
+  """The image, mode 'L' or 'RGB', that `prepare` would store for a file path,
   encoded image bytes (a prepared record's), a PIL image or a uint8/float array.
 
   Raises ingest.BadRecord with a short reason for a missing, empty, corrupt
@@ -70,15 +72,33 @@ def read(image, max_side: int = ingest.DEFAULT_MAX_SIDE) -> Image.Image:
 
 
 def decode(data: bytes) -> Image.Image:
-  """Stored image bytes as an RGB PIL image."""
+  """Stored image bytes (PNG or JPEG, told apart by PIL) as an RGB PIL image, in full."""
   image = Image.open(io.BytesIO(data))
   image.draft('RGB', (image.width, image.height))  # JPEG: decode no larger than needed
   return image.convert('RGB')
 
 
+def decode_reduced(data: bytes, min_side: int | None) -> Image.Image:
+  """Stored image bytes as a PIL image of mode 'L' or 'RGB', a JPEG decoded at the smallest
+  of 1/2, 1/4 and 1/8 of its size whose shorter side is still at least `min_side` (None:
+  in full). The JPEG decoder scales in the DCT domain, which cuts most of the decoding
+  time; the pixels differ a little from a full decode resized, so this is for training's
+  crops only (evaluation and inference decode in full)."""
+  image = Image.open(io.BytesIO(data))
+  if image.format == 'JPEG' and min_side:
+    # draft picks the largest scale keeping both sides at least these.
+    image.draft(image.mode, (min_side, min_side))
+  return image if image.mode in ('L', 'RGB') else image.convert('RGB')
+
+
 def square_resize(image: Image.Image, box, size: int) -> np.ndarray:
-  """The `box` of `image` resized to size x size, as uint8 [size, size, 3]."""
-  return np.asarray(image.resize((size, size), Image.BILINEAR, box=box), np.uint8)
+  """The `box` of `image` ('L' or 'RGB') resized to size x size, as uint8 RGB [size, size, 3].
+
+  A grey image is made RGB after resizing, which gives the same pixels for a third
+  of the work (resampling treats each channel alike).
+  """
+  resized = image.resize((size, size), Image.BILINEAR, box=box)
+  return np.asarray(resized if resized.mode == 'RGB' else resized.convert('RGB'), np.uint8)
 
 
 def center_crop(image: Image.Image, size: int) -> np.ndarray:
@@ -90,8 +110,9 @@ def center_crop(image: Image.Image, size: int) -> np.ndarray:
 
 def model_input(image, size: int, max_side: int = ingest.DEFAULT_MAX_SIDE) -> np.ndarray:
   """uint8 [size, size, 3]: `image` (anything `read` takes) read as prepare reads it with
-  `max_side` and centre-cropped as evaluation crops the stored PNG (which holds the same
-  pixels: PNG is lossless, so it is not encoded here)."""
+  `max_side` and centre-cropped as evaluation crops the stored image (which holds the same
+  pixels: PNG is lossless and a JPEG is kept only where its bytes decode to them, so
+  nothing is encoded here)."""
   return center_crop(read(image, max_side).convert('RGB'), size)
 
 

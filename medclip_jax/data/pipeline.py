@@ -9,11 +9,14 @@ normalised on the device by `normalize`.
 """
 
 import hashlib
+import math
+import os
 import re
 import string
 from pathlib import Path
 
 import grain
+from absl import flags
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
@@ -173,7 +176,8 @@ def dataset_info(data_config) -> dict:
 
 
 def random_crop(image: Image.Image, size: int, scale, rng) -> np.ndarray:
-  """A random square covering `scale` (min, max) of the shorter side's square."""
+  """A random square covering `scale` (min, max) of the shorter side's square (of a JPEG
+  decoded reduced, the same share of the image and the same place, to within a pixel)."""
   side = min(image.width, image.height) * np.sqrt(rng.uniform(*scale))
   left = rng.uniform(0, image.width - side)
   top = rng.uniform(0, image.height - side)
@@ -194,6 +198,10 @@ class Preprocess:
     self.max_length = data_config.max_text_length
     self.tokenizer_spec = data_config.tokenizer
     self.crop_scale = tuple(data_config.crop_scale)
+    # The smallest random crop spans sqrt(min area) of the shorter side: a JPEG is
+    # decoded reduced only as far as that crop keeps image_size pixels.
+    low = min(self.crop_scale)
+    self.min_decoded_side = math.ceil(self.image_size / math.sqrt(low)) if low > 0 else None
     self.hflip_prob = data_config.hflip_prob
     self.laterality = data_config.laterality
     if self.laterality not in ('swap', 'skip'):
@@ -252,13 +260,14 @@ class Preprocess:
 
   def __call__(self, raw: bytes, rng: np.random.Generator | None = None):
     record = records.decode(raw)
-    image = image_lib.decode(record['image'])
     caption = self.text(record, rng if self.train else None)
     if self.train:
+      image = image_lib.decode_reduced(record['image'], self.min_decoded_side)
       pixels = random_crop(image, self.image_size, self.crop_scale, rng)
       pixels, caption = self._flip(pixels, caption, rng)
     else:
-      pixels = image_lib.center_crop(image, self.image_size)
+      # In full, as inference reads an image (images.model_input).
+      pixels = image_lib.center_crop(image_lib.decode(record['image']), self.image_size)
     input_ids, attention_mask, truncated = self.tokenize(caption)
     example = {
       'image': np.ascontiguousarray(pixels),
@@ -282,10 +291,101 @@ def source(data_config, split: str):
   return grain.sources.ArrayRecordDataSource(records.split_files(data_config.dir, split))
 
 
-def _read_options(data_config):
-  return grain.ReadOptions(
-    num_threads=data_config.num_threads, prefetch_buffer_size=data_config.prefetch
-  )
+def _read_options(data_config, workers: int = 0):
+  # With workers, each buffers its share of the process's `prefetch` batches.
+  prefetch = math.ceil(data_config.prefetch / workers) if workers else data_config.prefetch
+  return grain.ReadOptions(num_threads=data_config.num_threads, prefetch_buffer_size=prefetch)
+
+
+# More workers than this cost start-up time and memory (a tokenizer and buffers each)
+# for little: a batch is rarely wanted faster.
+_MAX_AUTO_WORKERS = 16
+
+
+def available_cores() -> int:
+  """The CPU cores this process may run on (its CPU affinity, where the OS keeps one)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # macOS
+    return os.cpu_count() or 1
+
+
+def worker_count(workers: int, cores: int | None = None) -> int:
+  """The grain worker processes `config.data.workers` asks for: the number itself, or for -1
+  ('auto') one fewer than the process's cores (`cores`, else `available_cores()`), at most
+  16, where it has more than 2, else 0 (reader threads in this process only)."""
+  if workers == -1:
+    cores = available_cores() if cores is None else cores
+    return min(cores - 1, _MAX_AUTO_WORKERS) if cores > 2 else 0
+  if workers < 0:
+    raise UserError(
+      f'config.data.workers={workers} is not a number of worker processes: set it to 0 '
+      '(reader threads in the training process only), a positive number, or -1 (auto: one '
+      'per core but one, at most 16, none on 2 cores or fewer).'
+    )
+  return workers
+
+
+def _batch_index(state: dict) -> int:
+  """The batches delivered before a saved iterator `state`: its 'next_index', or in grain's
+  multiprocess state (saved by earlier versions with workers) the sum of the workers'."""
+  if 'next_index' in state:
+    return int(state['next_index'])
+  return sum(int(worker['next_index']) for worker in state['iterators_in_use_states'])
+
+
+class _Batches(grain.DatasetIterator):
+  """`batches` read in this process or by `workers` worker processes, positioned by the
+  batch index alone: {'next_index': batches delivered}, whatever the number of workers.
+
+  grain's own multiprocess state holds each worker's position, which only the same
+  worker count restores; config.data.workers ('auto' on another machine) may change
+  when a run resumes. Reading starts with the first batch asked for, from the position
+  set last.
+  """
+
+  def __init__(self, batches: grain.MapDataset, read_options, workers: int):
+    super().__init__()
+    self._batches, self._read_options, self._workers = batches, read_options, workers
+    self._next_index = 0
+    self._iterator = None
+
+  def _running(self):
+    if self._iterator is None:
+      ds = self._batches[self._next_index :].to_iter_dataset(self._read_options)
+      if self._workers:
+        if not flags.FLAGS.is_parsed():
+          # grain's workers read its absl flags: outside an absl app (pytest, a
+          # notebook) they keep their defaults.
+          flags.FLAGS.mark_as_parsed()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._workers))
+      self._iterator = iter(ds)
+    return self._iterator
+
+  def _stop(self) -> None:
+    if self._iterator is not None:
+      self._iterator.close()
+      self._iterator = None
+
+  def __next__(self):
+    self._assert_not_closed()
+    batch = next(self._running())
+    self._next_index += 1
+    return batch
+
+  def get_state(self) -> dict:
+    return {'next_index': self._next_index}
+
+  def set_state(self, state: dict) -> None:
+    self._stop()
+    self._next_index = _batch_index(state)
+
+  def start_prefetch(self) -> None:
+    self._running().start_prefetch()
+
+  def close(self) -> None:
+    self._stop()
+    super().close()
 
 
 class _Indexed:
@@ -325,7 +425,9 @@ def train_iterator(
   process_count: int,
   text_features: np.ndarray | None = None,
 ):
-  """An endless, checkpointable iterator of this process's training batches.
+  """An endless, checkpointable iterator of this process's training batches, made by
+  `worker_count(config.data.workers)` worker processes where that is not 0; its position
+  is the batch index either way, so a checkpoint resumes with any number of workers.
 
   With `text_features` ([records of the split, D], in split order) each example
   also holds its record's row of them as 'text_features'.
@@ -344,10 +446,8 @@ def train_iterator(
     .random_map(preprocess)
   )
   ds = ds[process_index::process_count].batch(local_batch_size, drop_remainder=True)
-  ds = ds.to_iter_dataset(_read_options(data_config))
-  if data_config.workers > 0:
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.workers))
-  return iter(ds)
+  workers = worker_count(data_config.workers)
+  return _Batches(ds, _read_options(data_config, workers), workers)
 
 
 def eval_batches(

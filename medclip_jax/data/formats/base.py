@@ -62,7 +62,8 @@ class Entry:
   id: str
   group: str
   # A path, or for inputs that are not image files (DICOM) a function of
-  # max_side returning PNG bytes, raising ingest.BadRecord on failure.
+  # max_side returning the bytes to store (PNG, or a JPEG's own, as
+  # ingest.load_image), raising ingest.BadRecord on failure.
   image: str | Callable[[int], bytes]
   caption: str | bytes
   labels: Mapping[str, str]
@@ -103,8 +104,11 @@ def check_real_options(
     raise OptionError(f'max_bad_fraction must be in [0, 1], got {max_bad_fraction}.')
 
 
-def convert(entries: Iterable[Entry | Skipped], max_side: int, repaired: list) -> Iterator:
-  """Records (or Skipped) for `entries`; notes repaired captions in `repaired`."""
+def convert(
+  entries: Iterable[Entry | Skipped], max_side: int, repaired: list, stored_as: dict
+) -> Iterator:
+  """Records (or Skipped) for `entries`; notes repaired captions in `repaired` and counts
+  the images stored as their own JPEG and as PNG in `stored_as` ({'jpeg': n, 'png': m})."""
   for entry in entries:
     if isinstance(entry, Skipped):
       yield entry
@@ -118,6 +122,7 @@ def convert(entries: Iterable[Entry | Skipped], max_side: int, repaired: list) -
     except ingest.BadRecord as e:
       yield Skipped(entry.id, e.reason)
       continue
+    stored_as['jpeg' if ingest.is_jpeg(image) else 'png'] += 1
     if was_repaired:
       repaired.append({'id': entry.id, 'reason': 'invalid UTF-8 in caption replaced'})
     record = {
@@ -160,12 +165,20 @@ def real_source(
   **info,
 ) -> Source:
   repaired: list[dict] = []
+  # Filled while the records are read: images kept as the input's JPEG bytes, and re-encoded.
+  stored_as = {'jpeg': 0, 'png': 0}
   if limit:
     entries = itertools.islice(entries, limit)
   return Source(
-    records=convert(entries, max_side, repaired),
+    records=convert(entries, max_side, repaired, stored_as),
     split_of=split_of,
-    info={'input': os.path.abspath(input), 'max_side': max_side, 'repaired': repaired, **info},
+    info={
+      'input': os.path.abspath(input),
+      'max_side': max_side,
+      'repaired': repaired,
+      'images_stored_as': stored_as,
+      **info,
+    },
     max_bad_fraction=max_bad_fraction,
   )
 
