@@ -67,7 +67,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.embed_dim = 512
-  config.model.dtype = 'float32'  # compute dtype; parameters stay float32
+  # Compute dtype of both towers: 'float32', 'bfloat16' or 'float16'. Parameters,
+  # optimizer state, BatchNorm statistics, the heads, logit scale and loss stay
+  # float32.
+  config.model.dtype = 'float32'
   config.model.logit_scale_init = math.log(1 / 0.07)  # CLIP's; SigLIP uses log(10)
   # Start of the logit bias the 'sigmoid' objective learns (unused otherwise).
   config.model.logit_bias_init = -10.0
@@ -81,6 +84,11 @@ def get_config() -> ml_collections.ConfigDict:
   # XLA's CPU backend, model/cpu_ops.py), 'xla' (XLA's own), or 'auto' (cpu on
   # a CPU backend). Same parameters and results either way.
   config.model.image.ops = 'auto'
+  config.model.image.dtype = ''  # this tower's compute dtype; '' follows config.model.dtype
+  # Rematerialisation: 'none', 'full' (each stage recomputed in the backward
+  # pass from its input) or 'dots' (convolution outputs kept, the rest
+  # recomputed): less activation memory for more compute, same results.
+  config.model.image.remat = 'none'
   config.model.text = ml_collections.ConfigDict()
   # '' (random) or 'hf:/path/to/bert_dir' (config.json + model.safetensors or
   # pytorch_model.bin). With a checkpoint, the sizes below and
@@ -96,6 +104,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.text.layer_norm_eps = 1e-12
   config.model.text.dropout_rate = 0.1
   config.model.text.pooling = 'cls'  # or 'mean' over unmasked tokens
+  config.model.text.dtype = ''  # this tower's compute dtype; '' follows config.model.dtype
+  # 'none', 'full' (each layer recomputed in the backward pass) or 'dots'
+  # (projection and feed-forward outputs kept, attention recomputed).
+  config.model.text.remat = 'none'
 
   config.train = ml_collections.ConfigDict()
   config.train.steps = 10_000
@@ -122,6 +134,12 @@ def get_config() -> ml_collections.ConfigDict:
   # LiT does); only where nothing changes a record's text (one caption each, no
   # caption-rewriting flips). The start-up line says whether it applies.
   config.train.cache_locked_text = False
+  # Gradient caching: embed each device's rows in this many chunks without
+  # gradients, take the loss over the whole batch, then backpropagate chunk by
+  # chunk (training/grad_cache.py): the plain step's gradients with one chunk's
+  # activations in memory. Must divide the per-device batch; 0 or 1 is off.
+  # BatchNorm in a trained image tower then normalises per chunk.
+  config.train.grad_cache_chunks = 0
   config.train.log_every = 50
   config.train.checkpoint_every = 1000
   config.train.keep_checkpoints = 3

@@ -3,22 +3,41 @@
     python -m medclip_jax.benchmark --config=configs/demo.py [--steps=10] [--reference=torch]
         [--towers]
 
-Reads the config's prepared data (config.data.dir) and prints
-  - input: examples/s of the training pipeline by itself (read, decode, crop,
-    tokenize and batch, with the config's reader threads and workers);
-  - step: pairs/s of the jitted train step by itself, fed one batch again and
-    again, timed after warm-up steps (the first compiles), and the step's
-    TFLOP/s per device from XLA's cost analysis;
-  - their ratio. Below a few times, the devices wait for input: raise
+Reads the config's prepared data (config.data.dir) and prints a short table,
+then, as its last line, `benchmark: ` and one JSON object of every figure:
+  - step_seconds_median: the jitted train step by itself, fed one batch again
+    and again, each step timed alone after warm-up steps (the first compiles);
+    pairs_per_s and pairs_per_s_per_device from it;
+  - flops_per_pair_analytic: model FLOPs of one pair counted from the config
+    (`medclip_jax.flops`: a trained tower 3 forward passes, a locked one 1, a
+    cached locked text tower 0), and flops_per_pair_xla, XLA's cost analysis
+    of the compiled step (None where absent; it also counts the optimizer and
+    any recomputation), and tflops_per_device from XLA's count;
+  - mfu: analytic model FLOP/s per device over peak_flops_per_device, the
+    device's dense bf16 peak (peak_flops_source 'table': H100, H200, A100,
+    TPU v4/v5e/v5p) or on CPU a measured float32 matrix product ('measured
+    matmul'); None for a device the table lacks;
+  - peak_memory_bytes: the device's peak bytes in use (peak_memory_source
+    'memory_stats'), or where the device keeps none (CPU) the compiled step's
+    arguments, outputs and temporaries ('memory_analysis');
+  - input_pairs_per_s: the training pipeline by itself (read, decode, crop,
+    tokenize and batch, with the config's reader threads and workers) in this
+    process; input_to_step_ratio, and input_bound when it is below the rate
+    the step consumes this process's rows at: then raise
     config.data.num_threads or config.data.workers;
+  - the settings timed: devices, device_kind, batch_size, dtype (and each
+    tower's), remat of each tower, grad_cache_chunks;
   - with --reference=torch, the same step in PyTorch eager on the same batch
     and threads (`torch_reference`), and JAX's speed over it;
   - with --towers, each tower's forward and backward alone (train mode), in
     JAX and, with --reference=torch, in PyTorch.
 Every config field can be overridden as in main, e.g.
---config.train.batch_size=128. BENCHMARKS.md records the measured figures.
+--config.train.batch_size=128. BENCHMARKS.md records the measured figures;
+launch/gpu_benchmark.sh runs it over a ladder of batch sizes on a GPU.
 """
 
+import json
+import statistics
 import time
 
 import jax
@@ -28,8 +47,10 @@ from absl import flags
 from ml_collections import config_flags
 
 from medclip_jax import cli
+from medclip_jax import flops as flops_lib
 from medclip_jax.data import pipeline
 from medclip_jax.errors import UserError
+from medclip_jax.training import optimizer as optimizer_lib
 from medclip_jax.training.setup import Setup
 
 
@@ -48,24 +69,69 @@ def _step_flops(compiled) -> float | None:
   return float(flops) if flops and flops > 0 else None
 
 
+def _peak_memory(compiled) -> tuple[int | None, str]:
+  """(peak bytes, source): the first device's allocator peak ('memory_stats'), or where it
+  keeps none (CPU) the compiled step's own footprint ('memory_analysis')."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if stats.get('peak_bytes_in_use'):
+    return int(stats['peak_bytes_in_use']), 'memory_stats'
+  memory = compiled.memory_analysis()
+  if memory is None:
+    return None, 'unknown'
+  # The donated state's outputs reuse its arguments' buffers (the aliased bytes).
+  total = (
+    memory.argument_size_in_bytes
+    + memory.output_size_in_bytes
+    - memory.alias_size_in_bytes
+    + memory.temp_size_in_bytes
+  )
+  return int(total), 'memory_analysis'
+
+
 def measure_step(setup: Setup, local_batch: dict, steps: int, warmup: int) -> dict:
-  """Seconds per train step on `local_batch`, pairs/s and TFLOP/s per device."""
-  step_fn = setup.train_step
+  """The train step on `local_batch`: the median of `steps` steps each timed alone after
+  `warmup` steps, pairs/s, XLA's FLOPs and TFLOP/s per device, and peak memory."""
   state = setup.init_state()
   batch = setup.global_batch(local_batch)
-  flops = _step_flops(step_fn.lower(state, batch).compile())
+  step_fn = setup.train_step
+  compiled = step_fn.lower(state, batch).compile()  # the executable the calls below run
+  flops = _step_flops(compiled)
   for _ in range(warmup):
-    state, metrics = step_fn(state, batch)
-  jax.block_until_ready(metrics)
-  start = time.perf_counter()
+    state, _ = step_fn(state, batch)
+  jax.block_until_ready(state)
+  times = []
   for _ in range(steps):
+    start = time.perf_counter()
     state, metrics = step_fn(state, batch)
-  jax.block_until_ready(metrics)
-  seconds = (time.perf_counter() - start) / steps
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  seconds = statistics.median(times)
+  batch_size = setup.config.train.batch_size
+  memory, memory_source = _peak_memory(compiled)
   return {
-    'step_seconds': seconds,
-    'step_pairs_per_s': setup.config.train.batch_size / seconds,
+    'step_seconds_median': seconds,
+    'pairs_per_s': batch_size / seconds,
+    'flops_per_pair_xla': None if flops is None else flops * jax.device_count() / batch_size,
     'tflops_per_device': None if flops is None else flops / seconds / 1e12,
+    'peak_memory_bytes': memory,
+    'peak_memory_source': memory_source,
+  }
+
+
+def _settings(config) -> dict:
+  """What the step was timed with; `.get` reads configs from before per-tower dtypes, remat
+  and gradient caching existed."""
+  model = config.model
+  return {
+    'batch_size': config.train.batch_size,
+    'image_size': config.data.image_size,
+    'text_tokens': config.data.max_text_length,
+    'dtype': model.dtype,
+    'image_dtype': model.image.get('dtype', '') or model.dtype,
+    'text_dtype': model.text.get('dtype', '') or model.dtype,
+    'image_remat': model.image.get('remat', 'none'),
+    'text_remat': model.text.get('remat', 'none'),
+    'grad_cache_chunks': config.train.get('grad_cache_chunks', 0),
   }
 
 
@@ -119,20 +185,47 @@ def run(
   reference: str = '',
   towers: bool = False,
 ) -> dict:
-  """Both measurements and their ratio (input examples/s over step pairs/s); with
-  `reference='torch'` PyTorch's step on the same batch, with `towers` each tower alone."""
+  """Every figure of the module docstring, by its JSON name; with `reference='torch'`
+  PyTorch's step on the same batch, with `towers` each tower alone."""
   info = pipeline.dataset_info(config.data)  # or a UserError saying how to prepare the data
   if reference not in ('', 'torch'):
     raise UserError(f"--reference={reference!r}: the reference can only be 'torch'.")
   setup = Setup.create(config)
+  # Before the pipeline's reader threads start, which would share a CPU's cores.
+  peak, peak_source = flops_lib.peak_flops_per_device()
   # The step as training runs it: with a locked text tower's cached features, if used.
   features, _ = setup.locked_text_features(setup.abstract_state.params, info, placeholder=True)
   batches = setup.train_batches(text_features=features)
-  results = {'input_examples_per_s': measure_input(batches, input_batches)}
-  results['text_features_cached'] = features is not None
+  input_rate = measure_input(batches, input_batches)
   local_batch = next(batches)
-  results.update(measure_step(setup, local_batch, steps, warmup))
-  results['input_to_step_ratio'] = results['input_examples_per_s'] / results['step_pairs_per_s']
+  step = measure_step(setup, local_batch, steps, warmup)
+  locked = optimizer_lib.locked_towers(config.train, setup.abstract_state.params)
+  analytic = flops_lib.pair_flops(config, locked, text_cached=features is not None)['total']
+  devices = jax.device_count()
+  per_device = step['pairs_per_s'] / devices
+  # This process's pipeline feeds this process's rows only.
+  consumed = step['pairs_per_s'] / jax.process_count()
+  results = {
+    'step_seconds_median': step['step_seconds_median'],
+    'pairs_per_s': step['pairs_per_s'],
+    'pairs_per_s_per_device': per_device,
+    'devices': devices,
+    'device_kind': jax.devices()[0].device_kind,
+    **_settings(config),
+    'locked_towers': locked,
+    'text_features_cached': features is not None,
+    'flops_per_pair_analytic': analytic,
+    'flops_per_pair_xla': step['flops_per_pair_xla'],
+    'tflops_per_device': step['tflops_per_device'],
+    'mfu': None if peak is None else analytic * per_device / peak,
+    'peak_flops_per_device': peak,
+    'peak_flops_source': peak_source,
+    'peak_memory_bytes': step['peak_memory_bytes'],
+    'peak_memory_source': step['peak_memory_source'],
+    'input_pairs_per_s': input_rate,
+    'input_to_step_ratio': input_rate / consumed,
+    'input_bound': input_rate < consumed,
+  }
   if towers:
     results['towers'] = {'jax': measure_towers(setup, local_batch, steps, warmup)}
   if reference == 'torch':
@@ -140,26 +233,51 @@ def run(
 
     torch_seconds = torch_reference.step_seconds(config, local_batch, steps, warmup)
     results['torch_step_seconds'] = torch_seconds
-    results['speedup_over_torch'] = torch_seconds / results['step_seconds']
+    results['speedup_over_torch'] = torch_seconds / results['step_seconds_median']
     if towers:
       results['towers']['torch'] = torch_reference.tower_seconds(config, local_batch, steps, warmup)
   return results
 
 
+def json_line(results: dict) -> str:
+  """The line the command prints last: 'benchmark: ' and the results as one JSON object."""
+  return 'benchmark: ' + json.dumps(results, allow_nan=False)
+
+
 def format_results(config, results: dict) -> str:
-  tflops = results['tflops_per_device']
+  """The short human table printed before the JSON line."""
+  r = results
+  dtypes = {r['image_dtype'], r['text_dtype']}
+  dtype = dtypes.pop() if len(dtypes) == 1 else f'image {r["image_dtype"]}, text {r["text_dtype"]}'
+  chunks = r['grad_cache_chunks']
+  gflop = lambda flops: f'{flops / 1e9:.4g} GFLOP'
+  xla = r['flops_per_pair_xla']
+  memory = r['peak_memory_bytes']
   return '\n'.join(
     [
-      f'{jax.device_count()} {jax.devices()[0].platform} device(s), global batch '
-      f'{config.train.batch_size}, image {config.data.image_size} px, '
-      f'text {config.data.max_text_length} tokens',
-      f'input pipeline: {results["input_examples_per_s"]:8.1f} examples/s',
-      f'train step:     {results["step_pairs_per_s"]:8.1f} pairs/s '
-      f'({results["step_seconds"] * 1e3:.0f} ms/step'
-      + ('' if tflops is None else f', {tflops:.3f} TFLOP/s per device')
-      + ')'
-      + (", the locked text tower's features cached" if results['text_features_cached'] else ''),
-      f'input / step:   {results["input_to_step_ratio"]:8.1f}x',
+      f'{r["devices"]} {jax.devices()[0].platform} device(s) ({r["device_kind"]}), global batch '
+      f'{r["batch_size"]}, image {r["image_size"]} px, text {r["text_tokens"]} tokens, {dtype}, '
+      f'remat image {r["image_remat"]} / text {r["text_remat"]}'
+      + (f', gradient cache {chunks} chunks' if chunks > 1 else ''),
+      f'input pipeline: {r["input_pairs_per_s"]:10.1f} examples/s'
+      + (' (input-bound: the step waits for data)' if r['input_bound'] else ''),
+      f'train step:     {r["pairs_per_s"]:10.1f} pairs/s, {r["pairs_per_s_per_device"]:.1f} per '
+      f'device ({r["step_seconds_median"] * 1e3:.0f} ms/step, median)'
+      + (", the locked text tower's features cached" if r['text_features_cached'] else ''),
+      f'input / step:   {r["input_to_step_ratio"]:10.1f}x',
+      f'FLOPs per pair: {gflop(r["flops_per_pair_analytic"])} (model)'
+      + (
+        ''
+        if xla is None
+        else f', {gflop(xla)} (XLA: {r["tflops_per_device"]:.3f} TFLOP/s per device)'
+      ),
+      f'MFU:            {r["mfu"]:10.1%} of {r["peak_flops_per_device"] / 1e12:.4g} TFLOP/s per '
+      f'device ({r["peak_flops_source"]})'
+      if r['mfu'] is not None
+      else f'MFU:            unknown (no peak FLOP/s for {r["device_kind"]!r})',
+      'peak memory:    '
+      + ('unknown' if memory is None else f'{memory / 2**30:10.3f} GiB')
+      + f' ({r["peak_memory_source"]})',
       *_reference_lines(config, results),
     ]
   )
@@ -217,6 +335,7 @@ def main(argv):
     config, FLAGS.steps, FLAGS.warmup, FLAGS.input_batches, FLAGS.reference, FLAGS.towers
   )
   print(format_results(config, results))
+  print(json_line(results))
 
 
 def console_main() -> None:

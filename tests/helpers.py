@@ -35,9 +35,14 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.dataset import FileMetaDataset
 
+from configs import demo
+from medclip_jax import sharding
 from medclip_jax.data import prepare
 from medclip_jax.data import records
 from medclip_jax.data import tokenizer as tokenizer_lib
+from medclip_jax.training import setup
+from medclip_jax.training import state as state_lib
+from medclip_jax.training import step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_SIDE = 64
@@ -934,3 +939,92 @@ class FakeEmbedder:
 
   def image_bytes(self, split, index):
     return png(noise('L', seed=index))
+
+
+# ---- Train steps without a dataset ----
+
+
+def step_config(overrides=None):
+  """The demo config at the smallest towers (ResNet18 of width 4 at 32 px, a one-layer BERT
+  of width 32 over 8 tokens of a 100-token vocabulary, 16-d embeddings), reading no data;
+  `overrides` maps dotted fields to values, e.g. {'train.batch_size': 32}."""
+  values = {
+    'data.image_size': 32,
+    'data.max_text_length': 8,
+    'model.embed_dim': 16,
+    'model.image.width': 4,
+    'model.text.init': '',
+    'model.text.vocab_size': 100,
+    'model.text.hidden_size': 32,
+    'model.text.num_layers': 1,
+    'model.text.num_heads': 2,
+    'model.text.intermediate_size': 64,
+    'train.lr_multipliers.text_encoder': 1.0,
+    **(overrides or {}),
+  }
+  config = demo.get_config()
+  for path, value in values.items():
+    *parents, leaf = path.split('.')
+    node = config
+    for name in parents:
+      node = node[name]
+    node[leaf] = value
+  return config
+
+
+def random_batch(config, seed=0, text_features=False):
+  """A global batch of `config.train.batch_size` random rows as the train step reads them:
+  uint8 images, token ids of 2 to max_text_length tokens, and with `text_features` a locked
+  text tower's features."""
+  rng = np.random.default_rng(seed)
+  rows, size, length = config.train.batch_size, config.data.image_size, config.data.max_text_length
+  mask = np.arange(length)[None, :] < rng.integers(2, length + 1, rows)[:, None]
+  batch = {
+    'image': rng.integers(0, 256, (rows, size, size, 3), dtype=np.uint8),
+    'input_ids': np.where(
+      mask, rng.integers(1, config.model.text.vocab_size, mask.shape), 0
+    ).astype(np.int32),
+    'attention_mask': mask.astype(np.int32),
+    'truncated': np.zeros(rows, bool),
+  }
+  if text_features:
+    features = rng.normal(size=(rows, config.model.text.hidden_size))
+    batch['text_features'] = features.astype(np.float32)
+  return batch
+
+
+def step_state(config) -> state_lib.TrainState:
+  """A step-0 train state of `config`, as `state.create` builds it except that the model's
+  initialisers draw from XLA's own generator ('unsafe_rbg' keys): threefry's would take
+  most of a test's time to compile on a CPU."""
+  parts = setup.shapes(config)
+  keys = jax.random.split(jax.random.key(config.seed, impl='unsafe_rbg'))
+  params, batch_stats = jax.jit(
+    lambda k: state_lib.initial_params(parts.model, parts.objectives, config, k[0], k[1])
+  )(keys)
+  return state_lib.TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=batch_stats,
+    opt_state=parts.tx.init(params),
+    rng=jax.random.PRNGKey(config.seed),
+    skipped=jnp.zeros((), jnp.int32),
+  )
+
+
+def step_gradient(config, batch):
+  """The train step's gradient (`step.make_gradient`) at `step_state(config)` on the mesh of
+  `config.mesh`: (its values as NumPy arrays, 'loss', 'metrics/<name>', 'batch_stats/<path>'
+  and 'grads/<path>' with paths '/'-joined; the compiled function)."""
+  mesh = sharding.create_mesh(config.mesh)
+  parts = setup.shapes(config)
+  state = step_state(config)
+  args = (state.params, state.batch_stats, sharding.to_global_batch(batch, mesh), state.rng)
+  gradient = jax.jit(step.make_gradient(parts.model, parts.objectives, mesh, config))
+  compiled = gradient.lower(*args).compile()
+  (loss, (metrics, batch_stats)), grads = compiled(*args)
+  out = {'loss': loss, **{f'metrics/{k}': v for k, v in metrics.items()}}
+  for name, tree in (('batch_stats', batch_stats), ('grads', grads)):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+      out['/'.join([name, *(str(k.key) for k in path)])] = leaf
+  return {k: np.asarray(v) for k, v in jax.device_get(out).items()}, compiled

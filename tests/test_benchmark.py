@@ -1,11 +1,81 @@
-"""The throughput benchmark on the demo config: input pipeline vs train step."""
+"""The throughput benchmark on the demo config: input pipeline vs train step; its JSON
+line, and the prepared GPU benchmark script run at tiny size on CPU."""
+
+import json
+import math
+import os
+import subprocess
+import sys
 
 import pytest
 
+from configs import default
 from configs import demo
 from medclip_jax import benchmark
+from medclip_jax import flops
 from medclip_jax.data import prepare
 from medclip_jax.errors import UserError
+from tests import helpers
+
+# Every field of the JSON line (with --reference=torch the torch figures too).
+FIELDS = (
+  'step_seconds_median',
+  'pairs_per_s',
+  'pairs_per_s_per_device',
+  'devices',
+  'device_kind',
+  'batch_size',
+  'image_size',
+  'text_tokens',
+  'dtype',
+  'image_dtype',
+  'text_dtype',
+  'image_remat',
+  'text_remat',
+  'grad_cache_chunks',
+  'locked_towers',
+  'text_features_cached',
+  'flops_per_pair_analytic',
+  'flops_per_pair_xla',
+  'tflops_per_device',
+  'mfu',
+  'peak_flops_per_device',
+  'peak_flops_source',
+  'peak_memory_bytes',
+  'peak_memory_source',
+  'input_pairs_per_s',
+  'input_to_step_ratio',
+  'input_bound',
+)
+POSITIVE = (
+  'step_seconds_median',
+  'pairs_per_s',
+  'pairs_per_s_per_device',
+  'flops_per_pair_analytic',
+  'flops_per_pair_xla',
+  'tflops_per_device',
+  'mfu',
+  'peak_flops_per_device',
+  'peak_memory_bytes',
+  'input_pairs_per_s',
+  'input_to_step_ratio',
+)
+
+
+def _check_figures(row):
+  """Every field there, the numbers positive and finite, and consistent with each other."""
+  assert set(FIELDS) <= set(row), set(FIELDS) - set(row)
+  assert all(math.isfinite(row[k]) and row[k] > 0 for k in POSITIVE), row
+  assert row['pairs_per_s'] == pytest.approx(row['batch_size'] / row['step_seconds_median'])
+  assert row['mfu'] == pytest.approx(
+    row['flops_per_pair_analytic'] * row['pairs_per_s_per_device'] / row['peak_flops_per_device']
+  )
+  assert row['input_bound'] == (row['input_pairs_per_s'] < row['pairs_per_s'])
+  # No memory statistics on CPU: the compiled step's own.
+  assert (row['peak_flops_source'], row['peak_memory_source']) == (
+    'measured matmul',
+    'memory_analysis',
+  )
 
 
 @pytest.fixture(scope='module')
@@ -20,14 +90,20 @@ def demo_config(tmp_path_factory):
 
 def test_benchmark_reports_input_and_step_rates_of_the_demo(demo_config, record_property):
   results = benchmark.run(demo_config, steps=3, warmup=2, input_batches=10)
-  assert results['input_examples_per_s'] > 0 and results['step_pairs_per_s'] > 0
-  assert results['step_pairs_per_s'] == pytest.approx(
-    demo_config.train.batch_size / results['step_seconds']
+  assert results['input_pairs_per_s'] > 0 and results['pairs_per_s'] > 0
+  assert results['pairs_per_s'] == pytest.approx(
+    demo_config.train.batch_size / results['step_seconds_median']
   )
   assert results['input_to_step_ratio'] == pytest.approx(
-    results['input_examples_per_s'] / results['step_pairs_per_s']
+    results['input_pairs_per_s'] / results['pairs_per_s']
   )
   assert results['tflops_per_device'] > 0  # XLA's cost analysis counted the step
+  _check_figures(json.loads(benchmark.json_line(results).removeprefix('benchmark: ')))
+  # The demo's locked MiniLM is cached: its step runs the image tower and the heads only.
+  assert results['text_features_cached'] and results['locked_towers'] == ['text_encoder']
+  assert results['flops_per_pair_analytic'] == pytest.approx(
+    flops.pair_flops(demo_config, ['text_encoder'], text_cached=True)['total']
+  )
   text = benchmark.format_results(demo_config, results)
   assert 'examples/s' in text and 'TFLOP/s per device' in text
   # Printed at the end of `make test` (conftest.py): the input/step ratio is a recorded figure.
@@ -48,8 +124,9 @@ def test_the_torch_reference_and_the_tower_breakdown_are_timed_on_the_same_batch
     config, steps=1, warmup=1, input_batches=2, reference='torch', towers=True
   )
   assert results['speedup_over_torch'] == pytest.approx(
-    results['torch_step_seconds'] / results['step_seconds']
+    results['torch_step_seconds'] / results['step_seconds_median']
   )
+  assert results['locked_towers'] == ['text_encoder']
   for side in ('jax', 'torch'):
     assert set(results['towers'][side]) == {'image', 'text'}
     assert all(seconds > 0 for seconds in results['towers'][side].values())
@@ -61,3 +138,40 @@ def test_the_torch_reference_and_the_tower_breakdown_are_timed_on_the_same_batch
 def test_an_unknown_reference_is_a_user_error(tiny_config):
   with pytest.raises(UserError, match="the reference can only be 'torch'"):
     benchmark.run(tiny_config(), reference='tensorflow')
+
+
+def test_the_gpu_benchmark_script_runs_its_ladder_at_tiny_size_on_cpu(tmp_path):
+  # The interpreter the script runs, except that the benchmark at batch 16 runs
+  # out of memory, as a GPU would: each ladder stops there, after batch 8.
+  python = tmp_path / 'python'
+  python.write_text(
+    '#!/usr/bin/env bash\n'
+    'if [[ " $* " == *" -m medclip_jax.benchmark "*"--config.train.batch_size=16 "* ]]; then\n'
+    '  echo "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.00GiB." >&2\n'
+    '  exit 1\n'
+    'fi\n'
+    f'exec {sys.executable} "$@"\n'
+  )
+  python.chmod(0o755)
+  env = {**os.environ, 'PYTHON': str(python), 'WORK': str(tmp_path), 'JAX_PLATFORMS': 'cpu'}
+  result = subprocess.run(
+    ['bash', 'launch/gpu_benchmark.sh', '--tiny'],
+    cwd=helpers.REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=500,
+  )
+  assert result.returncode == 0, result.stdout + result.stderr
+  remats = ['none', 'full'] if 'remat' in default.get_config().model.image else ['none']
+  rows = [json.loads(line) for line in (tmp_path / 'results.jsonl').read_text().splitlines()]
+  assert [(r['batch_size'], r['image_remat'], r['text_remat']) for r in rows] == [
+    (8, remat, remat) for remat in remats
+  ]
+  for row in rows:
+    _check_figures(row)
+    assert row['dtype'] == 'float32' and row['devices'] == 1
+  assert result.stdout.count('MFU: ') == len(rows)  # each run's table printed
+  summary = (tmp_path / 'summary.txt').read_text()
+  for remat in remats:
+    assert f'remat {remat}: largest batch that ran 8; out of memory at batch 16' in summary

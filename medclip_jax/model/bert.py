@@ -19,6 +19,13 @@ _init = nn.initializers.normal(stddev=0.02)
 
 ModuleDef = Callable[..., nn.Module]
 
+# BertEncoder(remat=...) -> the jax.checkpoint policy each layer is recomputed
+# under in the backward pass: 'full' keeps only the layer's input, 'dots' keeps
+# the outputs of matmuls without batch dimensions too (the projections and the
+# feed-forward, not the attention scores, which grow with the length squared).
+# 'none' rematerialises nothing.
+REMAT_POLICIES = {'full': None, 'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
 
 class _SelfAttention(nn.Module):
   """HF ``BertSelfAttention``: query/key/value projections and attention."""
@@ -174,10 +181,16 @@ class BertEncoder(nn.Module):
   dropout_rate: float = 0.1
   pooling: str = 'cls'
   dtype: Any = jnp.float32
+  # 'none' or a key of REMAT_POLICIES; the parameters are the same.
+  remat: str = 'none'
 
   def __post_init__(self):
     if self.pooling not in ('cls', 'mean'):
       raise ValueError(f"Unknown pooling {self.pooling!r}; expected 'cls' or 'mean'.")
+    if self.remat != 'none' and self.remat not in REMAT_POLICIES:
+      raise ValueError(
+        f"BertEncoder remat must be 'none' or one of {sorted(REMAT_POLICIES)}, got {self.remat!r}."
+      )
     if self.hidden_size % self.num_heads:
       raise ValueError(
         f'hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}.'
@@ -212,8 +225,12 @@ class BertEncoder(nn.Module):
       self.dtype,
       name='embeddings',
     )(input_ids, token_type_ids)
+    # The train flag is bound in `dropout`, so a layer takes only arrays: no static_argnums.
+    layer_class = (
+      _Layer if self.remat == 'none' else nn.remat(_Layer, policy=REMAT_POLICIES[self.remat])
+    )
     layer = functools.partial(
-      _Layer, self.num_heads, self.intermediate_size, dense, layer_norm, dropout, self.dtype
+      layer_class, self.num_heads, self.intermediate_size, dense, layer_norm, dropout, self.dtype
     )
     x = _Encoder(self.num_layers, layer, name='encoder')(x, attention_mask)
 

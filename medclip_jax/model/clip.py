@@ -1,7 +1,6 @@
 """Two-tower CLIP model: image/text encoders, linear projections, logit scale."""
 
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,14 +30,15 @@ class MedCLIP(nn.Module):
   text_encoder: nn.Module
   embed_dim: int = 512
   logit_scale_init: float = math.log(1 / 0.07)
-  dtype: Any = jnp.float32
 
   def setup(self):
+    # float32 heads whatever the towers' dtype (their features are float32):
+    # the embeddings the loss compares keep full precision.
     self.image_projection = nn.Dense(
-      self.embed_dim, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32
+      self.embed_dim, use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32
     )
     self.text_projection = nn.Dense(
-      self.embed_dim, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32
+      self.embed_dim, use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32
     )
     # Explicit float32 dtype: a weak-typed scalar turns strongly typed after
     # the first optimiser update, which changes the jitted train step's

@@ -9,6 +9,7 @@ kernel transpose; see :func:`state_dict_names`.
 import functools
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
 from flax import traverse_util
@@ -21,6 +22,12 @@ from medclip_jax.model import cpu_ops
 _conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 ModuleDef = Callable[..., nn.Module]
+
+# ResNet(remat=...) -> the jax.checkpoint policy each stage (layer1..layer4) is
+# recomputed under in the backward pass: 'full' keeps only the stage's input,
+# 'dots' keeps the convolution outputs too (BatchNorm and ReLU are recomputed).
+# 'none' rematerialises nothing.
+REMAT_POLICIES = {'full': None, 'dots': jax.checkpoint_policies.dots_saveable}
 
 
 def _conv(features: int, kernel: int, stride: int, *, name: str, dtype: Any, ops: str) -> nn.Conv:
@@ -143,6 +150,8 @@ class ResNet(nn.Module):
   # 'cpu': convolutions and max-pool with gradients written for XLA's CPU
   # backend (`cpu_ops`); 'xla': XLA's own. The parameters are the same.
   ops: str = 'xla'
+  # 'none' or a key of REMAT_POLICIES; the parameters are the same.
+  remat: str = 'none'
 
   def __post_init__(self):
     if self.depth not in tables.RESNET_LAYOUTS:
@@ -151,6 +160,10 @@ class ResNet(nn.Module):
       )
     if self.ops not in ('cpu', 'xla'):
       raise ValueError(f"ResNet ops must be 'cpu' or 'xla', got {self.ops!r}.")
+    if self.remat != 'none' and self.remat not in REMAT_POLICIES:
+      raise ValueError(
+        f"ResNet remat must be 'none' or one of {sorted(REMAT_POLICIES)}, got {self.remat!r}."
+      )
     super().__post_init__()
 
   @nn.compact
@@ -172,8 +185,12 @@ class ResNet(nn.Module):
     # Both pad with -inf, matching PyTorch's MaxPool2d(3, 2, padding=1).
     pool = cpu_ops.max_pool if self.ops == 'cpu' else _xla_max_pool
     x = pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
+    stage = _Stage
+    if self.remat != 'none':
+      # The train flag is bound in `norm`, so the stage takes only arrays: no static_argnums.
+      stage = nn.remat(_Stage, policy=REMAT_POLICIES[self.remat])
     for i, num_blocks in enumerate(layers):
-      x = _Stage(
+      x = stage(
         block,
         self.width * 2**i,
         num_blocks,

@@ -352,5 +352,10 @@ def upgrade_config(config: dict) -> dict:
   config['train'].setdefault('max_nonfinite_in_a_row', 10)  # added with the non-finite guard
   config['eval'].setdefault('every_split', 'val')  # periodic evaluations used eval.split before
   config['model']['image'].setdefault('ops', 'auto')  # the same parameters either way
+  config['model']['image'].setdefault('dtype', '')  # per-tower dtype; '' follows model.dtype
+  config['model']['text'].setdefault('dtype', '')
+  config['model']['image'].setdefault('remat', 'none')  # the same parameters either way
+  config['model']['text'].setdefault('remat', 'none')
   config['train'].setdefault('cache_locked_text', False)
+  config['train'].setdefault('grad_cache_chunks', 0)  # the plain gradient
   return config

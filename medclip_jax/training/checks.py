@@ -10,8 +10,11 @@ import json
 import warnings
 from pathlib import Path
 
+from medclip_jax import model as model_lib
 from medclip_jax.errors import UserError
 from medclip_jax.interop import convert, tables
+from medclip_jax.model import bert
+from medclip_jax.model import resnet
 
 # The ResNet halves its input five times (stem conv, max-pool, three strided stages).
 IMAGE_STRIDE = 32
@@ -76,6 +79,7 @@ def check(config) -> None:
       'config.train.max_nonfinite_in_a_row must be at least 1 (the number of skipped '
       f'non-finite steps in a row that stop the run), got {config.train.max_nonfinite_in_a_row}.'
     )
+  _check_precision_and_remat(config.model)
   steps, warmup = config.train.steps, config.train.warmup_steps
   if warmup > steps:
     raise UserError(
@@ -85,12 +89,53 @@ def check(config) -> None:
     )
 
 
+def check_grad_cache(config, devices: int) -> None:
+  """Raises `UserError` unless `config.train.grad_cache_chunks` divides the rows of each
+  of the `devices` devices (run by `Setup.create` once the batch split is checked)."""
+  chunks, batch = config.train.grad_cache_chunks, config.train.batch_size
+  per_device = batch // devices
+  if chunks < 0 or (chunks > 1 and per_device % chunks):
+    # The next divisor up keeps the chunks about as small as asked.
+    fit = next((k for k in range(max(chunks, 1), per_device) if per_device % k == 0), per_device)
+    raise UserError(
+      f'config.train.grad_cache_chunks={chunks} does not divide the per-device batch of '
+      f'{per_device} rows (config.train.batch_size={batch} over {devices} device(s)): '
+      "each chunk takes an equal share of every device's rows. Set it to a divisor of "
+      f'{per_device}, e.g. {fit}, or to 0 to compute the gradient over the whole batch at once.'
+    )
+
+
+def _check_precision_and_remat(model) -> None:
+  dtypes = ', '.join(repr(name) for name in sorted(model_lib.DTYPES))
+  if model.dtype not in model_lib.DTYPES:
+    raise UserError(
+      f'config.model.dtype={model.dtype!r} is not a compute dtype: give one of {dtypes} '
+      '(parameters, optimizer state, the heads and the loss stay float32 whatever it is).'
+    )
+  for tower, unit, policies in (
+    ('image', 'ResNet stage', resnet.REMAT_POLICIES),
+    ('text', 'BERT layer', bert.REMAT_POLICIES),
+  ):
+    dtype, remat = model[tower].dtype, model[tower].remat
+    if dtype and dtype not in model_lib.DTYPES:
+      raise UserError(
+        f'config.model.{tower}.dtype={dtype!r} is not a compute dtype: give one of {dtypes}, '
+        f"or '' to follow config.model.dtype ({model.dtype!r})."
+      )
+    if remat != 'none' and remat not in policies:
+      raise UserError(
+        f'config.model.{tower}.remat={remat!r} is not a rematerialisation policy: give '
+        f"'none' (keep every activation for the backward pass), 'full' (recompute each {unit} "
+        "from its input) or 'dots' (keep its matmul and convolution outputs, recompute the rest)."
+      )
+
+
 # What a resumed run may not change: the model (its sizes, pooling, towers'
 # inits, tokenizer via data) and the data it learns from (dataset, image size,
 # text length, augmentation, training text), the objectives and the parameter
 # groups the optimizer state is laid out by. Everything else (steps, schedule,
 # logging, checkpointing, evaluation, mesh, reader threads, the convolution
-# implementation) may change.
+# implementation, compute dtypes and rematerialisation) may change.
 _FIXED_ON_RESUME = ('model.', 'data.', 'objectives.', 'train.param_groups.')
 _FREE_KEYS = (
   'data.prepare_command',
@@ -98,6 +143,12 @@ _FREE_KEYS = (
   'data.prefetch',
   'data.workers',
   'model.image.ops',
+  # Compute dtypes and remat change neither the parameters nor the optimizer state.
+  'model.dtype',
+  'model.image.dtype',
+  'model.text.dtype',
+  'model.image.remat',
+  'model.text.remat',
 )
 
 

@@ -95,6 +95,7 @@ class Setup:
     checks.check(config)
     mesh = sharding.create_mesh(config.mesh)
     local_batch = sharding.check_batch_size(config.train.batch_size, mesh, 'train.batch_size')
+    checks.check_grad_cache(config, mesh.size)
     tokenizer = tokenizer_lib.load(config.data.tokenizer)
     if len(tokenizer) > config.model.text.vocab_size:
       raise UserError(
@@ -111,6 +112,7 @@ class Setup:
       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
       out_shardings=(state_shardings, sharding.replicated(mesh)),
       donate_argnums=0,
+      compiler_options=model_lib.compiler_options(config.model),
     )
     return cls(
       config=config,

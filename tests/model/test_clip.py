@@ -18,7 +18,6 @@ def _clip(dtype=jnp.float32):
     image_encoder=ResNet(depth=18, width=helpers.RESNET_WIDTH, dtype=dtype),
     text_encoder=BertEncoder(**helpers.TINY_BERT, dtype=dtype),
     embed_dim=EMBED_DIM,
-    dtype=dtype,
   )
 
 
