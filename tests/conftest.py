@@ -51,6 +51,8 @@ def tiny_data(tmp_path_factory):
 # objects by `tiny_config` and passed as --config.* flags by `tiny_flags`.
 TINY = {
   'data.image_size': 32,
+  # In-process reading: auto workers on a many-core machine would start processes per test.
+  'data.workers': 0,
   'data.max_text_length': 24,
   'model.embed_dim': 32,
   'model.image.width': 8,

@@ -58,7 +58,7 @@ OPTIONS = dict(
 # Subprocesses
 
 
-def run_module(module, *args, timeout=120):
+def run_module(module, *args, timeout=120, env=None):
   """`python -m module *args` from the repository root, its output captured as text."""
   return subprocess.run(
     [sys.executable, '-m', module, *args],
@@ -66,6 +66,7 @@ def run_module(module, *args, timeout=120):
     capture_output=True,
     text=True,
     timeout=timeout,
+    env=env,
   )
 
 

@@ -1,6 +1,7 @@
 """The training command line: a user's mistake is one paragraph and exit status 2, not a traceback."""
 
 import json
+import os
 
 import pytest
 
@@ -69,8 +70,15 @@ def test_own_data_with_other_label_columns_trains_with_the_manifest_config(tmp_p
     '--config.train.warmup_steps=1',
     f'--config.evals.zeroshot.templates.region={region_prompts}',
     timeout=300,
+    # Where the compiled programs go by default, as for a user who set nothing.
+    env={
+      **{k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'},
+      'XDG_CACHE_HOME': str(tmp_path / 'cache'),
+    },
   )
   assert result.returncode == 0, result.stdout + result.stderr
+  # The train step (and the encoders) kept for the next run of the same shapes.
+  assert any((tmp_path / 'cache' / 'medclip_jax' / 'xla').iterdir())
   final = json.loads((workdir / 'eval' / 'step_2.json').read_text())
   for field in ('region', 'view'):  # every label column, none configured by hand
     assert 0.0 <= final[f'zeroshot.{field}.top1'] <= 1.0

@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 from medclip_jax import model as model_lib
+from medclip_jax.data import pipeline
 from medclip_jax.errors import UserError
 from medclip_jax.interop import convert, tables
 from medclip_jax.model import bert
@@ -54,6 +55,7 @@ def check_files(config) -> None:
 
 def check(config) -> None:
   """Raises `UserError` for the first setting the towers cannot take."""
+  pipeline.worker_count(config.data.workers)  # a worker count that is not one
   size = config.data.image_size
   if size < IMAGE_STRIDE:
     raise UserError(

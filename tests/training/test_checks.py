@@ -18,6 +18,10 @@ def _set(config, path, value):
 
 
 BAD = {
+  'a worker count that is not one': (
+    {'data.workers': -2},
+    r'config\.data\.workers=-2 is not a number of worker processes',
+  ),
   'image size below the tower': (
     {'data.image_size': 16},
     r'config\.data\.image_size=16 .* at least 32',
