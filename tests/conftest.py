@@ -83,12 +83,7 @@ def tiny_config(tiny_data):
   def make():
     config = demo.get_config()
     config.data.dir = tiny_data
-    for path, value in TINY.items():
-      *parents, leaf = path.split('.')
-      node = config
-      for name in parents:
-        node = node[name]
-      node[leaf] = value
+    config.update_from_flattened_dict(TINY)
     return config
 
   return make

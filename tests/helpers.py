@@ -964,12 +964,7 @@ def step_config(overrides=None):
     **(overrides or {}),
   }
   config = demo.get_config()
-  for path, value in values.items():
-    *parents, leaf = path.split('.')
-    node = config
-    for name in parents:
-      node = node[name]
-    node[leaf] = value
+  config.update_from_flattened_dict(values)
   return config
 
 

@@ -177,11 +177,7 @@ def test_remat_keeps_the_parameters_and_results_and_lowers_memory(tiny_config, t
 )
 def test_a_bad_dtype_or_remat_is_a_user_error_naming_the_field(tiny_config, field, value, message):
   config = tiny_config()
-  *parents, leaf = field.split('.')
-  node = config
-  for name in parents:
-    node = node[name]
-  node[leaf] = value
+  config.update_from_flattened_dict({field: value})
   with pytest.raises(UserError, match=message):
     Setup.create(config)
 

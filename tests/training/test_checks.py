@@ -9,14 +9,6 @@ from medclip_jax.training import trainer
 from tests import helpers
 
 
-def _set(config, path, value):
-  *parents, leaf = path.split('.')
-  node = config
-  for name in parents:
-    node = node[name]
-  node[leaf] = value
-
-
 BAD = {
   'a worker count that is not one': (
     {'data.workers': -2},
@@ -70,8 +62,7 @@ BAD = {
 def test_a_bad_config_is_refused_before_the_workdir_is_written(name, tiny_config, tmp_path):
   overrides, message = BAD[name]
   config = tiny_config()
-  for path, value in overrides.items():
-    _set(config, path, value)
+  config.update_from_flattened_dict(overrides)
   workdir = tmp_path / 'run'
   with pytest.raises(UserError, match=message):
     trainer.train_and_evaluate(config, str(workdir))
