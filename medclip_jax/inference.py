@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from concurrent import futures
 from pathlib import Path
 
@@ -33,8 +32,11 @@ from medclip_jax.data import images as image_lib
 from medclip_jax.data import ingest
 from medclip_jax.errors import UserError
 
-# Threads reading images (decoding and resizing release the GIL).
-READ_THREADS = min(8, os.cpu_count() or 1)
+# Runs a PyTorch model's image batches while the next batch is read.
+_AHEAD = futures.ThreadPoolExecutor(1, thread_name_prefix='medclip-embed')
+# Images or texts per batch of the JAX class (up to a power of two times the device count):
+# bulk embedding on 2 CPU cores measured 5% faster at 128 than at 64 (BENCHMARKS.md).
+BATCH_SIZE = 128
 INDEX_FILES = {'embeddings': 'embeddings.npy', 'items': 'items.jsonl', 'meta': 'index.json'}
 
 
@@ -156,7 +158,8 @@ class Retrieval:
   search over their encoders.
 
   A subclass defines `preprocess(image)` (one image as its tower takes it),
-  `_embed_pixels(preprocessed) -> [N, D]` (unit vectors of a list of those),
+  `_embed_pixels(preprocessed) -> [N, D]` (unit vectors of a list of those; or
+  `_start_embedding` and `_finish_embedding`, which split it in two),
   `encode_texts(texts) -> [N, D]`, `scale()` (the exponentiated logit scale),
   `batch_size`, `embed_dim`, `fingerprint`, `path`, `step` and `describe()`.
   """
@@ -168,27 +171,36 @@ class Retrieval:
     return emb[0] if single else emb
 
   def _encode_in_batches(self, images: list, progress=None) -> np.ndarray:
-    """Embeddings of `images` in batches of `batch_size`; images are read in threads (PIL
-    and pydicom release the GIL), the next batch while this one is encoded."""
-    if len(images) == 1:  # no threads for one image
-      return self._embed_pixels([self.preprocess(images[0])])
-    out, done = [np.zeros((0, self.embed_dim), np.float32)], 0
-    chunks = [images[s : s + self.batch_size] for s in range(0, len(images), self.batch_size)]
-    with (
-      futures.ThreadPoolExecutor(READ_THREADS) as readers,
-      futures.ThreadPoolExecutor(1) as ahead,
-    ):
-      read = lambda chunk: list(readers.map(self.preprocess, chunk))
-      pending = ahead.submit(read, chunks[0]) if chunks else None
-      for n, chunk in enumerate(chunks):
-        pixels = pending.result()
-        if n + 1 < len(chunks):
-          pending = ahead.submit(read, chunks[n + 1])
-        out.append(self._embed_pixels(pixels))
-        done += len(chunk)
-        if progress:
-          progress(done, len(images))
+    """Embeddings of `images` in batches of `batch_size`, each batch read while the one before
+    is embedded (`_start_embedding` returns before the embedding is done)."""
+    out, pending = [np.zeros((0, self.embed_dim), np.float32)], None
+
+    def finish(started):
+      out.append(self._finish_embedding(started))
+      if progress:
+        progress(sum(map(len, out)), len(images))
+
+    for start in range(0, len(images), self.batch_size):
+      # Read in this thread: on a small machine the encoder's own threads use the other
+      # cores, and reader threads beside them measured slower (BENCHMARKS.md).
+      started = self._start_embedding(
+        [self.preprocess(image) for image in images[start : start + self.batch_size]]
+      )
+      if pending is not None:
+        finish(pending)
+      pending = started
+    if pending is not None:
+      finish(pending)
     return np.concatenate(out)
+
+  def _start_embedding(self, pixels: list):
+    """Starts embedding a batch of preprocessed images; `_finish_embedding` waits for it.
+    Here in a thread of its own (PyTorch releases the GIL); the JAX class dispatches
+    asynchronously instead."""
+    return _AHEAD.submit(self._embed_pixels, pixels)
+
+  def _finish_embedding(self, started) -> np.ndarray:
+    return started.result()
 
   def encode(self, image, text) -> tuple[np.ndarray, np.ndarray]:
     """(image embedding [D], text embedding [D]) of one image and one text."""
@@ -254,7 +266,7 @@ class Retrieval:
 class MedCLIP(Retrieval):
   """A trained medical CLIP in JAX; see the module docstring."""
 
-  def __init__(self, loaded, batch_size: int = 64):
+  def __init__(self, loaded, batch_size: int = BATCH_SIZE):
     from medclip_jax.training import setup  # pylint: disable=import-outside-toplevel
 
     self.config, self.step, self.path = loaded.config, loaded.step, loaded.path
@@ -273,7 +285,7 @@ class MedCLIP(Retrieval):
     )
 
   @classmethod
-  def load(cls, path, step: int | None = None, batch_size: int = 64) -> MedCLIP:
+  def load(cls, path, step: int | None = None, batch_size: int = BATCH_SIZE) -> MedCLIP:
     """The model in a training workdir (its latest checkpoint, or `step`) or an export."""
     from medclip_jax.interop import load  # pylint: disable=import-outside-toplevel
 
@@ -300,10 +312,14 @@ class MedCLIP(Retrieval):
     """uint8 [S, S, 3] of one image, as evaluation crops it."""
     return read_image(image, self.config.data.image_size, self._loaded.max_side)
 
-  def _embed_pixels(self, pixels: list) -> np.ndarray:
-    return self._embedder.encode_pixels(
+  def _start_embedding(self, pixels: list):
+    # JAX dispatches asynchronously: this returns while the devices embed the batch.
+    return self._embedder.start_pixels(
       self._variables, np.stack(pixels), self._bucket(len(pixels))
     )
+
+  def _finish_embedding(self, started) -> np.ndarray:
+    return self._embedder.collect(started)
 
   def encode_texts(self, texts) -> np.ndarray:
     """Unit text embeddings [N, D] ([D] for one text)."""

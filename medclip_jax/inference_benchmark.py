@@ -6,7 +6,7 @@
 On a trained model (a workdir or an export) and a prepared dataset, prints
   - embed: images/s of `predict embed`'s path (`MedCLIP.index`: batched, the
     compiled functions reused) and of as many single-image `encode_images`
-    calls, both after a warm-up, and their ratio;
+    calls, both after a warm-up, the median of three rounds, and their ratio;
   - caption: for the first --captions test images, captioned by retrieval from
     the training captions as `predict caption --bank-data` does, how often the
     top-1 caption names the image's own label values (--labels);
@@ -18,6 +18,8 @@ the value itself. BENCHMARKS.md records the measured figures.
 
 import re
 import time
+
+import numpy as np
 
 from absl import app
 from absl import flags
@@ -37,26 +39,31 @@ def label_namer(data_dir: str):
   )
 
 
-def measure_embed(model, images: list) -> dict:
+def measure_embed(model, images: list, rounds: int = 3) -> dict:
   """images/s of model.index(images) and of one encode_images call per image, each after
-  compiling the batch shapes it uses."""
+  compiling the batch shapes it uses; `rounds` rounds of both, alternating, and the median
+  of each (one round takes about a second, and this machine's speed drifts)."""
   for n in {model.batch_size, len(images) % model.batch_size} - {0}:
     model.index(images[:n])
   model.encode_images(images[0])
-  start = time.perf_counter()
-  model.index(images)
-  batched = time.perf_counter() - start
-  start = time.perf_counter()
-  for image in images:
-    model.encode_images(image)
-  single = time.perf_counter() - start
+  batched, single = [], []
+  for _ in range(rounds):
+    start = time.perf_counter()
+    model.index(images)
+    batched.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    for image in images:
+      model.encode_images(image)
+    single.append(time.perf_counter() - start)
+  batched_s, single_s = float(np.median(batched)), float(np.median(single))
   return {
     'images': len(images),
-    'batched_s': batched,
-    'single_s': single,
-    'batched_images_per_s': len(images) / batched,
-    'single_images_per_s': len(images) / single,
-    'speedup': single / batched,
+    'rounds': rounds,
+    'batched_s': batched_s,
+    'single_s': single_s,
+    'batched_images_per_s': len(images) / batched_s,
+    'single_images_per_s': len(images) / single_s,
+    'speedup': single_s / batched_s,
   }
 
 
@@ -106,10 +113,10 @@ def run(FLAGS) -> list[str]:
 
   embed = measure_embed(model, [r['image'] for r in test[: FLAGS.images]])
   lines.append(
-    f'embed {embed["images"]} test images: predict embed {embed["batched_images_per_s"]:.1f} '
-    f'images/s ({embed["batched_s"]:.1f} s), single encode_images calls '
-    f'{embed["single_images_per_s"]:.1f} images/s ({embed["single_s"]:.1f} s): '
-    f'{embed["speedup"]:.1f}x'
+    f'embed {embed["images"]} test images (median of {embed["rounds"]} rounds): predict embed '
+    f'{embed["batched_images_per_s"]:.1f} images/s ({embed["batched_s"]:.2f} s), single '
+    f'encode_images calls {embed["single_images_per_s"]:.1f} images/s ({embed["single_s"]:.2f} '
+    f's): {embed["speedup"]:.1f}x'
   )
 
   names = label_namer(FLAGS.data)

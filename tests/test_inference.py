@@ -62,6 +62,20 @@ def test_lists_are_batched_and_match_one_at_a_time(models, test_split):
   assert model.encode_images([]).shape == (0, 32)
 
 
+def test_several_batches_embed_alike_and_report_progress(
+  models, test_split, trained_run, monkeypatch
+):
+  files, _, encoded = test_split
+  paths = [str(f) for f in files]  # 48 images: three batches of 16, each read while one runs
+  small = inference.MedCLIP.load(trained_run[1], batch_size=16)
+  monkeypatch.setattr(models['torch'], 'batch_size', 16)
+  for model in (small, models['torch']):
+    seen = []
+    index = model.index(paths, progress=lambda done, total, seen=seen: seen.append((done, total)))
+    np.testing.assert_allclose(index.embeddings, encoded.image, atol=1e-5)
+    assert seen == [(16, 48), (32, 48), (48, 48)]
+
+
 def test_a_workdir_and_its_export_are_one_model(models):
   assert models['workdir'].fingerprint == models['export'].fingerprint
   assert models['workdir'].fingerprint == models['torch'].fingerprint

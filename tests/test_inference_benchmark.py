@@ -72,7 +72,7 @@ def test_it_measures_a_trained_model(trained_run, record_property):
     top_k=3,
   )
   lines = inference_benchmark.run(flags)
-  assert re.fullmatch(r'embed 40 test images: .* \d+\.\dx', lines[1])
+  assert re.fullmatch(r'embed 40 test images \(median of 3 rounds\): .* \d+\.\dx', lines[1])
   assert lines[2].startswith('caption 10 test images from 96 training captions')
   assert lines[-4].startswith("search 'MRI of the brain' over 48 test images, top 3:")
   record_property('report', '\n'.join(lines))

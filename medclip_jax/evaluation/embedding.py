@@ -95,8 +95,10 @@ class Embedder:
     )
     return {k: tokens[k].astype(np.int32) for k in ('input_ids', 'attention_mask')}
 
-  def _in_batches(self, encode, arrays: dict, batch_size: int | None) -> np.ndarray:
-    """encode(**rows) over `arrays` (every process holds them in full), in padded batches."""
+  def _start(self, encode, arrays: dict, batch_size: int | None) -> tuple[list, int]:
+    """Dispatches encode(**rows) over `arrays` (every process holds them in full) in padded
+    batches, without waiting for the results: (the batches' outputs, the row count), for
+    `collect`."""
     size = batch_size or self.batch_size
     n = len(next(iter(arrays.values())))
     padded = -(-n // size) * size
@@ -108,20 +110,31 @@ class Embedder:
         pad = np.zeros((size - len(chunk), *array.shape[1:]), array.dtype)
         rows[name] = np.concatenate([chunk, pad]) if len(pad) else chunk
       # Every process holds all rows, so each device takes its own.
-      out.append(np.asarray(encode(**sharding.from_host_copy(rows, self.mesh))))
-    return np.concatenate(out)[:n]
+      out.append(encode(**sharding.from_host_copy(rows, self.mesh)))
+    return out, n
+
+  @staticmethod
+  def collect(started: tuple[list, int]) -> np.ndarray:
+    """The embeddings [N, D] that `_start` or `start_pixels` dispatched, once computed."""
+    batches, n = started
+    return np.concatenate([np.asarray(b) for b in batches])[:n]
 
   def encode_strings(self, variables, texts: list[str], batch_size: int | None = None):
     """Embeddings [len(texts), D] of texts every process holds in full (e.g. prompts)."""
     encode = lambda input_ids, attention_mask: self.encode_texts(
       variables, input_ids, attention_mask
     )
-    return self._in_batches(encode, self.tokenize(texts), batch_size)
+    return self.collect(self._start(encode, self.tokenize(texts), batch_size))
+
+  def start_pixels(self, variables, pixels: np.ndarray, batch_size: int | None = None):
+    """`encode_pixels` without waiting for the result, which `collect` returns: the host can
+    read the next images meanwhile."""
+    encode = lambda images: self.encode_images(variables, images)
+    return self._start(encode, {'images': np.asarray(pixels, np.uint8)}, batch_size)
 
   def encode_pixels(self, variables, pixels: np.ndarray, batch_size: int | None = None):
     """Embeddings [N, D] of uint8 images [N, S, S, 3] every process holds in full."""
-    encode = lambda images: self.encode_images(variables, images)
-    return self._in_batches(encode, {'images': np.asarray(pixels, np.uint8)}, batch_size)
+    return self.collect(self.start_pixels(variables, pixels, batch_size))
 
   def encode_split(
     self, variables, split: str, label_vocabs: dict, images: bool = True, texts: bool = True
