@@ -8,6 +8,8 @@ import math
 import ml_collections
 
 from medclip_jax.data.tokenizer import BUNDLED_MINILM
+from medclip_jax.objectives import attmim
+from medclip_jax.objectives import entmlm
 from medclip_jax.training.optimizer import DEFAULT_PARAM_GROUPS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -63,7 +65,24 @@ def get_config() -> ml_collections.ConfigDict:
   # medclip_jax/objectives/) -> weight; weight 0 switches it off. 'infonce'
   # (CLIP: softmax over the global batch), 'sigmoid' (SigLIP: independent
   # match/no-match per pair, texts passed round a device ring).
-  config.objectives = {'infonce': 1.0, 'sigmoid': 0.0}
+  # 'attmim' and 'entmlm' are MMCLIP's masked modelling objectives (settings
+  # below), added to a contrastive one.
+  config.objectives = {'infonce': 1.0, 'sigmoid': 0.0, 'attmim': 0.0, 'entmlm': 0.0}
+  # AttMIM: the caption's words attend over the image tower's last feature grid
+  # (image_size / 32 a side; image_size must be a multiple of 32); the top
+  # mask_ratio of cells are blanked in the image (noise > 0 varies the choice
+  # around them: 1 lets any cell displace the most attended one), and a decoder
+  # of `depth` cross-attention layers, `width` wide, rebuilds those patches
+  # (normalize_target: each target patch standardised, as MAE). temperature is
+  # the word-to-cell softmax's (MGCA's 0.1).
+  config.attmim = ml_collections.ConfigDict(attmim.DEFAULTS)
+  # EntMLM: every token of every entity in `lexicon` (a file of one entity a
+  # line; '' is the bundled default, medclip_jax/data/entity_lexicon.txt) is
+  # masked in the training caption, topped up with random whole words to
+  # `ratio` of its tokens; a decoder with cross-attention to the image's grid
+  # predicts them. At most max_predictions x batch x text length masked tokens
+  # are scored a step (the vocabulary-sized head is the costly part).
+  config.entmlm = ml_collections.ConfigDict(entmlm.DEFAULTS)
 
   config.model = ml_collections.ConfigDict()
   config.model.embed_dim = 512

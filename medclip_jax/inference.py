@@ -314,9 +314,7 @@ class MedCLIP(Retrieval):
 
   def _start_embedding(self, pixels: list):
     # JAX dispatches asynchronously: this returns while the devices embed the batch.
-    return self._embedder.start_pixels(
-      self._variables, np.stack(pixels), self._bucket(len(pixels))
-    )
+    return self._embedder.start_pixels(self._variables, np.stack(pixels), self._bucket(len(pixels)))
 
   def _finish_embedding(self, started) -> np.ndarray:
     return self._embedder.collect(started)

@@ -968,10 +968,15 @@ def step_config(overrides=None):
   return config
 
 
-def random_batch(config, seed=0, text_features=False):
+# The [MASK] id random batches use (the tiny vocabularies have no tokenizer).
+MASK_ID = 3
+
+
+def random_batch(config, seed=0, text_features=False, mlm=False):
   """A global batch of `config.train.batch_size` random rows as the train step reads them:
-  uint8 images, token ids of 2 to max_text_length tokens, and with `text_features` a locked
-  text tower's features."""
+  uint8 images, token ids of 2 to max_text_length tokens, with `text_features` a locked
+  text tower's features, with `mlm` EntMLM's columns (a third of the tokens between [CLS]
+  and [SEP] masked with MASK_ID, half the rows counting an entity)."""
   rng = np.random.default_rng(seed)
   rows, size, length = config.train.batch_size, config.data.image_size, config.data.max_text_length
   mask = np.arange(length)[None, :] < rng.integers(2, length + 1, rows)[:, None]
@@ -986,6 +991,12 @@ def random_batch(config, seed=0, text_features=False):
   if text_features:
     features = rng.normal(size=(rows, config.model.text.hidden_size))
     batch['text_features'] = features.astype(np.float32)
+  if mlm:
+    inner = mask & (np.arange(length) > 0) & (np.arange(length) < mask.sum(1, keepdims=True) - 1)
+    masked = inner & (rng.uniform(size=mask.shape) < 1 / 3)
+    batch['mlm_input_ids'] = np.where(masked, MASK_ID, batch['input_ids']).astype(np.int32)
+    batch['mlm_labels'] = np.where(masked, batch['input_ids'], -1).astype(np.int32)
+    batch['mlm_entities'] = (np.arange(rows) % 2).astype(np.int32)
   return batch
 
 

@@ -187,7 +187,7 @@ def random_crop(image: Image.Image, size: int, scale, rng) -> np.ndarray:
 class Preprocess:
   """Turns one serialised record into model inputs (picklable for workers)."""
 
-  def __init__(self, data_config, label_vocabs=None, train=False):
+  def __init__(self, data_config, label_vocabs=None, train=False, entity_masking=None):
     # Training may pair images with label text instead of captions;
     # evaluation always uses the captions.
     self.template = None
@@ -210,6 +210,8 @@ class Preprocess:
       k: {name: i for i, name in enumerate(v)} for k, v in (label_vocabs or {}).items()
     }
     self.train = train
+    # EntMLM's masked caption (entities.EntityMasking), for training only.
+    self.entity_masking = entity_masking if train else None
     # Loaded now, not on first use: reader threads would race to import it.
     self.tokenizer = tokenizer_lib.load(self.tokenizer_spec)
 
@@ -276,6 +278,8 @@ class Preprocess:
       # Counted by the trainer: texts longer than the text tower takes.
       'truncated': np.int32(truncated),
     }
+    if self.entity_masking is not None:
+      example.update(self.entity_masking(self.tokenizer, caption, self.max_length, rng))
     for field, vocab in self.label_vocabs.items():
       example[f'label/{field}'] = np.int32(vocab.get(record['labels'].get(field), -1))
     return example
@@ -424,15 +428,20 @@ def train_iterator(
   process_index: int,
   process_count: int,
   text_features: np.ndarray | None = None,
+  entity_masking=None,
 ):
   """An endless, checkpointable iterator of this process's training batches, made by
   `worker_count(config.data.workers)` worker processes where that is not 0; its position
   is the batch index either way, so a checkpoint resumes with any number of workers.
 
   With `text_features` ([records of the split, D], in split order) each example
-  also holds its record's row of them as 'text_features'.
+  also holds its record's row of them as 'text_features'; with `entity_masking`
+  (`entities.EntityMasking`) its caption masked for EntMLM ('mlm_input_ids',
+  'mlm_labels', 'mlm_entities').
   """
-  preprocess = _Indexed(Preprocess(data_config, train=True), text_features)
+  preprocess = _Indexed(
+    Preprocess(data_config, train=True, entity_masking=entity_masking), text_features
+  )
   ds = (
     # The record's index always travels with it (not only with text features), so
     # that augmentation draws the same numbers either way.

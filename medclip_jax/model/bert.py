@@ -198,7 +198,9 @@ class BertEncoder(nn.Module):
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, input_ids, attention_mask, train: bool, token_type_ids=None):
+  def __call__(self, input_ids, attention_mask, train: bool, token_type_ids=None, tokens=False):
+    """Pooled features [B, hidden] float32; with `tokens`, also every token's final hidden
+    state [B, T, hidden] (float32), for objectives that look at words."""
     if input_ids.shape[1] > self.max_position_embeddings:
       # Embedding lookups clamp out-of-range indices silently; fail loudly instead.
       raise ValueError(
@@ -236,10 +238,12 @@ class BertEncoder(nn.Module):
 
     x = x.astype(jnp.float32)
     if self.pooling == 'cls':
-      return x[:, 0]
-    mask = attention_mask.astype(jnp.float32)[:, :, None]
-    # max(count, 1) keeps an all-padding row finite (it pools to zeros).
-    return jnp.sum(x * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
+      pooled = x[:, 0]
+    else:
+      mask = attention_mask.astype(jnp.float32)[:, :, None]
+      # max(count, 1) keeps an all-padding row finite (it pools to zeros).
+      pooled = jnp.sum(x * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
+    return (pooled, x) if tokens else pooled
 
 
 _LEAF_TO_HF = {'kernel': 'weight', 'embedding': 'weight', 'scale': 'weight', 'bias': 'bias'}

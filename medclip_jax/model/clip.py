@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from medclip_jax.model import masking
+
 # Guards the normalisation against an all-zero embedding (e.g. a fully padded text).
 _NORM_EPS = 1e-6
 
@@ -63,7 +65,15 @@ class MedCLIP(nn.Module):
     return _l2_normalize(self.text_projection(features))
 
   def __call__(
-    self, images, input_ids, attention_mask, train: bool, locked=(), text_features=None
+    self,
+    images,
+    input_ids,
+    attention_mask,
+    train: bool,
+    locked=(),
+    text_features=None,
+    mim: masking.MaskSpec | None = None,
+    mlm_input_ids=None,
   ) -> dict:
     """The named outputs objectives read: unit-norm ``image_embedding`` and
     ``text_embedding`` [B, embed_dim] and the raw (log) ``logit_scale``.
@@ -72,10 +82,56 @@ class MedCLIP(nn.Module):
     trained, run in inference mode even when `train` (as LiT locks a tower):
     no dropout, BatchNorm on its running statistics. `text_features` are a
     locked text tower's outputs computed before (see `encode_text`).
+
+    MMCLIP's objectives ask for more. With `mim` (AttMIM), the caption's tokens
+    choose cells of the image's feature grid (`text_to_cell_scores`, no
+    gradient), those patches of the image are blanked and the image tower runs
+    again: ``mim_cells`` [B, N] (the mask), ``mim_grid`` [B, h, w, C] (the
+    masked image's grid) and ``text_tokens`` [B, T, H]. With `mlm_input_ids`
+    (EntMLM's masked captions) the text tower also runs on those:
+    ``mlm_tokens`` [B, T, H], beside the unmasked image's ``image_grid``. The
+    second image pass updates BatchNorm's running statistics too; precise-BN
+    recomputes them from unmasked images before every evaluation.
     """
+    image_train = train and 'image_encoder' not in locked
     text_train = train and 'text_encoder' not in locked
-    return {
-      'image_embedding': self.encode_image(images, train and 'image_encoder' not in locked),
-      'text_embedding': self.encode_text(input_ids, attention_mask, text_train, text_features),
+    if mim is None and mlm_input_ids is None:
+      return {
+        'image_embedding': self.encode_image(images, image_train),
+        'text_embedding': self.encode_text(input_ids, attention_mask, text_train, text_features),
+        'logit_scale': self.logit_scale,
+      }
+    pooled, grid = self.image_encoder(images, train=image_train, grid=True)
+    text, tokens = self.text_encoder(input_ids, attention_mask, train=text_train, tokens=True)
+    outputs = {
+      'image_embedding': _l2_normalize(self.image_projection(pooled)),
+      'text_embedding': _l2_normalize(self.text_projection(text)),
       'logit_scale': self.logit_scale,
+      'image_grid': grid,
+      'text_tokens': tokens,
     }
+    if mim is not None:
+      scores = self.text_to_cell_scores(grid, tokens, attention_mask, mim.temperature)
+      rng = self.make_rng('masking') if mim.noise > 0 else None
+      cells = masking.top_cells(scores, mim.ratio, rng, mim.noise)
+      masked = masking.mask_images(images, cells, grid.shape[1:3])
+      outputs['mim_cells'] = cells
+      outputs['mim_grid'] = self.image_encoder(masked, train=image_train, grid=True)[1]
+    if mlm_input_ids is not None:
+      outputs['mlm_tokens'] = self.text_encoder(
+        mlm_input_ids, attention_mask, train=text_train, tokens=True
+      )[1]
+    return outputs
+
+  def text_to_cell_scores(self, grid, tokens, attention_mask, temperature):
+    """How much the caption's words attend to each cell of the image grid [B, N] (rows sum
+    to 1; `masking.cell_scores`), in the shared space: cells and tokens go through the
+    heads and are L2-normalised. [CLS] and [SEP] (the first and the last real token) and
+    padding do not vote. No gradient flows back."""
+    cells = _l2_normalize(self.image_projection(grid))
+    words = _l2_normalize(self.text_projection(tokens))
+    real = attention_mask.astype(bool)
+    last = jnp.sum(real, axis=1, keepdims=True) - 1
+    position = jnp.arange(real.shape[1])[None, :]
+    voting = real & (position > 0) & (position != last)
+    return masking.cell_scores(cells, words, voting, temperature)

@@ -23,6 +23,10 @@ _conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 ModuleDef = Callable[..., nn.Module]
 
+# The ResNet halves its input five times (stem conv, max-pool, three strided stages):
+# its last feature grid has one cell per STRIDE x STRIDE pixels.
+STRIDE = 32
+
 # ResNet(remat=...) -> the jax.checkpoint policy each stage (layer1..layer4) is
 # recomputed under in the backward pass: 'full' keeps only the stage's input,
 # 'dots' keeps the convolution outputs too (BatchNorm and ReLU are recomputed).
@@ -136,7 +140,8 @@ def _xla_max_pool(x, window, strides, padding):
 
 
 class ResNet(nn.Module):
-  """torchvision ResNet without the fc head; returns pooled features [B, C].
+  """torchvision ResNet without the fc head; returns pooled features [B, C] (and, asked,
+  the feature grid they pool).
 
   C is ``8 * width`` for depths 18/34 and ``32 * width`` for 50/101
   (512 / 2048 at torchvision's width 64). Input is NHWC float images.
@@ -167,7 +172,9 @@ class ResNet(nn.Module):
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, grid: bool = False):
+    """Pooled features [B, C] float32; with `grid`, also the last stage's feature grid
+    [B, H/32, W/32, C] (float32) they pool, for objectives that look at regions."""
     kind, layers = tables.RESNET_LAYOUTS[self.depth]
     block = _BLOCKS[kind]
     norm = functools.partial(
@@ -200,7 +207,9 @@ class ResNet(nn.Module):
         name=f'layer{i + 1}',
       )(x)
     # Pool in float32 so low-precision compute still yields float32 features.
-    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    x = x.astype(jnp.float32)
+    pooled = jnp.mean(x, axis=(1, 2))
+    return (pooled, x) if grid else pooled
 
 
 _LEAF_TO_TORCH = {

@@ -2,14 +2,21 @@
 
 An objective is a module in this package. It defines
 
-  loss(outputs, batch, params, mesh) -> (scalar loss, {name: metric})
+  loss(outputs, batch, params, mesh, config) -> (scalar loss, {name: metric})
       `outputs` are the model's named outputs (`MedCLIP.__call__`), `batch`
       the global batch, `params` every trainable parameter (the model's and
-      the objectives'), `mesh` the device mesh the batch is sharded over;
+      the objectives'), `mesh` the device mesh the batch is sharded over,
+      `config` the run's config (where an objective's settings live);
 
-and, if it learns parameters of its own,
+and, if it learns parameters of its own (a decoder, a bias),
 
-  init_params(config) -> {top-level parameter name: initial array}.
+  init_params(config, rng) -> {top-level parameter name: initial array or tree};
+
+and, if it needs more of the model than the two embeddings,
+
+  model_inputs(config, batch) -> {MedCLIP.__call__ keyword: value}
+      e.g. AttMIM's mask settings, which make the model return the masked
+      image's feature grid too.
 
 The train step adds up weight x loss over `config.objectives` and logs each
 term as `loss/<name>` and each metric as `<name>/<metric>`. An objective at
@@ -23,7 +30,10 @@ parameter is an error).
 
 import importlib
 import pkgutil
+import zlib
 from types import ModuleType
+
+import jax
 
 from medclip_jax.errors import UserError
 
@@ -53,11 +63,15 @@ def build(config) -> dict[str, tuple[float, ModuleType]]:
   }
 
 
-def init_params(objectives: dict, config) -> dict:
-  """The initial values of every parameter the objectives add, by top-level name."""
+def init_params(objectives: dict, config, rng) -> dict:
+  """The initial values of every parameter the objectives add, by top-level name; each
+  objective draws from `rng` folded with its name."""
   params, owner = {}, {}
   for name, (_, module) in objectives.items():
-    for key, value in getattr(module, 'init_params', lambda _: {})(config).items():
+    if not hasattr(module, 'init_params'):
+      continue
+    own_rng = jax.random.fold_in(rng, zlib.crc32(name.encode()))
+    for key, value in module.init_params(config, own_rng).items():
       if key in params:
         raise UserError(
           f'Objectives {owner[key]!r} and {name!r} both declare a parameter {key!r}: one of '

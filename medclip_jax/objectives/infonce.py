@@ -63,9 +63,9 @@ def infonce(image_emb, text_emb, logit_scale, mesh: Mesh, batch_axes=('data',)):
   return total / (2 * image_emb.shape[0])
 
 
-def loss(outputs: dict, batch: dict, params: dict, mesh: Mesh) -> tuple[jax.Array, dict]:
+def loss(outputs: dict, batch: dict, params: dict, mesh: Mesh, config) -> tuple[jax.Array, dict]:
   """The objective: InfoNCE of the model's embeddings at its (exponentiated) scale."""
-  del batch, params  # the pairing is the batch order; no parameters of its own
+  del batch, params, config  # the pairing is the batch order; no parameters or settings
   scale = jnp.exp(outputs['logit_scale'])
   value = infonce(
     outputs['image_embedding'], outputs['text_embedding'], scale, mesh, sharding.batch_axes(mesh)

@@ -67,14 +67,15 @@ def sigmoid(image_emb, text_emb, logit_scale, logit_bias, mesh: Mesh, batch_axes
   return total / image_emb.shape[0]
 
 
-def init_params(config) -> dict:
+def init_params(config, rng) -> dict:
   """The bias this objective learns, at SigLIP's start (-10: the many negatives must not dominate)."""
+  del rng
   return {'logit_bias': jnp.asarray(config.model.logit_bias_init, jnp.float32)}
 
 
-def loss(outputs: dict, batch: dict, params: dict, mesh: Mesh) -> tuple[jax.Array, dict]:
+def loss(outputs: dict, batch: dict, params: dict, mesh: Mesh, config) -> tuple[jax.Array, dict]:
   """The objective: the sigmoid loss at the model's scale and this objective's bias."""
-  del batch
+  del batch, config
   value = sigmoid(
     outputs['image_embedding'],
     outputs['text_embedding'],

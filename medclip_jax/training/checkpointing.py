@@ -35,6 +35,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from medclip_jax.errors import UserError
+from medclip_jax.objectives import attmim
+from medclip_jax.objectives import entmlm
 from medclip_jax.training import optimizer as optimizer_lib
 
 
@@ -358,4 +360,11 @@ def upgrade_config(config: dict) -> dict:
   config['model']['text'].setdefault('remat', 'none')
   config['train'].setdefault('cache_locked_text', False)
   config['train'].setdefault('grad_cache_chunks', 0)  # the plain gradient
+  # MMCLIP's objectives came later: absent means off, with today's settings.
+  for name, module in (('attmim', attmim), ('entmlm', entmlm)):
+    config['objectives'].setdefault(name, 0.0)
+    config.setdefault(name, dict(module.DEFAULTS))
+  config['train']['param_groups'].setdefault(
+    'decoders', optimizer_lib.DEFAULT_PARAM_GROUPS['decoders']
+  )
   return config

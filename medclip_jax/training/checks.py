@@ -12,13 +12,13 @@ from pathlib import Path
 
 from medclip_jax import model as model_lib
 from medclip_jax.data import pipeline
+from medclip_jax.data import entities
 from medclip_jax.errors import UserError
 from medclip_jax.interop import convert, tables
 from medclip_jax.model import bert
 from medclip_jax.model import resnet
 
-# The ResNet halves its input five times (stem conv, max-pool, three strided stages).
-IMAGE_STRIDE = 32
+IMAGE_STRIDE = resnet.STRIDE
 
 
 def check_files(config) -> None:
@@ -82,6 +82,7 @@ def check(config) -> None:
       f'non-finite steps in a row that stop the run), got {config.train.max_nonfinite_in_a_row}.'
     )
   _check_precision_and_remat(config.model)
+  _check_masked_modelling(config)
   steps, warmup = config.train.steps, config.train.warmup_steps
   if warmup > steps:
     raise UserError(
@@ -104,6 +105,55 @@ def check_grad_cache(config, devices: int) -> None:
       f'{per_device} rows (config.train.batch_size={batch} over {devices} device(s)): '
       "each chunk takes an equal share of every device's rows. Set it to a divisor of "
       f'{per_device}, e.g. {fit}, or to 0 to compute the gradient over the whole batch at once.'
+    )
+
+
+def _active(config, name: str) -> bool:
+  return float(config.objectives.get(name, 0.0)) != 0.0
+
+
+def _check_masked_modelling(config) -> None:
+  """MMCLIP's objectives' settings (config.attmim, config.entmlm), when they are on."""
+  fail = lambda field, problem: UserError(f'config.{field}: {problem}')
+  if _active(config, 'attmim'):
+    settings, size = config.attmim, config.data.image_size
+    if size % IMAGE_STRIDE:
+      raise fail(
+        'data.image_size',
+        f"AttMIM masks whole cells of the image tower's grid, one per {IMAGE_STRIDE} pixels a "
+        f'side, so the image size must be a multiple of {IMAGE_STRIDE}; {size} is not (e.g. '
+        f'{size // IMAGE_STRIDE * IMAGE_STRIDE or IMAGE_STRIDE} is).',
+      )
+    if not 0.0 < settings.mask_ratio <= 1.0:
+      raise fail(
+        'attmim.mask_ratio',
+        f'the share of cells masked must lie in (0, 1], got {settings.mask_ratio}.',
+      )
+    if settings.noise < 0 or settings.temperature <= 0:
+      raise fail(
+        'attmim',
+        f'noise must be at least 0 and temperature above 0 (got noise={settings.noise}, '
+        f'temperature={settings.temperature}).',
+      )
+  if _active(config, 'entmlm'):
+    settings = config.entmlm
+    if not 0.0 <= settings.ratio <= 1.0:
+      raise fail(
+        'entmlm.ratio', f'the share of tokens masked must lie in [0, 1], got {settings.ratio}.'
+      )
+    if not 0.0 < settings.max_predictions <= 1.0:
+      raise fail(
+        'entmlm.max_predictions',
+        "the share of a batch's token positions scored must lie in (0, 1], got "
+        f'{settings.max_predictions}.',
+      )
+    entities.load_lexicon(settings.lexicon or None)  # a UserError naming the file
+  on = [name for name in ('attmim', 'entmlm') if _active(config, name)]
+  if on and config.train.grad_cache_chunks > 1:
+    raise fail(
+      'train.grad_cache_chunks',
+      f'the objectives {on} read feature grids and token states, which gradient caching '
+      'does not carry between its passes: set it to 0 (the plain gradient) to use them.',
     )
 
 
@@ -134,11 +184,11 @@ def _check_precision_and_remat(model) -> None:
 
 # What a resumed run may not change: the model (its sizes, pooling, towers'
 # inits, tokenizer via data) and the data it learns from (dataset, image size,
-# text length, augmentation, training text), the objectives and the parameter
-# groups the optimizer state is laid out by. Everything else (steps, schedule,
+# text length, augmentation, training text), the objectives and their settings,
+# and the parameter groups the optimizer state is laid out by. Everything else (steps, schedule,
 # logging, checkpointing, evaluation, mesh, reader threads, the convolution
 # implementation, compute dtypes and rematerialisation) may change.
-_FIXED_ON_RESUME = ('model.', 'data.', 'objectives.', 'train.param_groups.')
+_FIXED_ON_RESUME = ('model.', 'data.', 'objectives.', 'attmim.', 'entmlm.', 'train.param_groups.')
 _FREE_KEYS = (
   'data.prepare_command',
   'data.num_threads',

@@ -23,6 +23,8 @@ DEFAULT_PARAM_GROUPS = {
   'image_encoder': r'image_encoder/.*',
   'text_encoder': r'text_encoder/.*',
   'heads': r'(image|text)_projection/.*|logit_scale|logit_bias',
+  # MMCLIP's objectives' decoders (objectives/attmim.py, entmlm.py): trained, never exported.
+  'decoders': r'(attmim|entmlm)_decoder/.*',
 }
 
 
@@ -125,8 +127,14 @@ def create(config, params) -> optax.GradientTransformation:
       mask=_decay_mask,
     )
 
-  transforms = {name: group_transform(float(multipliers.get(name, 1.0))) for name in groups}
+  labels = param_labels(config, params)
+  # Only groups that hold parameters get an optimizer state (the decoders' group exists
+  # only with MMCLIP's objectives), so checkpoints keep their layout when groups are added.
+  used = set(jax.tree.leaves(labels))
+  transforms = {
+    name: group_transform(float(multipliers.get(name, 1.0))) for name in groups if name in used
+  }
   return optax.chain(
     optax.clip_by_global_norm(config.grad_clip_norm),
-    optax.multi_transform(transforms, param_labels(config, params)),
+    optax.multi_transform(transforms, labels),
   )

@@ -20,6 +20,7 @@ import optax
 from medclip_jax import model as model_lib
 from medclip_jax import objectives as objectives_lib
 from medclip_jax import sharding
+from medclip_jax.data import entities
 from medclip_jax.data import pipeline
 from medclip_jax.data import tokenizer as tokenizer_lib
 from medclip_jax.errors import UserError
@@ -97,6 +98,12 @@ class Setup:
     local_batch = sharding.check_batch_size(config.train.batch_size, mesh, 'train.batch_size')
     checks.check_grad_cache(config, mesh.size)
     tokenizer = tokenizer_lib.load(config.data.tokenizer)
+    if float(config.objectives.get('entmlm', 0.0)) and tokenizer.mask_token_id is None:
+      raise UserError(
+        f'config.objectives.entmlm: the tokenizer in {tokenizer_lib.resolve(config.data.tokenizer)} '
+        'has no mask token ([MASK]) to hide entities with; use a BERT tokenizer, or switch '
+        'EntMLM off (--config.objectives.entmlm=0).'
+      )
     if len(tokenizer) > config.model.text.vocab_size:
       raise UserError(
         f'The tokenizer in {tokenizer_lib.resolve(config.data.tokenizer)} has '
@@ -201,6 +208,11 @@ class Setup:
       process_index=jax.process_index(),
       process_count=jax.process_count(),
       text_features=text_features,
+      entity_masking=(
+        entities.EntityMasking.from_config(self.config.entmlm)
+        if 'entmlm' in self.objectives
+        else None
+      ),
     )
 
   def locked_text_features(
@@ -229,6 +241,10 @@ class Setup:
       (
         counts.get('captions', counts.get('count')) != counts.get('count'),
         'some images have several captions',
+      ),
+      (
+        bool({'attmim', 'entmlm'} & set(self.objectives)),
+        "MMCLIP's objectives read the tower's token states",
       ),
     ]
     why_not = next((reason for blocked, reason in blockers if blocked), '')

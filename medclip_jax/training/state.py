@@ -38,7 +38,8 @@ def initial_params(model, objectives: dict, config, params_rng, dropout_rng) -> 
     jnp.ones((1, length), jnp.int32),
     train=False,
   )
-  extra = objectives_lib.init_params(objectives, config)
+  # A key of its own, so that the model's initial values do not depend on the objectives.
+  extra = objectives_lib.init_params(objectives, config, jax.random.fold_in(params_rng, 1))
   clash = sorted(set(extra) & set(variables['params']))
   if clash:
     raise UserError(

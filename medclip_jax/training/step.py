@@ -54,7 +54,16 @@ def make_gradient(model, objectives: dict, mesh, config):
         lambda group, p: jax.lax.stop_gradient(p) if group in frozen else p, labels, params
       )
 
+    # What objectives ask of the model beyond the embeddings (AttMIM's masked pass,
+    # EntMLM's masked captions); those objectives run without gradient caching.
+    extra = {}
+    for _, module in objectives.values():
+      extra.update(getattr(module, 'model_inputs', lambda *_: {})(config, batch))
+
     def embed(params, rows, rng):
+      rngs = {'dropout': rng}
+      if extra:
+        rngs['masking'] = jax.random.fold_in(rng, 1)
       outputs, updates = model.apply(
         {'params': trainable(params), 'batch_stats': batch_stats},
         pipeline.normalize(rows['image'], mean, std),
@@ -64,20 +73,22 @@ def make_gradient(model, objectives: dict, mesh, config):
         locked=locked,
         # A locked text tower's outputs, computed once (Setup.locked_text_features).
         text_features=rows.get('text_features'),
-        rngs={'dropout': rng},
+        rngs=rngs,
         mutable=['batch_stats'],
+        **extra,
       )
-      return {key: outputs[key] for key in EMBEDDINGS}, updates['batch_stats']
+      keep = outputs.keys() - {'logit_scale'} if extra else EMBEDDINGS
+      return {key: outputs[key] for key in keep}, updates['batch_stats']
 
     def objective(embeddings, params):
       params = trainable(params)
       outputs = {**embeddings, 'logit_scale': params['logit_scale']}
       terms, metrics = [], {}
       for name, (weight, module) in objectives.items():
-        value, extra = module.loss(outputs, batch, params, mesh)
+        value, details = module.loss(outputs, batch, params, mesh, config)
         terms.append(weight * value)
         metrics[f'loss/{name}'] = value
-        metrics.update({f'{name}/{key}': v for key, v in extra.items()})
+        metrics.update({f'{name}/{key}': v for key, v in details.items()})
       return sum(terms), metrics
 
     rows = {key: batch[key] for key in ROW_INPUTS if key in batch}

@@ -151,3 +151,25 @@ def test_describe_train_text_checks_labels_and_counts_records_lacking_them():
   with pytest.raises(UserError, match='label.*plane.*its labels are body_part, modality'):
     describe('{plane} view.')
   assert pipeline.describe_train_text(data_config(), info) == 'training text: captions'
+
+
+def test_entmlm_masks_the_training_captions_entities_and_evaluation_nothing():
+  from medclip_jax.data import entities  # pylint: disable=import-outside-toplevel
+
+  masking = entities.EntityMasking(entities.load_lexicon(), ratio=0.15)
+  caption = 'Axial CT of the chest shows a small left pleural effusion.'
+  train = pipeline.Preprocess(data_config(max_text_length=24), train=True, entity_masking=masking)
+  ex = train(_record(caption), np.random.default_rng(0))
+  tokenizer = train.tokenizer
+  masked = ex['mlm_labels'] >= 0
+  # The masked tokens hold [MASK]; their labels are the caption's own ids, which the
+  # contrastive objectives still read unmasked.
+  assert (ex['mlm_input_ids'][masked] == tokenizer.mask_token_id).all()
+  np.testing.assert_array_equal(ex['mlm_labels'][masked], ex['input_ids'][masked])
+  np.testing.assert_array_equal(ex['mlm_input_ids'][~masked], ex['input_ids'][~masked])
+  words = tokenizer.convert_ids_to_tokens(ex['input_ids'][masked].tolist())
+  for entity in ('ct', 'chest', 'left', 'pleural', 'effusion'):  # every word piece of each
+    assert set(tokenizer.tokenize(entity)) <= set(words), (entity, words)
+  assert ex['mlm_entities'] >= 5
+  evaluation = pipeline.Preprocess(data_config(max_text_length=24), entity_masking=masking)
+  assert 'mlm_input_ids' not in evaluation(_record(caption))

@@ -1,5 +1,6 @@
 """Objectives as data: config.objectives names modules by weight, and mistakes are explained."""
 
+import jax
 import pytest
 
 from medclip_jax import objectives
@@ -13,7 +14,7 @@ def test_objectives_are_the_modules_of_the_package(tiny_config):
   built = objectives.build(config)
   assert {name: weight for name, (weight, _) in built.items()} == {'infonce': 1.0, 'sigmoid': 0.5}
   # The sigmoid loss declares its bias; InfoNCE learns nothing of its own.
-  params = objectives.init_params(built, config)
+  params = objectives.init_params(built, config, jax.random.key(0))
   assert list(params) == ['logit_bias'] and float(params['logit_bias']) == -10.0
 
 
@@ -21,7 +22,7 @@ def test_weight_zero_switches_an_objective_off_parameters_included(tiny_config):
   config = tiny_config()
   assert {'infonce': 1.0, 'sigmoid': 0.0}.items() <= dict(config.objectives).items()
   built = objectives.build(config)
-  assert list(built) == ['infonce'] and objectives.init_params(built, config) == {}
+  assert list(built) == ['infonce'] and objectives.init_params(built, config, jax.random.key(0)) == {}
 
 
 @pytest.mark.parametrize(

@@ -55,6 +55,22 @@ BAD = {
     {'train.max_nonfinite_in_a_row': 0},
     r'config\.train\.max_nonfinite_in_a_row must be at least 1',
   ),
+  'AttMIM on an image size that is not whole cells': (
+    {'objectives.attmim': 1.0, 'data.image_size': 48},
+    r'config\.data\.image_size: AttMIM masks whole cells .* 48 is not \(e\.g\. 32 is\)',
+  ),
+  'AttMIM masking nothing': (
+    {'objectives.attmim': 1.0, 'attmim.mask_ratio': 0.0},
+    r'config\.attmim\.mask_ratio: the share of cells masked must lie in \(0, 1\], got 0\.0',
+  ),
+  'EntMLM with a lexicon that is not there': (
+    {'objectives.entmlm': 1.0, 'entmlm.lexicon': '/nonexistent/lexicon.txt'},
+    r'The entity lexicon /nonexistent/lexicon\.txt cannot be read',
+  ),
+  'MMCLIP objectives with gradient caching': (
+    {'objectives.entmlm': 1.0, 'train.grad_cache_chunks': 2},
+    r"config\.train\.grad_cache_chunks: the objectives \['entmlm'\] read feature grids",
+  ),
 }
 
 
