@@ -7,6 +7,7 @@ import math
 
 import ml_collections
 
+from medclip_jax.data import pipeline
 from medclip_jax.data.tokenizer import BUNDLED_MINILM
 from medclip_jax.objectives import attmim
 from medclip_jax.objectives import entmlm
@@ -51,6 +52,14 @@ def get_config() -> ml_collections.ConfigDict:
   # the record's labels, e.g. '{modality} of the {body_part}.' (records
   # lacking a label it names keep their caption). Evaluation uses captions.
   config.data.train_text = 'caption'
+  # Unpaired data (MMCLIP): shares of the training stream taken by image-only
+  # and text-only records of the training split (prepare's --unpaired, or
+  # --unpaired_images / --unpaired_texts for the synthetic format); the rest is
+  # paired. An image-only record is paired with `prompt` filled from its labels
+  # (a label it lacks is left out) and trains every objective; a text-only one
+  # trains EntMLM alone, its cross-attention to the image off (its blank image
+  # still passes through the image tower's BatchNorm in training).
+  config.data.unpaired = ml_collections.ConfigDict(pipeline.UNPAIRED_DEFAULTS)
   config.data.tokenizer = BUNDLED_MINILM  # or a Hugging Face model directory
   config.data.max_text_length = 64
   config.data.num_threads = 2  # reader threads per process

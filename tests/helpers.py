@@ -276,7 +276,11 @@ def data_config(**overrides):
       laterality='swap',
       train_text='caption',
       dir='data/x',
+      tfds_name='',
       train_split='train',
+      num_threads=1,
+      prefetch=8,
+      workers=0,
     )
   )
   config.update(overrides)
@@ -1023,15 +1027,31 @@ def step_gradient(config, batch):
   """The train step's gradient (`step.make_gradient`) at `step_state(config)` on the mesh of
   `config.mesh`: (its values as NumPy arrays, 'loss', 'metrics/<name>', 'batch_stats/<path>'
   and 'grads/<path>' with paths '/'-joined; the compiled function)."""
+  values, compiled = step_gradient_fn(config, batch)
+  return values(batch), compiled
+
+
+def step_gradient_fn(config, batch):
+  """(batch -> `step_gradient`'s values, the compiled function), compiled once for batches
+  shaped like `batch`."""
   mesh = sharding.create_mesh(config.mesh)
   parts = setup.shapes(config)
   state = step_state(config)
-  args = (state.params, state.batch_stats, sharding.to_global_batch(batch, mesh), state.rng)
+  args = lambda batch: (
+    state.params,
+    state.batch_stats,
+    sharding.to_global_batch(batch, mesh),
+    state.rng,
+  )
   gradient = jax.jit(step.make_gradient(parts.model, parts.objectives, mesh, config))
-  compiled = gradient.lower(*args).compile()
-  (loss, (metrics, batch_stats)), grads = compiled(*args)
-  out = {'loss': loss, **{f'metrics/{k}': v for k, v in metrics.items()}}
-  for name, tree in (('batch_stats', batch_stats), ('grads', grads)):
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-      out['/'.join([name, *(str(k.key) for k in path)])] = leaf
-  return {k: np.asarray(v) for k, v in jax.device_get(out).items()}, compiled
+  compiled = gradient.lower(*args(batch)).compile()
+
+  def values(batch):
+    (loss, (metrics, batch_stats)), grads = compiled(*args(batch))
+    out = {'loss': loss, **{f'metrics/{k}': v for k, v in metrics.items()}}
+    for name, tree in (('batch_stats', batch_stats), ('grads', grads)):
+      for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        out['/'.join([name, *(str(k.key) for k in path)])] = leaf
+    return {k: np.asarray(v) for k, v in jax.device_get(out).items()}
+
+  return values, compiled

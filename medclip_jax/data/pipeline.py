@@ -8,6 +8,7 @@ pipeline as uint8 (4x less host-to-device traffic than float32) and are
 normalised on the device by `normalize`.
 """
 
+import collections
 import hashlib
 import math
 import os
@@ -187,7 +188,9 @@ def random_crop(image: Image.Image, size: int, scale, rng) -> np.ndarray:
 class Preprocess:
   """Turns one serialised record into model inputs (picklable for workers)."""
 
-  def __init__(self, data_config, label_vocabs=None, train=False, entity_masking=None):
+  def __init__(
+    self, data_config, label_vocabs=None, train=False, entity_masking=None, unpaired=False
+  ):
     # Training may pair images with label text instead of captions;
     # evaluation always uses the captions.
     self.template = None
@@ -212,6 +215,10 @@ class Preprocess:
     self.train = train
     # EntMLM's masked caption (entities.EntityMasking), for training only.
     self.entity_masking = entity_masking if train else None
+    # Unpaired data mixed in: every example says what it has ('has_image', 'kind'), and
+    # an image-only record is paired with the disease-kind prompt.
+    self.unpaired = unpaired
+    self.prompt = data_config.unpaired.prompt if unpaired else None
     # Loaded now, not on first use: reader threads would race to import it.
     self.tokenizer = tokenizer_lib.load(self.tokenizer_spec)
 
@@ -262,8 +269,15 @@ class Preprocess:
 
   def __call__(self, raw: bytes, rng: np.random.Generator | None = None):
     record = records.decode(raw)
-    caption = self.text(record, rng if self.train else None)
-    if self.train:
+    kind = record.get('kind')
+    if kind == 'image_only':
+      caption = fill_prompt(self.prompt, record['labels'])
+    else:
+      caption = self.text(record, rng if self.train else None)
+    if kind == 'text_only':
+      # No image: a blank one keeps the batch's shape; the objectives leave it out.
+      pixels = np.zeros((self.image_size, self.image_size, 3), np.uint8)
+    elif self.train:
       image = image_lib.decode_reduced(record['image'], self.min_decoded_side)
       pixels = random_crop(image, self.image_size, self.crop_scale, rng)
       pixels, caption = self._flip(pixels, caption, rng)
@@ -280,9 +294,85 @@ class Preprocess:
     }
     if self.entity_masking is not None:
       example.update(self.entity_masking(self.tokenizer, caption, self.max_length, rng))
+    if self.unpaired:
+      example['has_image'] = np.int32(kind != 'text_only')
+      example['kind'] = np.int32(KINDS.index(kind or 'paired'))
     for field, vocab in self.label_vocabs.items():
       example[f'label/{field}'] = np.int32(vocab.get(record['labels'].get(field), -1))
     return example
+
+
+# Training examples' 'kind' column: the index of the record's kind here.
+KINDS = ('paired', 'image_only', 'text_only')
+# config.data.unpaired's defaults (configs/default.py documents them): none mixed in.
+UNPAIRED_DEFAULTS = {'image_only': 0.0, 'text_only': 0.0, 'prompt': 'An image showing {finding}.'}
+
+
+def fill_prompt(template: str, labels: dict) -> str:
+  """The disease-kind prompt of an image-only record: `template` filled from its labels,
+  a label it lacks left out (and the spaces around it collapsed)."""
+  filled = template.format_map(collections.defaultdict(str, labels))
+  return ' '.join(filled.split())
+
+
+def unpaired_shares(data_config) -> dict[str, float]:
+  """{kind: share of the training stream} of the unpaired data config.data.unpaired mixes
+  in ({} when none): 'image_only' and 'text_only' records of the training split."""
+  settings = data_config.get('unpaired')  # configs saved before it existed have none
+  if not settings:
+    return {}
+  return {kind: float(settings[kind]) for kind in KINDS[1:] if float(settings[kind]) > 0}
+
+
+def describe_unpaired(data_config, info: dict) -> str:
+  """The training mix, checked against the dataset ('' without unpaired data).
+
+  Raises UserError for shares outside [0, 1) or adding up to 1 or more, a kind the
+  dataset has no records of, or a prompt that is malformed or names no label it has.
+  """
+  settings = data_config.get('unpaired')
+  if not settings:
+    return ''
+  for kind in KINDS[1:]:
+    if not 0.0 <= float(settings[kind]) < 1.0:
+      raise UserError(
+        f'config.data.unpaired.{kind}={settings[kind]} is not a share of the training '
+        'stream: give a number in [0, 1) (0 mixes none in).'
+      )
+  shares = unpaired_shares(data_config)
+  if not shares:
+    return ''
+  if sum(shares.values()) >= 1.0:
+    raise UserError(
+      f'config.data.unpaired: the shares {shares} leave no room for paired records; keep '
+      'their sum below 1.'
+    )
+  split, counts = data_config.train_split, info.get('splits', {})
+  for kind in shares:
+    if not counts.get(records.unpaired_split(split, kind), {}).get('count'):
+      raise UserError(
+        f'config.data.unpaired.{kind}={shares[kind]}, but {data_config.dir} holds no '
+        f'{kind} records ({records.unpaired_split(split, kind)}). Prepare them with '
+        "prepare's --unpaired (manifest: rows lacking a caption or an image) or "
+        '--unpaired_images / --unpaired_texts (synthetic), or set the share to 0.'
+      )
+  if 'image_only' in shares:
+    try:
+      fields = template_fields(settings.prompt)
+    except ValueError as e:
+      raise UserError(f'config.data.unpaired.prompt: {e}') from e
+    known = info.get('labels', {})
+    if not set(fields) & set(known):
+      raise UserError(
+        f'config.data.unpaired.prompt={settings.prompt!r} names no label of {data_config.dir} '
+        f'(its labels: {", ".join(sorted(known)) or "none"}): an image-only record would get '
+        'an empty prompt.'
+      )
+  paired = 1.0 - sum(shares.values())
+  mix = ', '.join(f'{share:.0%} {kind.replace("_", "-")}' for kind, share in shares.items())
+  return (
+    f'training mix: {paired:.0%} paired, {mix} (image-only records paired with {settings.prompt!r})'
+  )
 
 
 def source(data_config, split: str):
@@ -429,6 +519,7 @@ def train_iterator(
   process_count: int,
   text_features: np.ndarray | None = None,
   entity_masking=None,
+  paired_only: bool = False,
 ):
   """An endless, checkpointable iterator of this process's training batches, made by
   `worker_count(config.data.workers)` worker processes where that is not 0; its position
@@ -437,23 +528,39 @@ def train_iterator(
   With `text_features` ([records of the split, D], in split order) each example
   also holds its record's row of them as 'text_features'; with `entity_masking`
   (`entities.EntityMasking`) its caption masked for EntMLM ('mlm_input_ids',
-  'mlm_labels', 'mlm_entities').
+  'mlm_labels', 'mlm_entities'). With `config.data.unpaired` shares, image-only and
+  text-only records are mixed in at those shares (unless `paired_only`) and every
+  example says what it has ('has_image', 'kind': an index into KINDS).
   """
+  shares = unpaired_shares(data_config)
   preprocess = _Indexed(
-    Preprocess(data_config, train=True, entity_masking=entity_masking), text_features
+    Preprocess(data_config, train=True, entity_masking=entity_masking, unpaired=bool(shares)),
+    text_features,
   )
-  ds = (
-    # The record's index always travels with it (not only with text features), so
-    # that augmentation draws the same numbers either way.
-    grain.MapDataset.source(source(data_config, data_config.train_split))
-    .map_with_index(_with_index)
-    .seed(seed)
-    .shuffle()
-    .repeat()
-    # Augment before slicing: an element's crop depends on its global
-    # position only, not on how many processes share the stream.
-    .random_map(preprocess)
-  )
+
+  def stream(split, stream_seed):
+    return (
+      # The record's index always travels with it (not only with text features), so
+      # that augmentation draws the same numbers either way.
+      grain.MapDataset.source(source(data_config, split))
+      .map_with_index(_with_index)
+      .seed(stream_seed)
+      .shuffle()
+      .repeat()
+      # Augment before slicing: an element's crop depends on its global
+      # position only, not on how many processes share the stream.
+      .random_map(preprocess)
+    )
+
+  ds = stream(data_config.train_split, seed)
+  if shares and not paired_only:
+    kinds = list(shares)
+    parts = [ds] + [
+      stream(records.unpaired_split(data_config.train_split, kind), seed + 1 + i)
+      for i, kind in enumerate(kinds)
+    ]
+    # grain interleaves the streams in these proportions, deterministically.
+    ds = grain.MapDataset.mix(parts, [1.0 - sum(shares.values()), *shares.values()])
   ds = ds[process_index::process_count].batch(local_batch_size, drop_remainder=True)
   workers = worker_count(data_config.workers)
   return _Batches(ds, _read_options(data_config, workers), workers)

@@ -138,11 +138,21 @@ def prepare(
           f'The {format} split rule put group {item["group"]!r} in both '
           f'{split_of_group[item["group"]]!r} and {split!r}.'
         )
+      kind = item.get('kind')
+      if kind:
+        # Unpaired data is for training only: evaluation needs pairs.
+        if split != 'train':
+          skipped.append({'id': item['id'], 'reason': f'{kind} record outside the train split'})
+          continue
+        split = records.unpaired_split(split, kind)
+        if split not in writers:
+          writers[split] = records.SplitWriter(output, split, num_shards)
+          label_counts[split] = collections.defaultdict(collections.Counter)
       writers[split].write(item)
       for name, value in item['labels'].items():
         labels.setdefault(name, set()).add(value)
         label_counts[split][name][value] += 1
-      several = records.captions(item)
+      several = [c for c in records.captions(item) if c]
       captions_in[split] += len(several)
       caption_words.extend(len(c.split()) for c in several)
     if progress:
@@ -154,6 +164,11 @@ def prepare(
       writer.abort()
     raise
 
+  # Unpaired splits an earlier conversion into this directory wrote, and this one did not.
+  for kind in records.UNPAIRED_KINDS:
+    split = records.unpaired_split('train', kind)
+    if split not in writers:
+      records.remove_split(output, split)
   splits = {}
   for split, writer in writers.items():
     paths = writer.close()
@@ -219,6 +234,15 @@ flags.DEFINE_string(
   'sections', 'impression,findings', 'reports: the report sections to caption with, by preference.'
 )
 flags.DEFINE_string('captions', '', 'dicom: a CSV of file,caption (default: captions from tags).')
+flags.DEFINE_bool(
+  'unpaired',
+  False,
+  'manifest: keep rows with an image but no caption (image-only records) and with a caption '
+  'but no image (text-only), written as train_image_only / train_text_only for '
+  'config.data.unpaired; by default both are skipped.',
+)
+flags.DEFINE_integer('unpaired_images', 0, 'synthetic: extra training images without a caption.')
+flags.DEFINE_integer('unpaired_texts', 0, 'synthetic: extra training captions without an image.')
 flags.mark_flags_as_required(['format', 'output'])
 
 

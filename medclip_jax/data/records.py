@@ -11,8 +11,14 @@ Each ArrayRecord entry is one msgpack-serialised record::
      'image': bytes,       # PNG, grayscale ('L') or RGB
      'caption': str,       # the text paired with the image
      'labels': {str: str}, # classification labels; may be empty
-     'captions': [str]}    # only for an image with several captions: all of
+     'captions': [str],    # only for an image with several captions: all of
                            # them, the first being 'caption' (see `captions`)
+     'kind': str}          # only for unpaired data (prepare's unpaired options):
+                           # 'image_only' (caption '') or 'text_only' (image b'')
+
+Unpaired records of the training split are written as their own splits,
+``train_image_only`` and ``train_text_only`` (`unpaired_split`), which the
+pipeline mixes into training at the shares `config.data.unpaired` gives.
 
 Shards are written with ``group_size:1`` so that grain can read any record
 directly (random access) without decoding its neighbours.
@@ -40,7 +46,14 @@ _FIELD_TYPES = {
   'caption': str,
   'labels': dict,
 }
-_OPTIONAL_FIELD_TYPES = {'captions': list}
+_OPTIONAL_FIELD_TYPES = {'captions': list, 'kind': str}
+# What an unpaired record lacks.
+UNPAIRED_KINDS = {'image_only': 'caption', 'text_only': 'image'}
+
+
+def unpaired_split(split: str, kind: str) -> str:
+  """The split an unpaired record of `split` is written to: e.g. 'train_image_only'."""
+  return f'{split}_{kind}'
 
 
 def captions(record: dict) -> list[str]:
@@ -84,8 +97,16 @@ def _check(record: Any) -> None:
       )
   if not record['id']:
     raise ValueError('Record id must be a non-empty string.')
-  if not record['image']:
+  kind = record.get('kind')
+  if kind is not None and kind not in UNPAIRED_KINDS:
+    raise ValueError(
+      f'Record {record["id"]!r}: kind must be one of {sorted(UNPAIRED_KINDS)}, got {kind!r}.'
+    )
+  lacks = UNPAIRED_KINDS.get(kind)
+  if lacks != 'image' and not record['image']:
     raise ValueError(f'Record {record["id"]!r} has an empty image.')
+  if lacks and record[lacks]:
+    raise ValueError(f'Record {record["id"]!r} is {kind} but has a {lacks}.')
 
 
 def encode(record: dict) -> bytes:
@@ -100,6 +121,8 @@ def encode(record: dict) -> bytes:
   }
   if 'captions' in record:
     canonical['captions'] = list(record['captions'])
+  if 'kind' in record:
+    canonical['kind'] = record['kind']
   return msgpack.packb(canonical, use_bin_type=True)
 
 
@@ -119,6 +142,12 @@ def shard_name(split: str, index: int, num_shards: int) -> str:
 
 def _split_pattern(data_dir: str, split: str) -> str:
   return os.path.join(glob.escape(data_dir), f'{split}.array_record-*-of-*')
+
+
+def remove_split(data_dir: str, split: str) -> None:
+  """Deletes the shards of `split` in `data_dir`, if any."""
+  for path in glob.glob(_split_pattern(data_dir, split)):
+    os.remove(path)
 
 
 class SplitWriter:
@@ -176,8 +205,7 @@ class SplitWriter:
       self._open(min(self._max_shards, max(1, wanted)))
     for writer in self._writers:
       writer.close()
-    for old in glob.glob(_split_pattern(self.output_dir, self.split)):
-      os.remove(old)
+    remove_split(self.output_dir, self.split)
     paths = []
     for i, tmp in enumerate(self._tmp_paths):
       path = os.path.join(self.output_dir, shard_name(self.split, i, len(self._tmp_paths)))

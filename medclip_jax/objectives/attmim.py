@@ -86,6 +86,8 @@ def loss(outputs, batch, params, mesh, config):
   )
   images = pipeline.normalize(batch['image'], config.data.mean, config.data.std)
   cells = outputs['mim_cells']
+  if 'has_image' in batch:  # a text-only record's blank image is not rebuilt
+    cells = cells & (batch['has_image'] > 0)[:, None]
   value = masking.masked_patch_mse(
     predicted, images, cells, (h, w), normalize_target=config.attmim.normalize_target
   )

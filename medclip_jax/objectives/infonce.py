@@ -35,7 +35,32 @@ def _local_infonce(image_emb, text_emb, scale, *, axes):
   return jax.lax.psum(i2t + t2i, axes)
 
 
-def infonce(image_emb, text_emb, logit_scale, mesh: Mesh, batch_axes=('data',)):
+# Added to the logits of rows without an image (unpaired text-only records): finite, so
+# that their zero-weighted terms keep finite gradients.
+_EXCLUDED = -1e9
+
+
+def _local_infonce_of_valid(image_emb, text_emb, scale, valid, *, axes):
+  """`_local_infonce` over the rows with `valid` 1 only: the others are neither scored
+  nor candidates."""
+  all_text = jax.lax.all_gather(text_emb, axes, tiled=True)
+  all_image = jax.lax.all_gather(image_emb, axes, tiled=True)
+  all_valid = jax.lax.all_gather(valid, axes, tiled=True)
+  local = image_emb.shape[0]
+  labels = jax.lax.axis_index(axes) * local + jnp.arange(local)
+  excluded = jnp.where(all_valid > 0, 0.0, _EXCLUDED)
+
+  def terms(logits):
+    logz = jax.nn.logsumexp(logits + excluded, axis=-1)
+    picked = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+    return jnp.sum(jnp.where(valid > 0, logz - picked, 0.0))
+
+  i2t = terms(scale * image_emb @ all_text.T)
+  t2i = terms(scale * text_emb @ all_image.T)
+  return jax.lax.psum(i2t + t2i, axes)
+
+
+def infonce(image_emb, text_emb, logit_scale, mesh: Mesh, batch_axes=('data',), valid=None):
   """Symmetric InfoNCE, (image-to-text + text-to-image) / 2, mean over the batch.
 
   Args:
@@ -46,6 +71,8 @@ def infonce(image_emb, text_emb, logit_scale, mesh: Mesh, batch_axes=('data',)):
       exponentiated).
     mesh: the device mesh the batch lives on.
     batch_axes: mesh axes the batch dimension is sharded over.
+    valid: optional [B], 0 for rows left out (text-only records without an
+      image): the mean is over the other rows, against the other rows.
 
   Returns:
     Scalar float32 loss, identical whatever the number of devices.
@@ -54,6 +81,15 @@ def infonce(image_emb, text_emb, logit_scale, mesh: Mesh, batch_axes=('data',)):
   text_emb = text_emb.astype(jnp.float32)
   logit_scale = jnp.asarray(logit_scale, jnp.float32)
   batch_axes = tuple(batch_axes)
+  if valid is not None:
+    valid = jnp.asarray(valid, jnp.float32)
+    total = jax.shard_map(
+      functools.partial(_local_infonce_of_valid, axes=batch_axes),
+      mesh=mesh,
+      in_specs=(P(batch_axes), P(batch_axes), P(), P(batch_axes)),
+      out_specs=P(),
+    )(image_emb, text_emb, logit_scale, valid)
+    return total / (2 * jnp.maximum(jnp.sum(valid), 1.0))
   total = jax.shard_map(
     functools.partial(_local_infonce, axes=batch_axes),
     mesh=mesh,
@@ -64,10 +100,16 @@ def infonce(image_emb, text_emb, logit_scale, mesh: Mesh, batch_axes=('data',)):
 
 
 def loss(outputs: dict, batch: dict, params: dict, mesh: Mesh, config) -> tuple[jax.Array, dict]:
-  """The objective: InfoNCE of the model's embeddings at its (exponentiated) scale."""
-  del batch, params, config  # the pairing is the batch order; no parameters or settings
+  """The objective: InfoNCE of the model's embeddings at its (exponentiated) scale, over
+  the rows that have an image (all but unpaired text-only records)."""
+  del params, config  # the pairing is the batch order; no parameters or settings
   scale = jnp.exp(outputs['logit_scale'])
   value = infonce(
-    outputs['image_embedding'], outputs['text_embedding'], scale, mesh, sharding.batch_axes(mesh)
+    outputs['image_embedding'],
+    outputs['text_embedding'],
+    scale,
+    mesh,
+    sharding.batch_axes(mesh),
+    valid=batch.get('has_image'),
   )
   return value, {}

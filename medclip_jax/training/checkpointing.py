@@ -34,6 +34,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from medclip_jax.data import pipeline
 from medclip_jax.errors import UserError
 from medclip_jax.objectives import attmim
 from medclip_jax.objectives import entmlm
@@ -367,4 +368,5 @@ def upgrade_config(config: dict) -> dict:
   config['train']['param_groups'].setdefault(
     'decoders', optimizer_lib.DEFAULT_PARAM_GROUPS['decoders']
   )
+  config['data'].setdefault('unpaired', dict(pipeline.UNPAIRED_DEFAULTS))
   return config

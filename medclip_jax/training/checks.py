@@ -148,6 +148,19 @@ def _check_masked_modelling(config) -> None:
         f'{settings.max_predictions}.',
       )
     entities.load_lexicon(settings.lexicon or None)  # a UserError naming the file
+  shares = pipeline.unpaired_shares(config.data)
+  if shares and _active(config, 'sigmoid'):
+    raise fail(
+      'data.unpaired',
+      'the sigmoid objective does not leave out text-only rows yet; mix unpaired data in '
+      'with infonce (--config.objectives.sigmoid=0 --config.objectives.infonce=1).',
+    )
+  if 'text_only' in shares and not _active(config, 'entmlm'):
+    raise fail(
+      'data.unpaired.text_only',
+      'text-only records train EntMLM alone, which is off: switch it on '
+      '(--config.objectives.entmlm=1) or set the share to 0.',
+    )
   on = [name for name in ('attmim', 'entmlm') if _active(config, name)]
   if on and config.train.grad_cache_chunks > 1:
     raise fail(

@@ -191,11 +191,18 @@ class Setup:
 
   # ---- Data ----
 
-  def train_batches(self, seed: int | None = None, data_dir: str | None = None, text_features=None):
+  def train_batches(
+    self,
+    seed: int | None = None,
+    data_dir: str | None = None,
+    text_features=None,
+    paired_only: bool = False,
+  ):
     """This process's training batches (endless, checkpointable), as the trainer reads them.
 
     `seed` defaults to the config's; `data_dir` reads another prepared directory;
-    `text_features` (`locked_text_features`) go with each example.
+    `text_features` (`locked_text_features`) go with each example; `paired_only` leaves
+    unpaired data out (precise-BN's statistics are of real images).
     """
     data = self.config.data
     if data_dir is not None:
@@ -213,6 +220,7 @@ class Setup:
         if 'entmlm' in self.objectives
         else None
       ),
+      paired_only=paired_only,
     )
 
   def locked_text_features(
@@ -246,6 +254,7 @@ class Setup:
         bool({'attmim', 'entmlm'} & set(self.objectives)),
         "MMCLIP's objectives read the tower's token states",
       ),
+      (bool(pipeline.unpaired_shares(data)), 'unpaired data is mixed in'),
     ]
     why_not = next((reason for blocked, reason in blockers if blocked), '')
     if why_not:

@@ -142,6 +142,9 @@ def make_train_step(model, objectives: dict, tx, schedule, mesh, config):
       'nonfinite': nonfinite,
       'skipped': state.skipped + nonfinite,
     }
+    if 'kind' in batch:  # unpaired data mixed in: how many of each kind this step saw
+      for index, kind in enumerate(pipeline.KINDS):
+        metrics[f'data/{kind}'] = jnp.sum(batch['kind'] == index)
     if 'stop' in batch:
       # A preemption request from any process (training/preemption.py),
       # seen by all of them in the same step's metrics.

@@ -10,6 +10,7 @@ newest readable one is used), a stop request (`preemption`), non-finite losses
 `train.max_nonfinite_in_a_row`).
 """
 
+import collections
 import time
 from pathlib import Path
 
@@ -43,17 +44,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
   info = pipeline.dataset_info(config.data)
   checks.check_eval_splits(config, info)
   train_text = pipeline.describe_train_text(config.data, info)
+  mix = pipeline.describe_unpaired(config.data, info)
   setup = Setup.create(config)
   evaluation = setup.evaluation(info.get('labels', {}))
   precise_bn = setup.precise_bn()
 
   # ---- The workdir lock: one trainer per workdir ----
   with workdir_lock.WorkdirLock(workdir) as stale:
-    return _train(config, workdir, info, train_text, setup, evaluation, precise_bn, stale)
+    return _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn, stale)
 
 
-def _train(config, workdir, info, train_text, setup, evaluation, precise_bn, stale) -> dict:
-  """The run itself, under the workdir lock; `stale` describes a lock taken over."""
+def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn, stale) -> dict:
+  """The run itself, under the workdir lock; `stale` describes a lock taken over; `mix`
+  the unpaired data mixed in ('' for none)."""
   reporter = reporting.Reporter(workdir, config.train.steps)
   if stale:
     reporter.info(f'took over the workdir lock left by {stale}, which is no longer running')
@@ -62,6 +65,8 @@ def _train(config, workdir, info, train_text, setup, evaluation, precise_bn, sta
     f'{jax.devices()[0].platform} device(s), mesh {dict(setup.mesh.shape)}'
   )
   reporter.info(train_text)
+  if mix:
+    reporter.info(mix)
   for warning in evaluation.warnings:
     reporter.info(f'warning: {warning}')
   n_params = sum(x.size for x in jax.tree.leaves(setup.abstract_state.params))
@@ -125,7 +130,7 @@ def _train(config, workdir, info, train_text, setup, evaluation, precise_bn, sta
     split = config.eval.split if step == config.train.steps else config.eval.every_split
     t0 = time.perf_counter()
     if config.eval.bn_recompute_batches:
-      stats_iter = setup.train_batches(seed=config.seed + step + 1)
+      stats_iter = setup.train_batches(seed=config.seed + step + 1, paired_only=True)
       batches = (next(stats_iter) for _ in range(config.eval.bn_recompute_batches))
       state = state.replace(batch_stats=precise_bn(state.params, state.batch_stats, batches))
     results, details = evaluation(state.variables(), split)
@@ -153,6 +158,7 @@ def _train(config, workdir, info, train_text, setup, evaluation, precise_bn, sta
   start = int(state.step)
   pending = []
   truncated = 0  # texts cut off at max_text_length tokens in this run
+  seen = collections.Counter()  # records of each kind trained on in this run (unpaired data)
   in_a_row = []  # the latest steps whose update was skipped, while they follow each other
   stop = preemption.StopRequests()
 
@@ -203,7 +209,11 @@ def _train(config, workdir, info, train_text, setup, evaluation, precise_bn, sta
         if step % config.train.log_every == 0 or step == total or stop_now:
           logged = jax.device_get(pending)
           truncated += sum(int(m['truncated_texts']) for m in logged)
-          reporter.train_progress(step, _window_scalars(logged), config.train.batch_size)
+          scalars = _window_scalars(logged)
+          for kind in pipeline.KINDS if 'data/paired' in logged[0] else ():
+            seen[kind] += sum(int(m[f'data/{kind}']) for m in logged)
+            scalars[f'data/seen_{kind}'] = seen[kind]
+          reporter.train_progress(step, scalars, config.train.batch_size)
           pending = []
         if step == total:
           check_step(*previous)
@@ -232,6 +242,12 @@ def _train(config, workdir, info, train_text, setup, evaluation, precise_bn, sta
     finally:
       checkpointer.close()
       reporter.close()
+  if seen:
+    reporter.info(
+      'trained on '
+      + ', '.join(f'{seen[kind]} {kind.replace("_", "-")}' for kind in pipeline.KINDS)
+      + ' records in this run'
+    )
   if truncated:
     texts = (total - start) * config.train.batch_size
     reporter.info(

@@ -2,7 +2,9 @@
 training text."""
 
 import io
+import re
 
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -173,3 +175,67 @@ def test_entmlm_masks_the_training_captions_entities_and_evaluation_nothing():
   assert ex['mlm_entities'] >= 5
   evaluation = pipeline.Preprocess(data_config(max_text_length=24), entity_masking=masking)
   assert 'mlm_input_ids' not in evaluation(_record(caption))
+
+
+def test_unpaired_records_are_mixed_in_at_their_shares(tmp_path):
+  from medclip_jax.data import prepare  # pylint: disable=import-outside-toplevel
+
+  prepare.prepare(
+    'synthetic',
+    str(tmp_path),
+    num_train=40,
+    num_val=0,
+    num_test=0,
+    image_size=32,
+    unpaired_images=20,
+    unpaired_texts=20,
+  )
+  unpaired = {'image_only': 0.25, 'text_only': 0.125, 'prompt': '{modality}: {finding} {nothing}.'}
+  config = data_config(
+    dir=str(tmp_path),
+    image_size=32,
+    unpaired=ml_collections.ConfigDict(unpaired),
+  )
+  info = records.read_dataset_info(str(tmp_path))
+  assert pipeline.describe_unpaired(config, info) == (
+    'training mix: 62% paired, 25% image-only, 12% text-only (image-only records paired with '
+    "'{modality}: {finding} {nothing}.')"
+  )
+  batches = pipeline.train_iterator(
+    config, seed=0, local_batch_size=16, process_index=0, process_count=1
+  )
+  tokenizer = pipeline.Preprocess(config).tokenizer
+  for _ in range(4):
+    batch = next(batches)
+    kinds = np.bincount(batch['kind'], minlength=3)
+    assert kinds.tolist() == [10, 4, 2]  # 16 x (0.625, 0.25, 0.125)
+    np.testing.assert_array_equal(batch['has_image'], batch['kind'] != 2)
+    assert not batch['image'][batch['kind'] == 2].any()  # text-only: blank images
+    assert batch['image'][batch['kind'] != 2].reshape(14, -1).any(axis=1).all()
+    for ids in batch['input_ids'][batch['kind'] == 1]:  # image-only: the prompt, filled
+      text = tokenizer.decode(ids, skip_special_tokens=True)
+      assert re.fullmatch(r'(ct|mri|x - ray|ultrasound) : \w+\.', text), text  # as decoded
+  # Without shares, the stream and its columns are as before.
+  plain = pipeline.train_iterator(
+    data_config(dir=str(tmp_path), image_size=32),
+    seed=0,
+    local_batch_size=16,
+    process_index=0,
+    process_count=1,
+  )
+  assert 'kind' not in next(plain)
+
+
+def test_a_share_of_a_kind_the_dataset_lacks_is_a_user_error(tmp_path):
+  info = {'splits': {'train': {'count': 8}}, 'labels': {'finding': ['mass']}}
+  config = data_config(
+    dir=str(tmp_path),
+    unpaired=ml_collections.ConfigDict(
+      {'image_only': 0.2, 'text_only': 0.0, 'prompt': '{finding}'}
+    ),
+  )
+  with pytest.raises(UserError, match=r'holds no image_only records .* --unpaired'):
+    pipeline.describe_unpaired(config, info)
+  config.unpaired.image_only = 1.0
+  with pytest.raises(UserError, match=r'unpaired\.image_only=1\.0 is not a share'):
+    pipeline.describe_unpaired(config, info)

@@ -21,11 +21,23 @@ def test_encode_decode_round_trip():
     dict(make_record(), extra=1),  # unknown key
     make_record(image='not bytes'),  # wrong type
     make_record(labels={'modality': 3}),  # label not a string
+    make_record(kind='neither'),  # an unknown kind
+    make_record(kind='text_only'),  # a text-only record with an image
+    make_record(kind='image_only'),  # an image-only record with a caption
+    make_record(image=b''),  # a paired record without an image
   ],
 )
 def test_encode_rejects_bad_records(bad):
   with pytest.raises(ValueError):
     records.encode(bad)
+
+
+def test_unpaired_records_round_trip_lacking_what_their_kind_says():
+  image_only = make_record(caption='', kind='image_only')
+  text_only = make_record(image=b'', kind='text_only')
+  for record in (image_only, text_only):
+    assert records.decode(records.encode(record)) == record
+  assert records.unpaired_split('train', 'image_only') == 'train_image_only'
 
 
 def test_decode_rejects_garbage():

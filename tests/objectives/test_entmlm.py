@@ -2,6 +2,7 @@
 decoder; the cap on scored tokens is counted."""
 
 import numpy as np
+import pytest
 
 from tests import helpers
 
@@ -12,10 +13,17 @@ def norm(values, prefix):
   return sum(float(np.sum(np.square(v))) for k, v in values.items() if k.startswith(prefix))
 
 
-def test_its_gradient_reaches_both_towers_and_its_decoder():
+@pytest.fixture(scope='module')
+def gradient():
+  """(config, a batch, batch -> the step's gradient values), compiled once."""
   config = helpers.step_config(SETTINGS)
   batch = helpers.random_batch(config, mlm=True)
-  values, _ = helpers.step_gradient(config, batch)
+  return config, batch, helpers.step_gradient_fn(config, batch)[0]
+
+
+def test_its_gradient_reaches_both_towers_and_its_decoder(gradient):
+  _, batch, values_of = gradient
+  values = values_of(batch)
   masked = batch['mlm_labels'] >= 0
   maskable = batch['attention_mask'].sum() - 2 * len(masked)
   np.testing.assert_allclose(
@@ -29,21 +37,20 @@ def test_its_gradient_reaches_both_towers_and_its_decoder():
     assert norm(values, f'grads/{prefix}') > 0, prefix
 
 
-def test_only_masked_tokens_are_scored():
-  config = helpers.step_config(SETTINGS)
-  batch = helpers.random_batch(config, mlm=True)
-  base = helpers.step_gradient(config, batch)[0]['loss']
+def test_only_masked_tokens_are_scored(gradient):
+  _, batch, values_of = gradient
+  base = values_of(batch)['loss']
   # Nothing masked: nothing scored, nothing learnt.
   none = dict(
     batch, mlm_input_ids=batch['input_ids'], mlm_labels=np.full_like(batch['mlm_labels'], -1)
   )
-  values = helpers.step_gradient(config, none)[0]
+  values = values_of(none)
   assert values['loss'] == 0 and norm(values, 'grads/entmlm_decoder/') == 0
   # A masked token's label is read.
   first = np.argwhere(batch['mlm_labels'] >= 0)[0]
   labels = batch['mlm_labels'].copy()
   labels[tuple(first)] = (labels[tuple(first)] + 1) % 100
-  assert helpers.step_gradient(config, dict(batch, mlm_labels=labels))[0]['loss'] != base
+  assert values_of(dict(batch, mlm_labels=labels))['loss'] != base
 
 
 def test_masked_tokens_beyond_the_cap_are_counted_not_scored():

@@ -73,3 +73,24 @@ def test_global_batch_loss_and_gradients_do_not_depend_on_device_count():
   np.testing.assert_allclose(eight['loss'], one['loss'], atol=1e-6)
   np.testing.assert_allclose(np.array(eight['gi']), np.array(one['gi']), atol=1e-6)
   np.testing.assert_allclose(np.array(eight['gt']), np.array(one['gt']), atol=1e-6)
+
+
+def test_rows_without_an_image_are_left_out_exactly():
+  # Unpaired text-only rows (valid 0) neither score nor compete: the loss and the other
+  # rows' gradients are those of InfoNCE over the valid rows alone.
+  rng = np.random.default_rng(3)
+  img, txt = helpers.unit_rows(rng, (12, 8)), helpers.unit_rows(rng, (12, 8))
+  valid = np.array([1, 0, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1], np.float32)
+  keep = valid > 0
+  mesh = sharding.create_mesh({'data': -1})
+  masked = jax.value_and_grad(
+    lambda a, b: infonce.infonce(a, b, 14.3, mesh, valid=valid), argnums=(0, 1)
+  )(jnp.asarray(img, jnp.float32), jnp.asarray(txt, jnp.float32))
+  alone = jax.value_and_grad(lambda a, b: infonce.infonce(a, b, 14.3, mesh), argnums=(0, 1))(
+    jnp.asarray(img[keep], jnp.float32), jnp.asarray(txt[keep], jnp.float32)
+  )
+  np.testing.assert_allclose(masked[0], alone[0], rtol=1e-6)
+  np.testing.assert_allclose(masked[0], numpy_infonce(img[keep], txt[keep], 14.3), rtol=1e-5)
+  for got, want in zip(masked[1], alone[1]):
+    np.testing.assert_allclose(np.asarray(got)[keep], want, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(got)[~keep], 0.0)

@@ -364,3 +364,61 @@ def test_features_are_not_cached_where_a_records_text_can_change(tiny_config):
   assert (
     'not locked' in Setup.create(config).locked_text_features(setup.abstract_state.params, info)[1]
   )
+
+
+def test_mmclip_objectives_train_on_paired_image_only_and_text_only_records(
+  tiny_config, tmp_path, capsys
+):
+  from medclip_jax.data import prepare  # pylint: disable=import-outside-toplevel
+  from medclip_jax.interop import export  # pylint: disable=import-outside-toplevel
+
+  data = tmp_path / 'data'
+  # 64 px: AttMIM masks 2 of the image grid's 2 x 2 cells.
+  prepare.prepare(
+    'synthetic',
+    str(data),
+    num_train=64,
+    num_val=8,
+    num_test=16,
+    image_size=64,
+    unpaired_images=32,
+    unpaired_texts=32,
+  )
+  config = tiny_config()
+  config.data.dir, config.data.image_size = str(data), 64
+  config.update_from_flattened_dict(
+    {
+      'objectives.attmim': 1.0,
+      'objectives.entmlm': 1.0,
+      'attmim.width': 16,
+      'entmlm.width': 16,
+      'data.unpaired.image_only': 0.25,
+      'data.unpaired.text_only': 0.25,
+      'train.steps': 4,
+      'train.log_every': 2,
+    }
+  )
+  trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  out = capsys.readouterr().out
+  assert 'training mix: 50% paired, 25% image-only, 25% text-only' in out
+  assert 'trained on 32 paired, 16 image-only, 16 text-only records in this run' in out
+  rows = _train_rows(tmp_path / 'run')
+  for step, row in rows.items():
+    # Every batch of 16: 8 paired, 4 image-only and 4 text-only records; totals so far.
+    assert (row['data/paired'], row['data/image_only'], row['data/text_only']) == (8, 4, 4)
+    assert row['data/seen_image_only'] == row['data/seen_text_only'] == 4 * step
+    for name in ('loss', 'loss/infonce', 'loss/attmim', 'loss/entmlm'):
+      assert np.isfinite(row[name]), (step, name)
+    # Text-only rows' blank images are not rebuilt: 2 of 4 cells of 12 of 16 rows.
+    assert row['attmim/mask_ratio'] == 0.5 * 12 / 16
+    assert 0 < row['entmlm/mask_ratio'] < 1 and row['entmlm/with_entity'] > 0.9
+  # The decoders train but stay out of the export, which holds the two towers and heads.
+  exported = export.export(str(tmp_path / 'run'), str(tmp_path / 'out'))
+  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+
+  assert set(load_file(str(exported / 'heads.safetensors'))) == {
+    'image_projection.weight',
+    'text_projection.weight',
+    'logit_scale',
+  }
+  assert not any('decoder' in p.name for p in exported.rglob('*'))

@@ -63,8 +63,9 @@ class Entry:
   group: str
   # A path, or for inputs that are not image files (DICOM) a function of
   # max_side returning the bytes to store (PNG, or a JPEG's own, as
-  # ingest.load_image), raising ingest.BadRecord on failure.
-  image: str | Callable[[int], bytes]
+  # ingest.load_image), raising ingest.BadRecord on failure; None for a text
+  # without an image (kept as a text-only record when unpaired data is asked for).
+  image: str | Callable[[int], bytes] | None
   caption: str | bytes
   labels: Mapping[str, str]
   # Other captions of the same image (e.g. several reports or reference captions).
@@ -105,24 +106,43 @@ def check_real_options(
 
 
 def convert(
-  entries: Iterable[Entry | Skipped], max_side: int, repaired: list, stored_as: dict
+  entries: Iterable[Entry | Skipped],
+  max_side: int,
+  repaired: list,
+  stored_as: dict,
+  unpaired: bool = False,
 ) -> Iterator:
   """Records (or Skipped) for `entries`; notes repaired captions in `repaired` and counts
-  the images stored as their own JPEG and as PNG in `stored_as` ({'jpeg': n, 'png': m})."""
+  the images stored as their own JPEG and as PNG in `stored_as` ({'jpeg': n, 'png': m}).
+
+  With `unpaired`, an image without a caption becomes an image-only record and a caption
+  without an image (`Entry.image` None) a text-only one (records' 'kind'); otherwise they
+  are skipped. A corrupt image is skipped either way."""
   for entry in entries:
     if isinstance(entry, Skipped):
       yield entry
       continue
+    kind = None
     try:
-      captions, was_repaired = _clean_captions((entry.caption, *entry.more_captions))
-      if callable(entry.image):
+      if entry.image is None:
+        if not unpaired:
+          raise ingest.BadRecord('no image')
+        kind, image = 'text_only', b''
+      elif callable(entry.image):
         image = entry.image(max_side)
       else:
         image = ingest.load_image(entry.image, max_side)
+      try:
+        captions, was_repaired = _clean_captions((entry.caption, *entry.more_captions))
+      except ingest.BadRecord:
+        if not (unpaired and kind is None):
+          raise
+        kind, captions, was_repaired = 'image_only', [''], False
     except ingest.BadRecord as e:
       yield Skipped(entry.id, e.reason)
       continue
-    stored_as['jpeg' if ingest.is_jpeg(image) else 'png'] += 1
+    if image:
+      stored_as['jpeg' if ingest.is_jpeg(image) else 'png'] += 1
     if was_repaired:
       repaired.append({'id': entry.id, 'reason': 'invalid UTF-8 in caption replaced'})
     record = {
@@ -134,6 +154,8 @@ def convert(
     }
     if len(captions) > 1:
       record['captions'] = captions
+    if kind:
+      record['kind'] = kind
     yield record
 
 
@@ -162,6 +184,7 @@ def real_source(
   limit: int,
   max_side: int,
   max_bad_fraction: float,
+  unpaired: bool = False,
   **info,
 ) -> Source:
   repaired: list[dict] = []
@@ -170,13 +193,14 @@ def real_source(
   if limit:
     entries = itertools.islice(entries, limit)
   return Source(
-    records=convert(entries, max_side, repaired, stored_as),
+    records=convert(entries, max_side, repaired, stored_as, unpaired),
     split_of=split_of,
     info={
       'input': os.path.abspath(input),
       'max_side': max_side,
       'repaired': repaired,
       'images_stored_as': stored_as,
+      **({'unpaired': True} if unpaired else {}),
       **info,
     },
     max_bad_fraction=max_bad_fraction,

@@ -7,6 +7,9 @@ downloaded as Parquet). A record's id is its path, or for embedded bytes
 without a path 'row N'; its group is --group_column's value, else its id.
 Rows naming the same image are one record with several captions (in row
 order, repeats dropped), taking its group and labels from the first of them.
+With --unpaired, a row with an image but no caption becomes an image-only
+record and a row with a caption but no image a text-only one (id 'row N'),
+which training can mix in (config.data.unpaired); otherwise both are skipped.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def source(
   limit: int = 0,
   max_side: int = ingest.DEFAULT_MAX_SIDE,
   max_bad_fraction: float = 0.05,
+  unpaired: bool = False,
 ) -> base.Source:
   """A CSV / JSON / JSONL / Parquet table of images and captions (see the module docstring)."""
   base.check_real_options(
@@ -77,7 +81,16 @@ def source(
         yield base.Skipped(f'row {number}', 'bad JSON line')
         continue
       if not name:
-        yield base.Skipped(f'row {number}', 'no image path')
+        if unpaired:  # a text without an image
+          yield base.Entry(
+            id=f'row {number}',
+            group=(base.text(row.get(group_column)) if group_column else '') or f'row {number}',
+            image=None,
+            caption=row.get(caption_column) or '',
+            labels={c: base.text(row.get(c)) for c in labels if base.text(row.get(c))},
+          )
+        else:
+          yield base.Skipped(f'row {number}', 'no image path')
         continue
       image_rows = rows_of[name]
       if image_rows[0] is not row:
@@ -101,4 +114,5 @@ def source(
     limit=limit,
     max_side=max_side,
     max_bad_fraction=max_bad_fraction,
+    unpaired=unpaired,
   )

@@ -22,6 +22,7 @@ from tests.helpers import noise
 from tests.helpers import png
 from tests.helpers import run_module
 from tests.helpers import write
+from tests.helpers import write_csv
 from tests.helpers import write_manifest
 from tests.helpers import write_manifest_fixture
 
@@ -237,3 +238,42 @@ def test_manifest_parquet_with_embedded_images(tmp_path):
   assert sorted(recs) == ['row 2', 'scan_a.png']
   assert Image.open(io.BytesIO(recs['row 2']['image'])).mode == 'RGB'  # CMYK converted
   assert recs['scan_a.png']['caption'] == 'Axial CT.'
+
+
+def test_unpaired_rows_are_kept_as_training_records_of_their_kind_when_asked(tmp_path):
+  images = tmp_path / 'img'
+  rows = []
+  for i in range(12):
+    write(images, f'{i}.png', png(noise('L', seed=i)))
+    # Every third row lacks its caption, every fourth its image; one patient throughout,
+    # so that all of them fall in one split, the training one (test_fraction 0).
+    caption = '' if i % 3 == 0 else f'CT of the chest, number {i}.'
+    rows.append(['' if i % 4 == 1 else f'img/{i}.png', caption, 'p', 'CT'])
+  rows.append(['', '', 'p', 'CT'])  # neither: skipped
+  path = tmp_path / 'unpaired.csv'
+  write_csv(path, ['path', 'text', 'patient', 'modality'], rows)
+  options = _manifest_options(val_fraction=0.0, test_fraction=0.0, max_bad_fraction=1.0)
+  plain = prepare.prepare('manifest', str(tmp_path / 'plain'), input=str(path), **options)
+  assert set(plain['splits']) == set(records.SPLITS) and plain['splits']['train']['count'] == 6
+  out = tmp_path / 'out'
+  info = prepare.prepare('manifest', str(out), input=str(path), unpaired=True, **options)
+  counts = {s: v['count'] for s, v in info['splits'].items() if v['count']}
+  # Rows 1 and 5 lack an image (text-only), 0, 3 and 6 a caption (image-only), 2, 4, 7, 8,
+  # 10 and 11 have both; row 9 and the last have neither.
+  assert counts == {'train': 6, 'train_image_only': 3, 'train_text_only': 2}
+  assert info['unpaired'] is True
+  assert [s['reason'] for s in info['skipped']] == ['empty caption', 'empty caption']
+  text_only = split_records_of(out, 'train_text_only')
+  assert {r['kind'] for r in text_only} == {'text_only'}
+  assert all(r['image'] == b'' and r['caption'] for r in text_only)
+  image_only = split_records_of(out, 'train_image_only')
+  assert all(
+    r['caption'] == '' and r['image'] and r['labels'] == {'modality': 'CT'} for r in image_only
+  )
+  # Prepared again without them, the earlier unpaired shards go.
+  prepare.prepare('manifest', str(out), input=str(path), **options)
+  assert not list(out.glob('train_*_only.array_record-*'))
+
+
+def split_records_of(directory, split):
+  return list(records.read_records(records.split_files(str(directory), split)))
