@@ -70,6 +70,8 @@ def get_config():
       '{modality} examination of the {} reveals normal findings.',
     ),
     'finding': ('{modality} of the {body_part} showing {}.',),
+    # The finding's side: the fine-grained label contrastive training learns least.
+    'laterality': ('{modality} of the {body_part} showing {finding} on the {} side.',),
   }
   # python -m medclip_jax.compare: the label text the README's comparison used.
   config.compare.label_text = '{modality} of the {body_part}.'
@@ -80,5 +82,7 @@ def get_config():
   config.evals.zeroshot.class_names = {
     'modality': synthetic.MODALITY_SYNONYMS,
     'body_part': {'brain': ('brain', 'head'), 'spine': ('spine', 'lumbar spine')},
+    # Normal studies and the spine's midline findings have no side.
+    'laterality': {'none': ('midline',)},
   }
   return config

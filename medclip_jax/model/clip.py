@@ -87,9 +87,11 @@ class MedCLIP(nn.Module):
     choose cells of the image's feature grid (`text_to_cell_scores`, no
     gradient), those patches of the image are blanked and the image tower runs
     again: ``mim_cells`` [B, N] (the mask), ``mim_grid`` [B, h, w, C] (the
-    masked image's grid) and ``text_tokens`` [B, T, H]. With `mlm_input_ids`
-    (EntMLM's masked captions) the text tower also runs on those:
-    ``mlm_tokens`` [B, T, H], beside the unmasked image's ``image_grid``. The
+    masked image's grid) and ``text_tokens`` [B, T, H] (the caption's token
+    states). With `mlm_input_ids` (EntMLM's masked captions) the text tower
+    also runs on those: ``mlm_tokens`` [B, T, H], beside the unmasked image's
+    ``image_grid`` (and, without AttMIM, a locked tower's `text_features`
+    still stand in for its unmasked pass). The
     second image pass updates BatchNorm's running statistics too; precise-BN
     recomputes them from unmasked images before every evaluation.
     """
@@ -102,14 +104,18 @@ class MedCLIP(nn.Module):
         'logit_scale': self.logit_scale,
       }
     pooled, grid = self.image_encoder(images, train=image_train, grid=True)
-    text, tokens = self.text_encoder(input_ids, attention_mask, train=text_train, tokens=True)
     outputs = {
       'image_embedding': _l2_normalize(self.image_projection(pooled)),
-      'text_embedding': _l2_normalize(self.text_projection(text)),
       'logit_scale': self.logit_scale,
       'image_grid': grid,
-      'text_tokens': tokens,
     }
+    if mim is None and text_features is not None:
+      # EntMLM alone reads no unmasked token states: a locked tower's cached features do.
+      outputs['text_embedding'] = self.encode_text(input_ids, attention_mask, False, text_features)
+    else:
+      text, tokens = self.text_encoder(input_ids, attention_mask, train=text_train, tokens=True)
+      outputs['text_embedding'] = _l2_normalize(self.text_projection(text))
+      outputs['text_tokens'] = tokens
     if mim is not None:
       scores = self.text_to_cell_scores(grid, tokens, attention_mask, mim.temperature)
       rng = self.make_rng('masking') if mim.noise > 0 else None

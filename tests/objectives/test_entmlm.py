@@ -60,3 +60,21 @@ def test_masked_tokens_beyond_the_cap_are_counted_not_scored():
   cap = int(np.ceil(0.02 * config.train.batch_size * config.data.max_text_length))
   assert values['metrics/entmlm/unscored'] == (batch['mlm_labels'] >= 0).sum() - cap
   assert np.isfinite(values['loss'])
+
+
+def test_a_locked_text_towers_cached_features_stand_in_for_its_unmasked_pass():
+  # EntMLM alone needs the masked captions' states only: with the text tower locked, its
+  # cached features still give InfoNCE its text embeddings (Setup.locked_text_features).
+  config = helpers.step_config(
+    {**SETTINGS, 'objectives.infonce': 1.0, 'train.lr_multipliers.text_encoder': 0.0}
+  )
+  batch = helpers.random_batch(config, text_features=True, mlm=True)
+  values, _ = helpers.step_gradient(config, batch)
+  assert np.isfinite(values['metrics/loss/infonce']) and np.isfinite(values['metrics/loss/entmlm'])
+  assert norm(values, 'grads/text_projection/') > 0  # InfoNCE through the cached features
+  assert norm(values, 'grads/text_encoder/') == 0 and norm(values, 'grads/image_encoder/') > 0
+  other = dict(batch, text_features=batch['text_features'][::-1].copy())
+  assert (
+    helpers.step_gradient(config, other)[0]['metrics/loss/infonce']
+    != values['metrics/loss/infonce']
+  )
