@@ -19,9 +19,11 @@ PyTorch export class (`medclip_jax.torch_model.MedCLIP`) has the same methods.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 from concurrent import futures
 from pathlib import Path
 
@@ -34,6 +36,10 @@ from medclip_jax.errors import UserError
 
 # Runs a PyTorch model's image batches while the next batch is read.
 _AHEAD = futures.ThreadPoolExecutor(1, thread_name_prefix='medclip-embed')
+# Threads reading a batch's images (PIL and pydicom release the GIL) where cores are to
+# spare; on 2 cores, reader threads beside the encoder's own measured slower than reading
+# in the calling thread (BENCHMARKS.md), so there are none.
+READ_THREADS = min(8, (os.cpu_count() or 1) - 1) if (os.cpu_count() or 1) > 2 else 0
 # Images or texts per batch of the JAX class (up to a power of two times the device count):
 # bulk embedding on 2 CPU cores measured 5% faster at 128 than at 64 (BENCHMARKS.md).
 BATCH_SIZE = 128
@@ -180,17 +186,18 @@ class Retrieval:
       if progress:
         progress(sum(map(len, out)), len(images))
 
-    for start in range(0, len(images), self.batch_size):
-      # Read in this thread: on a small machine the encoder's own threads use the other
-      # cores, and reader threads beside them measured slower (BENCHMARKS.md).
-      started = self._start_embedding(
-        [self.preprocess(image) for image in images[start : start + self.batch_size]]
-      )
+    with contextlib.ExitStack() as stack:
+      read = lambda chunk: [self.preprocess(image) for image in chunk]
+      if READ_THREADS and len(images) > 1:
+        readers = stack.enter_context(futures.ThreadPoolExecutor(READ_THREADS))
+        read = lambda chunk: list(readers.map(self.preprocess, chunk))
+      for start in range(0, len(images), self.batch_size):
+        started = self._start_embedding(read(images[start : start + self.batch_size]))
+        if pending is not None:
+          finish(pending)
+        pending = started
       if pending is not None:
         finish(pending)
-      pending = started
-    if pending is not None:
-      finish(pending)
     return np.concatenate(out)
 
   def _start_embedding(self, pixels: list):

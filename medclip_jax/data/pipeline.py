@@ -219,6 +219,7 @@ class Preprocess:
     # an image-only record is paired with the disease-kind prompt.
     self.unpaired = unpaired
     self.prompt = data_config.unpaired.prompt if unpaired else None
+    self.blank = np.round(np.asarray(data_config.get('mean', (0.0,) * 3)) * 255).astype(np.uint8)
     # Loaded now, not on first use: reader threads would race to import it.
     self.tokenizer = tokenizer_lib.load(self.tokenizer_spec)
 
@@ -240,13 +241,14 @@ class Preprocess:
       caption = swap_laterality(caption)
     return image[:, ::-1], caption
 
-  def text(self, record: dict, rng: np.random.Generator | None = None) -> str:
-    """The caption, or the template filled from the record's labels if it has them all.
+  def text(self, record: dict, rng: np.random.Generator | None = None, template=True) -> str:
+    """The caption, or (unless `template` is False) the template filled from the record's
+    labels if it has them all.
 
     Of an image's several captions, training (given `rng`) draws one each time the
     image is read; evaluation takes the first.
     """
-    if self.template and all(f in record['labels'] for f in self.template_fields):
+    if template and self.template and all(f in record['labels'] for f in self.template_fields):
       return self.template.format(**record['labels'])
     several = records.captions(record)
     if rng is not None and len(several) > 1:
@@ -273,10 +275,12 @@ class Preprocess:
     if kind == 'image_only':
       caption = fill_prompt(self.prompt, record['labels'])
     else:
-      caption = self.text(record, rng if self.train else None)
+      # A text-only record's report is all it has: never a label template.
+      caption = self.text(record, rng if self.train else None, kind != 'text_only')
     if kind == 'text_only':
-      # No image: a blank one keeps the batch's shape; the objectives leave it out.
-      pixels = np.zeros((self.image_size, self.image_size, 3), np.uint8)
+      # No image: a blank one at the mean (0 once normalised, as AttMIM's blanked patches)
+      # keeps the batch's shape; the objectives leave it out.
+      pixels = np.broadcast_to(self.blank, (self.image_size, self.image_size, 3))
     elif self.train:
       image = image_lib.decode_reduced(record['image'], self.min_decoded_side)
       pixels = random_crop(image, self.image_size, self.crop_scale, rng)
@@ -303,7 +307,7 @@ class Preprocess:
 
 
 # Training examples' 'kind' column: the index of the record's kind here.
-KINDS = ('paired', 'image_only', 'text_only')
+KINDS = ('paired', *records.UNPAIRED_KINDS)
 # config.data.unpaired's defaults (configs/default.py documents them): none mixed in.
 UNPAIRED_DEFAULTS = {'image_only': 0.0, 'text_only': 0.0, 'prompt': 'An image showing {finding}.'}
 
@@ -327,26 +331,13 @@ def unpaired_shares(data_config) -> dict[str, float]:
 def describe_unpaired(data_config, info: dict) -> str:
   """The training mix, checked against the dataset ('' without unpaired data).
 
-  Raises UserError for shares outside [0, 1) or adding up to 1 or more, a kind the
-  dataset has no records of, or a prompt that is malformed or names no label it has.
+  Raises UserError for a kind the dataset has no records of, or a prompt that is
+  malformed or names no label its image-only records have. Says how many of them lack a
+  label the prompt names (it is left out of theirs).
   """
-  settings = data_config.get('unpaired')
-  if not settings:
+  settings, shares = data_config.get('unpaired'), unpaired_shares(data_config)
+  if not shares:  # their values are checked with the config (training/checks.py)
     return ''
-  for kind in KINDS[1:]:
-    if not 0.0 <= float(settings[kind]) < 1.0:
-      raise UserError(
-        f'config.data.unpaired.{kind}={settings[kind]} is not a share of the training '
-        'stream: give a number in [0, 1) (0 mixes none in).'
-      )
-  shares = unpaired_shares(data_config)
-  if not shares:
-    return ''
-  if sum(shares.values()) >= 1.0:
-    raise UserError(
-      f'config.data.unpaired: the shares {shares} leave no room for paired records; keep '
-      'their sum below 1.'
-    )
   split, counts = data_config.train_split, info.get('splits', {})
   for kind in shares:
     if not counts.get(records.unpaired_split(split, kind), {}).get('count'):
@@ -361,17 +352,25 @@ def describe_unpaired(data_config, info: dict) -> str:
       fields = template_fields(settings.prompt)
     except ValueError as e:
       raise UserError(f'config.data.unpaired.prompt: {e}') from e
-    known = info.get('labels', {})
-    if not set(fields) & set(known):
+    image_only = records.unpaired_split(split, 'image_only')
+    labelled = info.get('label_counts', {}).get(image_only, {})
+    have = {f: sum(labelled.get(f, {}).values()) for f in fields}
+    if not any(have.values()):
       raise UserError(
-        f'config.data.unpaired.prompt={settings.prompt!r} names no label of {data_config.dir} '
-        f'(its labels: {", ".join(sorted(known)) or "none"}): an image-only record would get '
-        'an empty prompt.'
+        f'config.data.unpaired.prompt={settings.prompt!r} names no label the image-only '
+        f'records of {data_config.dir} have (their labels: '
+        f'{", ".join(sorted(labelled)) or "none"}): each would get the same empty prompt. '
+        'Name their labels, e.g. {' + (sorted(labelled) or ['finding'])[0] + '}.'
       )
+    total = counts[image_only]['count']
+    lacking = max(total - n for n in have.values())
+    prompt = f'paired with {settings.prompt!r}'
+    if lacking:
+      prompt += f'; at least {lacking} of {total} lack a label it names, left out of theirs'
   paired = 1.0 - sum(shares.values())
   mix = ', '.join(f'{share:.0%} {kind.replace("_", "-")}' for kind, share in shares.items())
-  return (
-    f'training mix: {paired:.0%} paired, {mix} (image-only records paired with {settings.prompt!r})'
+  return f'training mix: {paired:.0%} paired, {mix}' + (
+    f' (image-only records {prompt})' if 'image_only' in shares else ''
   )
 
 
@@ -534,7 +533,13 @@ def train_iterator(
   """
   shares = unpaired_shares(data_config)
   preprocess = _Indexed(
-    Preprocess(data_config, train=True, entity_masking=entity_masking, unpaired=bool(shares)),
+    Preprocess(
+      data_config,
+      train=True,
+      # The paired-only stream feeds precise-BN, which reads the images alone.
+      entity_masking=None if paired_only else entity_masking,
+      unpaired=bool(shares),
+    ),
     text_features,
   )
 

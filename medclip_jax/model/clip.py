@@ -93,7 +93,8 @@ class MedCLIP(nn.Module):
     ``image_grid`` (and, without AttMIM, a locked tower's `text_features`
     still stand in for its unmasked pass). The
     second image pass updates BatchNorm's running statistics too; precise-BN
-    recomputes them from unmasked images before every evaluation.
+    (`config.eval.bn_recompute_batches` > 0, the default) recomputes them from
+    unmasked images before every evaluation.
     """
     image_train = train and 'image_encoder' not in locked
     text_train = train and 'text_encoder' not in locked

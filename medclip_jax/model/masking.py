@@ -20,9 +20,9 @@ class MaskSpec:
   """How AttMIM masks (config.attmim): the share of cells, the noise added to their scores
   (`top_cells`), and the temperature of the word-to-cell attention (`cell_scores`)."""
 
-  ratio: float = 0.5
-  noise: float = 0.0
-  temperature: float = 0.1
+  ratio: float
+  noise: float
+  temperature: float
 
 
 def cell_scores(grid, tokens, token_mask, temperature=0.1):

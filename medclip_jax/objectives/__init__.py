@@ -12,7 +12,8 @@ and, if it learns parameters of its own (a decoder, a bias),
 
   init_params(config, rng) -> {top-level parameter name: initial array or tree};
 
-and, if it needs more of the model than the two embeddings,
+and, if it has settings of its own, `DEFAULTS` ({setting: value}): they live in
+`config.<name>`. And if it needs more of the model than the two embeddings,
 
   model_inputs(config, batch) -> {MedCLIP.__call__ keyword: value}
       e.g. AttMIM's mask settings, which make the model return the masked
@@ -41,6 +42,14 @@ from medclip_jax.errors import UserError
 def available() -> list[str]:
   """The objective modules in this package."""
   return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith('_'))
+
+
+def settings_defaults() -> dict[str, dict]:
+  """{name: DEFAULTS} of the objectives with settings of their own, kept in the config
+  section named after them (config.attmim): checked on resume like the weights, and given
+  their defaults in configs saved before they existed."""
+  modules = {name: importlib.import_module(f'{__name__}.{name}') for name in available()}
+  return {name: m.DEFAULTS for name, m in modules.items() if hasattr(m, 'DEFAULTS')}
 
 
 def build(config) -> dict[str, tuple[float, ModuleType]]:

@@ -13,6 +13,8 @@ text tower through the decoder's cross-attention. Logs `attmim/mask_ratio`,
 the share of cells masked.
 """
 
+import math
+
 import jax.numpy as jnp
 
 from medclip_jax.data import pipeline
@@ -46,7 +48,9 @@ def model_inputs(config, batch) -> dict:
 
 
 def grid_size(config) -> int:
-  return config.data.image_size // resnet.STRIDE
+  """Cells a side of the image tower's last grid (its strided convolutions pad, so a
+  size that is not a multiple of the stride rounds up; AttMIM itself needs multiples)."""
+  return math.ceil(config.data.image_size / resnet.STRIDE)
 
 
 def image_features(model_config) -> int:
@@ -86,9 +90,13 @@ def loss(outputs, batch, params, mesh, config):
   )
   images = pipeline.normalize(batch['image'], config.data.mean, config.data.std)
   cells = outputs['mim_cells']
+  with_image = jnp.ones(b, bool)
   if 'has_image' in batch:  # a text-only record's blank image is not rebuilt
-    cells = cells & (batch['has_image'] > 0)[:, None]
+    with_image = batch['has_image'] > 0
+    cells = cells & with_image[:, None]
   value = masking.masked_patch_mse(
     predicted, images, cells, (h, w), normalize_target=config.attmim.normalize_target
   )
-  return value, {'mask_ratio': jnp.mean(cells.astype(jnp.float32))}
+  # The share of each image's cells masked, over the rows that have an image.
+  masked = jnp.sum(cells) / jnp.maximum(jnp.sum(with_image) * h * w, 1)
+  return value, {'mask_ratio': masked}

@@ -9,8 +9,8 @@ the text tower reads the masked caption and a light decoder
 predicts the masked tokens (cross-entropy on masked positions only). At most
 `max_predictions` of the batch's tokens are scored, the first in batch order,
 so that the vocabulary-sized head stays affordable; the rest are counted in
-`entmlm/unscored`. The gradient reaches the text tower through the masked
-pass and the image tower through the cross-attention. Logs the share of real
+`entmlm/unscored`. The gradient reaches the text tower (when it trains)
+through the masked pass and the image tower through the cross-attention. Logs the share of real
 tokens masked (`entmlm/mask_ratio`), of captions with at least one entity
 (`entmlm/with_entity`) and the accuracy on masked tokens.
 """
@@ -20,13 +20,14 @@ import math
 import jax
 import jax.numpy as jnp
 
+from medclip_jax.data import entities
 from medclip_jax.model.decoder import CrossDecoder
 from medclip_jax.objectives import attmim
 
 DECODER = 'entmlm_decoder'
 # config.entmlm's defaults (configs/default.py documents each).
 DEFAULTS = {
-  'ratio': 0.15,
+  'ratio': entities.DEFAULT_RATIO,
   'lexicon': '',
   'max_predictions': 0.25,
   'width': 256,

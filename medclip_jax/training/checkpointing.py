@@ -36,8 +36,7 @@ import orbax.checkpoint as ocp
 
 from medclip_jax.data import pipeline
 from medclip_jax.errors import UserError
-from medclip_jax.objectives import attmim
-from medclip_jax.objectives import entmlm
+from medclip_jax import objectives as objectives_lib
 from medclip_jax.training import optimizer as optimizer_lib
 
 
@@ -362,9 +361,9 @@ def upgrade_config(config: dict) -> dict:
   config['train'].setdefault('cache_locked_text', False)
   config['train'].setdefault('grad_cache_chunks', 0)  # the plain gradient
   # MMCLIP's objectives came later: absent means off, with today's settings.
-  for name, module in (('attmim', attmim), ('entmlm', entmlm)):
+  for name, defaults in objectives_lib.settings_defaults().items():
     config['objectives'].setdefault(name, 0.0)
-    config.setdefault(name, dict(module.DEFAULTS))
+    config.setdefault(name, dict(defaults))
   config['train']['param_groups'].setdefault(
     'decoders', optimizer_lib.DEFAULT_PARAM_GROUPS['decoders']
   )

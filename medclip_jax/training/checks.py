@@ -6,11 +6,13 @@ tokenizer follow in `Setup.create`; unknown config keys are refused by
 ml_collections when the flags are parsed.
 """
 
+import importlib
 import json
 import warnings
 from pathlib import Path
 
 from medclip_jax import model as model_lib
+from medclip_jax import objectives as objectives_lib
 from medclip_jax.data import pipeline
 from medclip_jax.data import entities
 from medclip_jax.errors import UserError
@@ -108,6 +110,13 @@ def check_grad_cache(config, devices: int) -> None:
     )
 
 
+def _objective_modules() -> dict:
+  return {
+    name: importlib.import_module(f'medclip_jax.objectives.{name}')
+    for name in objectives_lib.available()
+  }
+
+
 def _active(config, name: str) -> bool:
   return float(config.objectives.get(name, 0.0)) != 0.0
 
@@ -148,12 +157,31 @@ def _check_masked_modelling(config) -> None:
         f'{settings.max_predictions}.',
       )
     entities.load_lexicon(settings.lexicon or None)  # a UserError naming the file
+  unpaired = config.data.get('unpaired')  # configs saved before it existed have none
+  for kind in pipeline.KINDS[1:] if unpaired else ():
+    if not 0.0 <= float(unpaired[kind]) < 1.0:
+      raise fail(
+        f'data.unpaired.{kind}',
+        f'{unpaired[kind]} is not a share of the training stream: give a number in [0, 1) '
+        '(0 mixes none in).',
+      )
   shares = pipeline.unpaired_shares(config.data)
-  if shares and _active(config, 'sigmoid'):
+  if sum(shares.values()) >= 1.0:
     raise fail(
       'data.unpaired',
-      'the sigmoid objective does not leave out text-only rows yet; mix unpaired data in '
-      'with infonce (--config.objectives.sigmoid=0 --config.objectives.infonce=1).',
+      f'the shares {shares} leave no room for paired records; keep their sum below 1.',
+    )
+  if shares and config.data.tfds_name:
+    raise fail(
+      'data.unpaired',
+      'unpaired records are read from prepared shards (prepare --unpaired), not from a TFDS '
+      'build: unset config.data.tfds_name or set the shares to 0.',
+    )
+  if 'text_only' in shares and _active(config, 'sigmoid'):
+    raise fail(
+      'data.unpaired.text_only',
+      'the sigmoid objective does not leave out text-only rows yet; mix them in with '
+      'infonce (--config.objectives.sigmoid=0 --config.objectives.infonce=1).',
     )
   if 'text_only' in shares and not _active(config, 'entmlm'):
     raise fail(
@@ -161,7 +189,9 @@ def _check_masked_modelling(config) -> None:
       'text-only records train EntMLM alone, which is off: switch it on '
       '(--config.objectives.entmlm=1) or set the share to 0.',
     )
-  on = [name for name in ('attmim', 'entmlm') if _active(config, name)]
+  # Objectives that ask the model for more than the row-wise embeddings.
+  on = [name for name, m in _objective_modules().items() if hasattr(m, 'model_inputs')]
+  on = [name for name in on if _active(config, name)]
   if on and config.train.grad_cache_chunks > 1:
     raise fail(
       'train.grad_cache_chunks',
@@ -201,7 +231,14 @@ def _check_precision_and_remat(model) -> None:
 # and the parameter groups the optimizer state is laid out by. Everything else (steps, schedule,
 # logging, checkpointing, evaluation, mesh, reader threads, the convolution
 # implementation, compute dtypes and rematerialisation) may change.
-_FIXED_ON_RESUME = ('model.', 'data.', 'objectives.', 'attmim.', 'entmlm.', 'train.param_groups.')
+_FIXED_ON_RESUME = (
+  'model.',
+  'data.',
+  'objectives.',
+  'train.param_groups.',
+  # Objectives' own settings (config.attmim, ...).
+  *(f'{name}.' for name in objectives_lib.settings_defaults()),
+)
 _FREE_KEYS = (
   'data.prepare_command',
   'data.num_threads',

@@ -23,8 +23,8 @@ DEFAULT_PARAM_GROUPS = {
   'image_encoder': r'image_encoder/.*',
   'text_encoder': r'text_encoder/.*',
   'heads': r'(image|text)_projection/.*|logit_scale|logit_bias',
-  # MMCLIP's objectives' decoders (objectives/attmim.py, entmlm.py): trained, never exported.
-  'decoders': r'(attmim|entmlm)_decoder/.*',
+  # Objectives' decoders, '<objective>_decoder' (MMCLIP's): trained, never exported.
+  'decoders': r'[a-z0-9_]+_decoder/.*',
 }
 
 

@@ -44,8 +44,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   info = pipeline.dataset_info(config.data)
   checks.check_eval_splits(config, info)
   train_text = pipeline.describe_train_text(config.data, info)
-  mix = pipeline.describe_unpaired(config.data, info)
   setup = Setup.create(config)
+  mix = pipeline.describe_unpaired(config.data, info)  # the shares were checked with the config
   evaluation = setup.evaluation(info.get('labels', {}))
   precise_bn = setup.precise_bn()
 

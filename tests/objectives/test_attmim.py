@@ -44,7 +44,7 @@ def test_the_mask_is_the_top_share_of_a_planted_attention_map(model_and_batch, m
       batch['input_ids'],
       batch['attention_mask'],
       train=False,
-      mim=masking.MaskSpec(ratio=ratio),
+      mim=masking.MaskSpec(ratio, 0.0, 0.1),
     )
     top = np.argsort(-np.asarray(planted), axis=1, kind='stable')[:, :count]
     expected = np.zeros((rows, 4), bool)
@@ -66,7 +66,7 @@ def test_the_caption_chooses_cells_in_the_shared_space(model_and_batch):
     batch['input_ids'],
     batch['attention_mask'],
     train=False,
-    mim=masking.MaskSpec(),
+    mim=masking.MaskSpec(0.5, 0.0, 0.1),
   )
   scores = model.apply(
     variables,

@@ -22,7 +22,9 @@ def test_weight_zero_switches_an_objective_off_parameters_included(tiny_config):
   config = tiny_config()
   assert {'infonce': 1.0, 'sigmoid': 0.0}.items() <= dict(config.objectives).items()
   built = objectives.build(config)
-  assert list(built) == ['infonce'] and objectives.init_params(built, config, jax.random.key(0)) == {}
+  assert (
+    list(built) == ['infonce'] and objectives.init_params(built, config, jax.random.key(0)) == {}
+  )
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,22 @@ BAD = {
     {'objectives.entmlm': 1.0, 'entmlm.lexicon': '/nonexistent/lexicon.txt'},
     r'The entity lexicon /nonexistent/lexicon\.txt cannot be read',
   ),
+  'unpaired shares leaving no room for pairs': (
+    {'data.unpaired.image_only': 0.5, 'data.unpaired.text_only': 0.5, 'objectives.entmlm': 1.0},
+    r'config\.data\.unpaired: the shares .* leave no room for paired records',
+  ),
+  'text-only records with the sigmoid loss': (
+    {'data.unpaired.text_only': 0.1, 'objectives.entmlm': 1.0, 'objectives.sigmoid': 1.0},
+    r'config\.data\.unpaired\.text_only: the sigmoid objective does not leave out',
+  ),
+  'text-only records without EntMLM': (
+    {'data.unpaired.text_only': 0.1},
+    r'config\.data\.unpaired\.text_only: text-only records train EntMLM alone',
+  ),
+  'unpaired records the dataset lacks': (
+    {'data.unpaired.image_only': 0.1},
+    r'config\.data\.unpaired\.image_only=0\.1, but .* holds no image_only records',
+  ),
   'MMCLIP objectives with gradient caching': (
     {'objectives.entmlm': 1.0, 'train.grad_cache_chunks': 2},
     r"config\.train\.grad_cache_chunks: the objectives \['entmlm'\] read feature grids",

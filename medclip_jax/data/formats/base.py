@@ -124,6 +124,12 @@ def convert(
       continue
     kind = None
     try:
+      try:
+        captions, was_repaired = _clean_captions((entry.caption, *entry.more_captions))
+      except ingest.BadRecord:
+        if not (unpaired and entry.image is not None):
+          raise
+        kind, captions, was_repaired = 'image_only', [''], False
       if entry.image is None:
         if not unpaired:
           raise ingest.BadRecord('no image')
@@ -132,12 +138,6 @@ def convert(
         image = entry.image(max_side)
       else:
         image = ingest.load_image(entry.image, max_side)
-      try:
-        captions, was_repaired = _clean_captions((entry.caption, *entry.more_captions))
-      except ingest.BadRecord:
-        if not (unpaired and kind is None):
-          raise
-        kind, captions, was_repaired = 'image_only', [''], False
     except ingest.BadRecord as e:
       yield Skipped(entry.id, e.reason)
       continue

@@ -273,6 +273,16 @@ def test_unpaired_rows_are_kept_as_training_records_of_their_kind_when_asked(tmp
   # Prepared again without them, the earlier unpaired shards go.
   prepare.prepare('manifest', str(out), input=str(path), **options)
   assert not list(out.glob('train_*_only.array_record-*'))
+  # Split by row, unpaired records the split rule puts in val or test are left out (for
+  # training only), and not counted as bad inputs.
+  options.update(group_column='', val_fraction=0.3, test_fraction=0.3, max_bad_fraction=0.2)
+  info = prepare.prepare('manifest', str(out), input=str(path), unpaired=True, **options)
+  kept = sum(
+    info['splits'].get(f'train_{k}', {'count': 0})['count'] for k in ('image_only', 'text_only')
+  )
+  assert kept + sum(info['unpaired_outside_train'].values()) == 5
+  assert 0 < sum(info['unpaired_outside_train'].values()) < 5
+  assert len(info['skipped']) == 2
 
 
 def split_records_of(directory, split):
