@@ -83,6 +83,12 @@ class Embedder:
     self.encode_texts = jax.jit(encode_texts, out_shardings=replicated)
     self._gather = jax.jit(lambda x: x, out_shardings=replicated)
     self._cache = {}
+    # XLA:CPU runs every device of a program on one shared thread pool, so two independent
+    # programs with collectives in flight at once can each hold threads the other waits
+    # for (seen with 8 simulated devices). There, each batch is finished before the next
+    # is dispatched; elsewhere they overlap with the host's work.
+    self._one_at_a_time = mesh.size > 1 and jax.default_backend() == 'cpu'
+
 
   def tokenize(self, texts: list[str]) -> dict:
     """Token ids and masks [N, max_text_length], padded and truncated as in training."""
@@ -111,6 +117,8 @@ class Embedder:
         rows[name] = np.concatenate([chunk, pad]) if len(pad) else chunk
       # Every process holds all rows, so each device takes its own.
       out.append(encode(**sharding.from_host_copy(rows, self.mesh)))
+      if self._one_at_a_time:
+        jax.block_until_ready(out[-1])
     return out, n
 
   @staticmethod
