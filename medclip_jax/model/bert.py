@@ -14,6 +14,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import traverse_util
 
+from medclip_jax.model.dropout import Dropout
+
 # HF initialises every Linear and Embedding with normal(0.02).
 _init = nn.initializers.normal(stddev=0.02)
 
@@ -215,7 +217,7 @@ class BertEncoder(nn.Module):
     layer_norm = functools.partial(
       nn.LayerNorm, epsilon=self.layer_norm_eps, dtype=self.dtype, param_dtype=jnp.float32
     )
-    dropout = functools.partial(nn.Dropout, rate=self.dropout_rate, deterministic=not train)
+    dropout = functools.partial(Dropout, rate=self.dropout_rate, deterministic=not train)
 
     x = _Embeddings(
       self.vocab_size,
