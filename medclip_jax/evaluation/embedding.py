@@ -89,7 +89,6 @@ class Embedder:
     # is dispatched; elsewhere they overlap with the host's work.
     self._one_at_a_time = mesh.size > 1 and jax.default_backend() == 'cpu'
 
-
   def tokenize(self, texts: list[str]) -> dict:
     """Token ids and masks [N, max_text_length], padded and truncated as in training."""
     tokens = self.tokenizer(

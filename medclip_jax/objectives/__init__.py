@@ -44,12 +44,16 @@ def available() -> list[str]:
   return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith('_'))
 
 
+def modules() -> dict[str, ModuleType]:
+  """{name: module} of every objective in this package."""
+  return {name: importlib.import_module(f'{__name__}.{name}') for name in available()}
+
+
 def settings_defaults() -> dict[str, dict]:
   """{name: DEFAULTS} of the objectives with settings of their own, kept in the config
   section named after them (config.attmim): checked on resume like the weights, and given
   their defaults in configs saved before they existed."""
-  modules = {name: importlib.import_module(f'{__name__}.{name}') for name in available()}
-  return {name: m.DEFAULTS for name, m in modules.items() if hasattr(m, 'DEFAULTS')}
+  return {name: m.DEFAULTS for name, m in modules().items() if hasattr(m, 'DEFAULTS')}
 
 
 def build(config) -> dict[str, tuple[float, ModuleType]]:
@@ -67,9 +71,8 @@ def build(config) -> dict[str, tuple[float, ModuleType]]:
       f'config.objectives {weights} switches no objective on: give at least one a non-zero '
       f'weight, e.g. --config.objectives.infonce=1; the objectives are {available()}.'
     )
-  return {
-    name: (weight, importlib.import_module(f'{__name__}.{name}')) for name, weight in active.items()
-  }
+  every = modules()
+  return {name: (weight, every[name]) for name, weight in active.items()}
 
 
 def init_params(objectives: dict, config, rng) -> dict:

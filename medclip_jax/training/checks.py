@@ -6,7 +6,6 @@ tokenizer follow in `Setup.create`; unknown config keys are refused by
 ml_collections when the flags are parsed.
 """
 
-import importlib
 import json
 import warnings
 from pathlib import Path
@@ -110,13 +109,6 @@ def check_grad_cache(config, devices: int) -> None:
     )
 
 
-def _objective_modules() -> dict:
-  return {
-    name: importlib.import_module(f'medclip_jax.objectives.{name}')
-    for name in objectives_lib.available()
-  }
-
-
 def _active(config, name: str) -> bool:
   return float(config.objectives.get(name, 0.0)) != 0.0
 
@@ -190,8 +182,11 @@ def _check_masked_modelling(config) -> None:
       '(--config.objectives.entmlm=1) or set the share to 0.',
     )
   # Objectives that ask the model for more than the row-wise embeddings.
-  on = [name for name, m in _objective_modules().items() if hasattr(m, 'model_inputs')]
-  on = [name for name in on if _active(config, name)]
+  on = [
+    name
+    for name, m in objectives_lib.modules().items()
+    if hasattr(m, 'model_inputs') and _active(config, name)
+  ]
   if on and config.train.grad_cache_chunks > 1:
     raise fail(
       'train.grad_cache_chunks',

@@ -67,6 +67,10 @@ BAD = {
     {'objectives.entmlm': 1.0, 'entmlm.lexicon': '/nonexistent/lexicon.txt'},
     r'The entity lexicon /nonexistent/lexicon\.txt cannot be read',
   ),
+  'an unpaired share that is not a share': (
+    {'data.unpaired.image_only': 1.0},
+    r'config\.data\.unpaired\.image_only: 1\.0 is not a share of the training stream',
+  ),
   'unpaired shares leaving no room for pairs': (
     {'data.unpaired.image_only': 0.5, 'data.unpaired.text_only': 0.5, 'objectives.entmlm': 1.0},
     r'config\.data\.unpaired: the shares .* leave no room for paired records',
