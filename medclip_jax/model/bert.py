@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import traverse_util
 
+from medclip_jax.model import lean_layers
 from medclip_jax.model.dropout import Dropout
 
 # HF initialises every Linear and Embedding with normal(0.02).
@@ -93,7 +94,7 @@ class _Intermediate(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    return jax.nn.gelu(self.dense(self.features, name='dense')(x), approximate=False)
+    return lean_layers.gelu(self.dense(self.features, name='dense')(x))
 
 
 class _Layer(nn.Module):
@@ -215,7 +216,7 @@ class BertEncoder(nn.Module):
       nn.Dense, kernel_init=_init, dtype=self.dtype, param_dtype=jnp.float32
     )
     layer_norm = functools.partial(
-      nn.LayerNorm, epsilon=self.layer_norm_eps, dtype=self.dtype, param_dtype=jnp.float32
+      lean_layers.LayerNorm, epsilon=self.layer_norm_eps, dtype=self.dtype, param_dtype=jnp.float32
     )
     dropout = functools.partial(Dropout, rate=self.dropout_rate, deterministic=not train)
 

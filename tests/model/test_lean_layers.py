@@ -1,0 +1,74 @@
+"""BERT's GELU and LayerNorm with hand-written backward passes: the values and
+gradients of JAX's and flax's own, and less memory held for the backward."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from medclip_jax.model import lean_layers
+
+
+def _inputs(shape, seed=0):
+  rng = np.random.default_rng(seed)
+  # Wide enough to reach GELU's saturated tails and LayerNorm's large offsets.
+  x = jnp.asarray(rng.standard_normal(shape, np.float32) * 4 + 1)
+  return x, jnp.asarray(rng.standard_normal(shape, np.float32))
+
+
+def test_gelu_gives_jax_values_and_gradients():
+  x, g = _inputs((8, 33, 40))
+  exact = lambda x: jax.nn.gelu(x, approximate=False)
+  np.testing.assert_array_equal(lean_layers.gelu(x), exact(x))
+  ours = jax.grad(lambda x: jnp.sum(lean_layers.gelu(x) * g))(x)
+  theirs = jax.grad(lambda x: jnp.sum(exact(x) * g))(x)
+  np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_layer_norm_gives_flax_parameters_values_and_gradients(dtype):
+  x, g = _inputs((4, 9, 48))
+  ours, theirs = (
+    module(epsilon=1e-12, dtype=dtype, param_dtype=jnp.float32)
+    for module in (lean_layers.LayerNorm, nn.LayerNorm)
+  )
+  params = theirs.init(jax.random.PRNGKey(0), x)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(0), x)) == jax.tree.map(
+    jnp.shape, params
+  )
+  rng = np.random.default_rng(1)
+  params = jax.tree.map(lambda p: p + jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
+
+  def loss(module):
+    return lambda p, x: jnp.sum(module.apply(p, x.astype(dtype)).astype(jnp.float32) * g)
+
+  y_ours, y_theirs = ours.apply(params, x.astype(dtype)), theirs.apply(params, x.astype(dtype))
+  assert y_ours.dtype == y_theirs.dtype == dtype
+  np.testing.assert_array_equal(y_ours.astype(jnp.float32), y_theirs.astype(jnp.float32))
+  grads_ours = jax.grad(loss(ours), argnums=(0, 1))(params, x)
+  grads_theirs = jax.grad(loss(theirs), argnums=(0, 1))(params, x)
+  # float32 agrees to rounding; bfloat16 within its 8 bits (flax's backward also
+  # rounds its intermediates to bfloat16, ours keeps them in float32).
+  tolerance = 1e-5 if dtype == jnp.float32 else 2e-2
+  for a, b in zip(jax.tree.leaves(grads_ours), jax.tree.leaves(grads_theirs)):
+    np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance * float(jnp.max(jnp.abs(b))))
+
+
+def test_gelu_holds_half_the_memory_for_its_backward_pass():
+  # A feed-forward-shaped stack, as in BERT: dense, GELU, dense, residual. (What
+  # LayerNorm saves shows in BERT, not in a stack this small: BENCHMARKS.md.)
+  x, _ = _inputs((8, 64, 128))
+  w1 = jnp.ones((128, 512)) / 128
+  w2 = jnp.ones((512, 128)) / 512
+
+  def temp_bytes(act):
+    def loss(x):
+      for _ in range(4):
+        x = act(x @ w1) @ w2 + x
+      return jnp.sum(x)
+
+    return jax.jit(jax.grad(loss)).lower(x).compile().memory_analysis().temp_size_in_bytes
+
+  exact_bytes = temp_bytes(lambda h: jax.nn.gelu(h, approximate=False))
+  assert temp_bytes(lean_layers.gelu) < 0.6 * exact_bytes
