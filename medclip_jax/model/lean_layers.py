@@ -1,18 +1,19 @@
 """Exact GELU and LayerNorm whose backward passes keep only their input.
 
-Under `jax.grad`, `jax.nn.gelu(approximate=False)` saves four arrays the size
-of BERT's feed-forward activations for its backward pass (the product, erfc,
-exp and a copy) and flax's `LayerNorm` four the size of the hidden states.
-Here each keeps its input (LayerNorm also its per-token mean and inverse
-deviation) and recomputes the rest in the backward pass: XLA's temporaries for
-BERT-base's gradient at batch 16 x 128 tokens fall from 2.15 to 1.46 GiB, and
-on a CPU, where each step's temporaries are fresh pages to fault in, the full
-CLIP step gets faster too (BENCHMARKS.md).
+Under `jax.grad`, `jax.nn.gelu(approximate=False)` keeps three or four arrays
+the size of its input for the backward pass (the product, erfc, exp, and in
+BERT a copy), and flax's `LayerNorm` three. Here GELU keeps its input and
+LayerNorm its input and per-token mean and inverse deviation; the rest is
+recomputed in the backward pass. The jitted gradient of BERT-base at batch
+16 x 128 tokens then needs 1.46 instead of 2.15 GiB of XLA temporaries, and a
+step on a CPU faults in fewer fresh pages (BENCHMARKS.md).
 
-Forward values follow `jax.nn.gelu` and flax's `LayerNorm` (statistics in at
-least float32, E[x^2] - E[x]^2 variance, scale folded into the inverse
-deviation); gradients equal JAX's own to float rounding
-(tests/model/test_lean_layers.py).
+Forward values are those of `jax.nn.gelu` and flax's `LayerNorm`, computed by
+the same operations in the same order (statistics in at least float32,
+E[x^2] - E[x]^2 variance, scale folded into the inverse deviation); the tests
+hold the gradients to JAX's and flax's within 1e-5 relative in float32
+(tests/model/test_lean_layers.py). Being `jax.custom_vjp` functions, they
+support reverse-mode differentiation only (no `jax.jvp` or `jax.hessian`).
 """
 
 import functools
@@ -35,8 +36,12 @@ def _gelu_fwd(x):
 
 
 def _gelu_bwd(x, g):
+  # The barrier keeps XLA from sharing the forward pass's erfc with this
+  # recomputation, which would keep that array alive for the backward pass.
+  x = jax.lax.optimization_barrier(x)
   xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  cdf = 0.5 * (1.0 + jax.lax.erf(xf / math.sqrt(2.0)))
+  # erfc, as jax.nn.gelu has it, keeps the far negative tail accurate.
+  cdf = 0.5 * jax.lax.erfc(-xf * math.sqrt(0.5))
   pdf = jnp.exp(-0.5 * xf * xf) / math.sqrt(2.0 * math.pi)
   return ((g * (cdf + xf * pdf)).astype(g.dtype),)
 
@@ -52,18 +57,19 @@ def _stats(x, epsilon):
 
 
 def _layer_norm_forward(x, scale, bias, epsilon, dtype):
+  """(y, mean, inverse deviation) over the last axis."""
   xf, mean, inv = _stats(x, epsilon)
-  return ((xf - mean) * (inv * scale) + bias).astype(dtype)
+  return ((xf - mean) * (inv * scale) + bias).astype(dtype), mean, inv
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _layer_norm(x, scale, bias, epsilon, dtype):
-  return _layer_norm_forward(x, scale, bias, epsilon, dtype)
+  return _layer_norm_forward(x, scale, bias, epsilon, dtype)[0]
 
 
 def _layer_norm_fwd(x, scale, bias, epsilon, dtype):
-  _, mean, inv = _stats(x, epsilon)
-  return _layer_norm_forward(x, scale, bias, epsilon, dtype), (x, mean, inv, scale)
+  y, mean, inv = _layer_norm_forward(x, scale, bias, epsilon, dtype)
+  return y, (x, mean, inv, scale)
 
 
 def _layer_norm_bwd(epsilon, dtype, residuals, g):
