@@ -33,6 +33,9 @@ TWO_STEPS = {
   'eval__bn_recompute_batches': 0,
   'fsdp_min_size': 256,  # small enough that the tiny model's matrices are split
 }
+# Evaluation on 8 simulated devices costs about 18 s a run and nothing here
+# compares it, so only the 2-process run evaluates (its files are checked).
+NO_EVALS = {'evals__retrieval__type': 'off', 'evals__zeroshot__type': 'off'}
 
 
 def _run(cmd, devices, workdir, *extra):
@@ -79,17 +82,21 @@ def _losses(workdir):
 @pytest.fixture(scope='module')
 def layouts(tiny_flags, tiny_config, tmp_path_factory):
   """Two training steps under each layout; (workdir, stdout) keyed by layout name."""
-  flags = tiny_flags(**TWO_STEPS)
+  flags = tiny_flags(**TWO_STEPS, **NO_EVALS)
   runs = {
-    '1 device': ('main', 1, []),
-    '8 devices, data': ('main', 8, ['--config.mesh.data=8', '--config.mesh.fsdp=1']),
-    '8 devices, data x fsdp': ('main', 8, ['--config.mesh.data=2', '--config.mesh.fsdp=4']),
-    '2 processes x 2 devices': ('cluster', 2, ['--config.mesh.data=2', '--config.mesh.fsdp=2']),
+    '1 device': ('main', 1, flags),
+    '8 devices, data': ('main', 8, [*flags, '--config.mesh.data=8', '--config.mesh.fsdp=1']),
+    '8 devices, data x fsdp': ('main', 8, [*flags, '--config.mesh.data=2', '--config.mesh.fsdp=4']),
+    '2 processes x 2 devices': (
+      'cluster',
+      2,
+      [*tiny_flags(**TWO_STEPS), '--config.mesh.data=2', '--config.mesh.fsdp=2'],
+    ),
   }
   out = {}
-  for name, (cmd, devices, extra) in runs.items():
+  for name, (cmd, devices, args) in runs.items():
     workdir = tmp_path_factory.mktemp(name.replace(' ', '_').replace(',', ''))
-    out[name] = (workdir, _run(cmd, devices, workdir, *flags, *extra))
+    out[name] = (workdir, _run(cmd, devices, workdir, *args))
   return tiny_config(), flags, out  # the config gives the state's structure
 
 
