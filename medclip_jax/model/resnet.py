@@ -15,7 +15,7 @@ from flax import linen as nn
 from flax import traverse_util
 
 from medclip_jax.interop import tables
-from medclip_jax.model import cpu_ops
+from medclip_jax.model import cpu_ops, lean_layers
 
 # torchvision initialises convs with kaiming_normal_(mode='fan_out',
 # nonlinearity='relu'): an untruncated normal with std sqrt(2 / fan_out).
@@ -79,10 +79,9 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     out = self.conv(self.planes, 3, self.stride, name='conv1')(x)
-    out = nn.relu(self.norm(name='bn1')(out))
+    out = self.norm(name='bn1')(out, relu=True)
     out = self.conv(self.planes, 3, 1, name='conv2')(out)
-    out = self.norm(name='bn2')(out)
-    return nn.relu(out + _shortcut(self, x))
+    return self.norm(name='bn2')(out, residual=_shortcut(self, x), relu=True)
 
 
 class Bottleneck(nn.Module):
@@ -98,12 +97,11 @@ class Bottleneck(nn.Module):
   @nn.compact
   def __call__(self, x):
     out = self.conv(self.planes, 1, 1, name='conv1')(x)
-    out = nn.relu(self.norm(name='bn1')(out))
+    out = self.norm(name='bn1')(out, relu=True)
     out = self.conv(self.planes, 3, self.stride, name='conv2')(out)
-    out = nn.relu(self.norm(name='bn2')(out))
+    out = self.norm(name='bn2')(out, relu=True)
     out = self.conv(self.planes * 4, 1, 1, name='conv3')(out)
-    out = self.norm(name='bn3')(out)
-    return nn.relu(out + _shortcut(self, x))
+    return self.norm(name='bn3')(out, residual=_shortcut(self, x), relu=True)
 
 
 def _shortcut(block, x):
@@ -178,7 +176,7 @@ class ResNet(nn.Module):
     kind, layers = tables.RESNET_LAYOUTS[self.depth]
     block = _BLOCKS[kind]
     norm = functools.partial(
-      nn.BatchNorm,
+      lean_layers.BatchNorm,
       use_running_average=not train,
       momentum=self.bn_momentum,
       epsilon=self.bn_epsilon,
@@ -188,7 +186,7 @@ class ResNet(nn.Module):
     conv = functools.partial(_conv, dtype=self.dtype, ops=self.ops)
     x = jnp.asarray(x, self.dtype)
     x = conv(self.width, 7, 2, name='conv1')(x)
-    x = nn.relu(norm(name='bn1')(x))
+    x = norm(name='bn1')(x, relu=True)
     # Both pad with -inf, matching PyTorch's MaxPool2d(3, 2, padding=1).
     pool = cpu_ops.max_pool if self.ops == 'cpu' else _xla_max_pool
     x = pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
