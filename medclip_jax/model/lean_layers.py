@@ -11,8 +11,9 @@ step on a CPU faults in fewer fresh pages (BENCHMARKS.md).
 
 `BatchNorm` takes the residual add and ReLU that follow it in a ResNet block, so
 the block's output is computed in one pass and the backward pass keeps BatchNorm's
-input and the block's output only (flax's BatchNorm and a separate ReLU keep the
-pre-ReLU output and a normalised copy of the input as well). ResNet50's jitted
+input, the block's output and per-channel statistics (flax's BatchNorm and a
+separate ReLU keep the pre-ReLU output as well, and their backward pass
+materialises a normalised copy of the input). ResNet50's jitted
 gradient at batch 16, 224 px, needs 1.26 instead of 1.93 GiB of temporaries.
 
 Forward values are those of `jax.nn.gelu` and flax's `LayerNorm` and `BatchNorm`,
@@ -134,21 +135,23 @@ def _batch_norm_forward(x, scale, bias, residual, epsilon, relu, dtype):
   return _batch_norm_act(xf, scale, bias, mean, inv, residual, relu, dtype), mean, var
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _batch_norm(x, scale, bias, residual, epsilon, relu, dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _batch_norm(x, scale, bias, residual, epsilon, relu, dtype, residual_dtype):
+  """`residual_dtype` is None when `residual` is."""
+  del residual_dtype
   return _batch_norm_forward(x, scale, bias, residual, epsilon, relu, dtype)
 
 
-def _batch_norm_fwd(x, scale, bias, residual, epsilon, relu, dtype):
+def _batch_norm_fwd(x, scale, bias, residual, epsilon, relu, dtype, residual_dtype):
+  del residual_dtype
   out, mean, var = _batch_norm_forward(x, scale, bias, residual, epsilon, relu, dtype)
-  # `()` or `(None,)`: no array kept, but the backward pass can tell whether a
-  # residual was added (and owes it a gradient).
-  return (out, mean, var), (x, out, mean, var, scale, () if residual is None else (None,))
+  # The output only for ReLU's mask; it is the next layer's input, so keeping it is free.
+  return (out, mean, var), (x, out if relu else None, mean, var, scale)
 
 
-def _batch_norm_bwd(epsilon, relu, dtype, residuals, cotangents):
+def _batch_norm_bwd(epsilon, relu, dtype, residual_dtype, residuals, cotangents):
   del dtype
-  x, out, mean, var, scale, has_residual = residuals
+  x, out, mean, var, scale = residuals
   g, g_mean, g_var = cotangents
   if relu:
     g = jnp.where(out > 0, g, jnp.zeros((), g.dtype))
@@ -159,14 +162,19 @@ def _batch_norm_bwd(epsilon, relu, dtype, residuals, cotangents):
   d_bias = jnp.sum(gf, axis=axes)
   # sum(g * x_hat) from sum(g * x): the reduction reads the arrays the backward
   # pass already holds instead of a normalised copy of x (a third less memory
-  # for ResNet50's gradient, BENCHMARKS.md).
+  # for ResNet50's gradient, BENCHMARKS.md). It loses about |mean| / deviation
+  # in relative accuracy, harmless in float32 for a convolution's outputs.
   d_scale = (jnp.sum(gf * xf, axis=axes) - mean * d_bias) * inv
   centred = xf - mean
-  dx = (scale * inv) * (gf - d_bias / count - centred * (inv * d_scale / count))
+  # Where E[x^2] - E[x]^2 was clipped to zero (a constant channel), no gradient
+  # flows through the variance, as under autodiff.
+  var_path = (var > 0).astype(mean.dtype)
+  dx = (scale * inv) * (gf - d_bias / count - centred * (var_path * inv * d_scale / count))
   # The batch statistics are outputs too (for the running averages); their
   # cotangents are zero in training but kept for exactness.
-  dx = dx + g_mean / count + centred * (2 * g_var / count)
-  return dx.astype(x.dtype), d_scale, d_bias, (g if has_residual else None)
+  dx = dx + g_mean / count + centred * (var_path * 2 * g_var / count)
+  d_residual = None if residual_dtype is None else g.astype(residual_dtype)
+  return dx.astype(x.dtype), d_scale.astype(scale.dtype), d_bias.astype(scale.dtype), d_residual
 
 
 _batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
@@ -195,7 +203,10 @@ class BatchNorm(nn.Module):
     if self.use_running_average:
       inv = jax.lax.rsqrt(ra_var.value + self.epsilon)
       return _batch_norm_act(x, scale, bias, ra_mean.value, inv, residual, relu, dtype)
-    out, mean, var = _batch_norm(x, scale, bias, residual, float(self.epsilon), relu, dtype)
+    residual_dtype = None if residual is None else jnp.dtype(residual.dtype)
+    out, mean, var = _batch_norm(
+      x, scale, bias, residual, float(self.epsilon), relu, dtype, residual_dtype
+    )
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var

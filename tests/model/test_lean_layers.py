@@ -128,6 +128,36 @@ def test_batch_norm_gives_flax_values_statistics_and_gradients(dtype, residual, 
     )
 
 
+@pytest.mark.parametrize('offset', [0.0, 40.0])
+def test_batch_norm_gradients_through_statistics_far_means_and_constant_channels(offset):
+  # The loss reads the updated running statistics too; the inputs' means sit `offset`
+  # away from zero (deviation ~4: sum(g * x) - mean * sum(g) cancels), and one channel
+  # is constant (the variance clipped to zero, no gradient through it).
+  x, g = _inputs((4, 6, 5, 24))
+  x = (x + offset).at[..., 0].set(0.3)
+  r = _inputs((4, 6, 5, 24), seed=2)[0]
+  g_stats = jnp.asarray(np.random.default_rng(3).standard_normal((2, 24), np.float32))
+  theirs = _flax_block(True, 0.9, jnp.float32, train=True)
+  ours = _LeanBlock(0.9, jnp.float32, train=True, relu=True)
+  variables = theirs.init(jax.random.PRNGKey(0), x, r)
+
+  def grads(module):
+    def loss(params, x, r):
+      y, stats = module.apply(
+        {'params': params, 'batch_stats': variables['batch_stats']}, x, r, mutable=['batch_stats']
+      )
+      stats = stats['batch_stats']['BatchNorm_0']
+      return jnp.sum(y * g) + jnp.sum(stats['mean'] * g_stats[0] + stats['var'] * g_stats[1])
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(variables['params'], x, r)
+
+  for a, b in zip(jax.tree.leaves(grads(ours)), jax.tree.leaves(grads(theirs))):
+    # The input gradient per channel (the constant channel's is ~300x the others'),
+    # the parameters' over all channels (the constant channel's scale gradient is noise).
+    scale = np.max(np.abs(b), axis=tuple(range(b.ndim - 1)) or None, keepdims=True)
+    np.testing.assert_allclose(a / scale, b / scale, rtol=1e-4, atol=1e-4)
+
+
 def test_batch_norm_eval_mode_uses_running_statistics_as_flax_does():
   x, _ = _inputs((4, 6, 5, 24))
   r = _inputs((4, 6, 5, 24), seed=2)[0]
@@ -143,8 +173,8 @@ def test_batch_norm_eval_mode_uses_running_statistics_as_flax_does():
 
 def test_batch_norm_backward_keeps_no_normalised_copy():
   # Four conv-sized BatchNorm + ReLU layers: flax's version keeps the pre-ReLU output
-  # and a normalised copy of each input for the backward pass; ours keeps the input
-  # and output only (0.56x the temporaries at these shapes).
+  # too, and its backward pass materialises a normalised copy of each input; ours keeps
+  # the input and output (0.56x the temporaries at these shapes).
   x, _ = _inputs((8, 32, 32, 64))
   w = jnp.ones((64, 64)) / 64
 
