@@ -57,16 +57,19 @@ def _gelu_bwd(x, g):
 gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 
-def _stats(x, epsilon):
+def _moments(x, axis, keepdims=False):
+  """(x in at least float32, its mean, its E[x^2] - E[x]^2 variance clipped at zero)
+  over `axis`: flax's fast variance, shared by LayerNorm and BatchNorm."""
   xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  mean = jnp.mean(xf, axis=-1, keepdims=True)
-  var = jnp.maximum(jnp.mean(xf * xf, axis=-1, keepdims=True) - mean * mean, 0.0)
-  return xf, mean, jax.lax.rsqrt(var + epsilon)
+  mean = jnp.mean(xf, axis=axis, keepdims=keepdims)
+  var = jnp.maximum(jnp.mean(xf * xf, axis=axis, keepdims=keepdims) - mean * mean, 0.0)
+  return xf, mean, var
 
 
 def _layer_norm_forward(x, scale, bias, epsilon, dtype):
   """(y, mean, inverse deviation) over the last axis."""
-  xf, mean, inv = _stats(x, epsilon)
+  xf, mean, var = _moments(x, -1, keepdims=True)
+  inv = jax.lax.rsqrt(var + epsilon)
   return ((xf - mean) * (inv * scale) + bias).astype(dtype), mean, inv
 
 
@@ -127,10 +130,7 @@ def _batch_norm_act(x, scale, bias, mean, inv, residual, relu, dtype):
 
 def _batch_norm_forward(x, scale, bias, residual, epsilon, relu, dtype):
   """(output, batch mean, batch variance) over all axes but the last."""
-  xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  axes = tuple(range(x.ndim - 1))
-  mean = jnp.mean(xf, axis=axes)
-  var = jnp.maximum(jnp.mean(xf * xf, axis=axes) - mean * mean, 0.0)
+  xf, mean, var = _moments(x, tuple(range(x.ndim - 1)))
   inv = jax.lax.rsqrt(var + epsilon)
   return _batch_norm_act(xf, scale, bias, mean, inv, residual, relu, dtype), mean, var
 
