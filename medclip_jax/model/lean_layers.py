@@ -165,14 +165,16 @@ def _batch_norm_bwd(epsilon, relu, dtype, residual_dtype, residuals, cotangents)
   # for ResNet50's gradient, BENCHMARKS.md). It loses about |mean| / deviation
   # in relative accuracy, harmless in float32 for a convolution's outputs.
   d_scale = (jnp.sum(gf * xf, axis=axes) - mean * d_bias) * inv
-  centred = xf - mean
   # Where E[x^2] - E[x]^2 was clipped to zero (a constant channel), no gradient
   # flows through the variance, as under autodiff.
   var_path = (var > 0).astype(mean.dtype)
-  dx = (scale * inv) * (gf - d_bias / count - centred * (var_path * inv * d_scale / count))
-  # The batch statistics are outputs too (for the running averages); their
-  # cotangents are zero in training but kept for exactness.
-  dx = dx + g_mean / count + centred * (var_path * 2 * g_var / count)
+  # dx = a * g + b + c * (x - mean), a, b and c per channel. The batch statistics
+  # are outputs too (for the running averages): their cotangents g_mean and g_var
+  # are zero in training but kept for exactness.
+  a = scale * inv
+  b = (g_mean - a * d_bias) / count
+  c = var_path * (2 * g_var - a * inv * d_scale) / count
+  dx = a * gf + b + c * (xf - mean)
   d_residual = None if residual_dtype is None else g.astype(residual_dtype)
   return dx.astype(x.dtype), d_scale.astype(scale.dtype), d_bias.astype(scale.dtype), d_residual
 
