@@ -28,7 +28,9 @@ then, as its last line, `benchmark: ` and one JSON object of every figure:
   - the settings timed: devices, device_kind, batch_size, dtype (and each
     tower's), remat of each tower, grad_cache_chunks;
   - with --reference=torch, the same step in PyTorch eager on the same batch
-    and threads (`torch_reference`), and JAX's speed over it;
+    and threads (`torch_reference`, in a process of its own), and JAX's speed
+    over it (torch_version, torch_threads, torch_step_seconds,
+    speedup_over_torch), its steps timed the same way;
   - with --towers, each tower's forward and backward alone (train mode), in
     JAX and, with --reference=torch, in PyTorch.
 Every config field can be overridden as in main, e.g.
@@ -88,24 +90,38 @@ def _peak_memory(compiled) -> tuple[int | None, str]:
   return int(total), 'memory_analysis'
 
 
-def measure_step(setup: Setup, local_batch: dict, steps: int, warmup: int) -> dict:
-  """The train step on `local_batch`: the median of `steps` steps each timed alone after
-  `warmup` steps, pairs/s, XLA's FLOPs and TFLOP/s per device, and peak memory."""
+def median_seconds(fn, steps: int, warmup: int) -> float:
+  """Median seconds of one call of `fn` (which runs one step to completion) over `steps`
+  calls, each timed alone, after `warmup` untimed calls."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def jax_step(setup: Setup, local_batch: dict):
+  """(step, compiled): a callable that runs one train step on `local_batch` to completion,
+  carrying the state from call to call, and the executable it runs."""
   state = setup.init_state()
   batch = setup.global_batch(local_batch)
   step_fn = setup.train_step
   compiled = step_fn.lower(state, batch).compile()  # the executable the calls below run
-  flops = _step_flops(compiled)
-  for _ in range(warmup):
-    state, _ = step_fn(state, batch)
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
+
+  def step():
+    nonlocal state
     state, metrics = step_fn(state, batch)
     jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
-  seconds = statistics.median(times)
+
+  return step, compiled
+
+
+def step_figures(setup: Setup, compiled, seconds: float) -> dict:
+  """pairs/s, XLA's FLOPs and TFLOP/s per device and peak memory of a `seconds`-long step."""
+  flops = _step_flops(compiled)
   batch_size = setup.config.train.batch_size
   memory, memory_source = _peak_memory(compiled)
   return {
@@ -135,18 +151,9 @@ def _settings(config) -> dict:
   }
 
 
-def _timed(fn, steps: int, warmup: int) -> float:
-  for _ in range(warmup):
-    jax.block_until_ready(fn())
-  start = time.perf_counter()
-  for _ in range(steps):
-    out = fn()
-  jax.block_until_ready(out)
-  return (time.perf_counter() - start) / steps
-
-
-def measure_towers(setup: Setup, local_batch: dict, steps: int, warmup: int) -> dict:
-  """{'image', 'text'}: seconds of each tower's forward and backward alone, in train mode."""
+def tower_steps(setup: Setup, local_batch: dict) -> dict:
+  """{'image', 'text'}: callables that run each tower's forward and backward alone, in train
+  mode, to completion."""
   variables = setup.init_state().variables()
   batch = setup.global_batch(local_batch)
   data = setup.config.data
@@ -172,8 +179,8 @@ def measure_towers(setup: Setup, local_batch: dict, steps: int, warmup: int) -> 
 
   image_grad, text_grad = jax.jit(jax.grad(image_loss)), jax.jit(jax.grad(text_loss))
   return {
-    'image': _timed(lambda: image_grad(params['image_encoder']), steps, warmup),
-    'text': _timed(lambda: text_grad(params['text_encoder']), steps, warmup),
+    'image': lambda: jax.block_until_ready(image_grad(params['image_encoder'])),
+    'text': lambda: jax.block_until_ready(text_grad(params['text_encoder'])),
   }
 
 
@@ -198,7 +205,20 @@ def run(
   batches = setup.train_batches(text_features=features)
   input_rate = measure_input(batches, input_batches)
   local_batch = next(batches)
-  step = measure_step(setup, local_batch, steps, warmup)
+  if reference == 'torch':
+    from medclip_jax import torch_reference  # pylint: disable=import-outside-toplevel
+
+    # First, and in a process of its own that has ended before JAX's step compiles: each
+    # side timed with the other's memory gone (BENCHMARKS.md, 2026-12-06).
+    torch_figures = torch_reference.measure(config, local_batch, steps, warmup, towers)
+  step_fn, compiled = jax_step(setup, local_batch)
+  step_seconds = median_seconds(step_fn, steps, warmup)
+  if towers:
+    tower_seconds = {
+      tower: median_seconds(fn, steps, warmup)
+      for tower, fn in tower_steps(setup, local_batch).items()
+    }
+  step = step_figures(setup, compiled, step_seconds)
   locked = optimizer_lib.locked_towers(config.train, setup.abstract_state.params)
   analytic = flops_lib.pair_flops(config, locked, text_cached=features is not None)['total']
   devices = jax.device_count()
@@ -226,16 +246,15 @@ def run(
     'input_to_step_ratio': input_rate / consumed,
     'input_bound': input_rate < consumed,
   }
-  if towers:
-    results['towers'] = {'jax': measure_towers(setup, local_batch, steps, warmup)}
   if reference == 'torch':
-    from medclip_jax import torch_reference  # pylint: disable=import-outside-toplevel
-
-    torch_seconds = torch_reference.step_seconds(config, local_batch, steps, warmup)
-    results['torch_step_seconds'] = torch_seconds
-    results['speedup_over_torch'] = torch_seconds / results['step_seconds_median']
-    if towers:
-      results['towers']['torch'] = torch_reference.tower_seconds(config, local_batch, steps, warmup)
+    results['torch_version'] = torch_figures['version']
+    results['torch_threads'] = torch_figures['threads']
+    results['torch_step_seconds'] = torch_figures['step']
+    results['speedup_over_torch'] = torch_figures['step'] / step_seconds
+  if towers:
+    results['towers'] = {'jax': tower_seconds}
+    if reference == 'torch':
+      results['towers']['torch'] = {tower: torch_figures[tower] for tower in tower_seconds}
   return results
 
 
@@ -286,11 +305,9 @@ def format_results(config, results: dict) -> str:
 def _reference_lines(config, results: dict) -> list[str]:
   lines = []
   if 'torch_step_seconds' in results:
-    import torch  # pylint: disable=import-outside-toplevel
-
     seconds = results['torch_step_seconds']
     lines.append(
-      f'PyTorch {torch.__version__} eager, {torch.get_num_threads()} threads: '
+      f'PyTorch {results["torch_version"]} eager, {results["torch_threads"]} threads: '
       f'{config.train.batch_size / seconds:8.1f} pairs/s ({seconds * 1e3:.0f} ms/step); '
       f'JAX is {results["speedup_over_torch"]:.2f}x its speed'
     )

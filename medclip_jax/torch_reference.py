@@ -8,10 +8,14 @@ whose parameter groups have learning-rate multiplier 0, in eval mode without
 gradients, as the JAX step runs it), the symmetric InfoNCE loss, backward,
 AdamW. torch is not a training dependency: it comes with `pip install
 '.[torch]'` (or requirements-test.txt).
+
+`measure` times them in a process of its own (see there why).
 """
 
+import concurrent.futures
+import importlib.util
+import multiprocessing
 import os
-import time
 
 import numpy as np
 
@@ -20,13 +24,8 @@ from medclip_jax.training import optimizer as optimizer_lib
 
 
 def _torch():
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise UserError(
-      '--reference=torch needs PyTorch, which training does not install: pip install '
-      "'.[torch]' (or pip install -r requirements-test.txt), then run the benchmark again."
-    ) from e
+  import torch  # pylint: disable=import-outside-toplevel
+
   torch.set_num_threads(len(os.sched_getaffinity(0)))
   return torch
 
@@ -79,17 +78,9 @@ class _Model:
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 
-def _timed(fn, steps: int, warmup: int) -> float:
-  for _ in range(warmup):
-    fn()
-  start = time.perf_counter()
-  for _ in range(steps):
-    fn()
-  return (time.perf_counter() - start) / steps
-
-
-def step_seconds(config, local_batch, steps: int, warmup: int) -> float:
-  """Seconds per PyTorch training step on `local_batch` (see the module docstring)."""
+def train_step(config, local_batch):
+  """A callable that runs one PyTorch training step on `local_batch` (see the module
+  docstring), the optimizer's state carried from call to call."""
   model = _Model(config)
   torch = model.torch
   locked = locked_towers(config)
@@ -124,24 +115,55 @@ def step_seconds(config, local_batch, steps: int, warmup: int) -> float:
     loss.backward()
     optimizer.step()
 
-  return _timed(step, steps, warmup)
+  return step
 
 
-def tower_seconds(config, local_batch, steps: int, warmup: int) -> dict:
-  """{'image', 'text'}: seconds of each tower's forward and backward alone, in train mode."""
+def tower_steps(config, local_batch) -> dict:
+  """{'image', 'text'}: callables that run each tower's forward and backward alone, in train
+  mode."""
   model = _Model(config)
   pixels, ids, mask = model.inputs(local_batch)
   model.image.train()
   model.text.train()
 
-  def run(fn, module):
+  def backward(fn, module):
     def once():
       module.zero_grad(set_to_none=True)
       fn().square().sum().backward()
 
-    return _timed(once, steps, warmup)
+    return once
 
   return {
-    'image': run(lambda: model.image_features(pixels), model.image),
-    'text': run(lambda: model.text_features(ids, mask), model.text),
+    'image': backward(lambda: model.image_features(pixels), model.image),
+    'text': backward(lambda: model.text_features(ids, mask), model.text),
   }
+
+
+def _measure(config, local_batch, steps: int, warmup: int, towers: bool) -> dict:
+  """The reference process's work: torch's version and threads, and the median seconds of
+  its training step ('step') and, with `towers`, of each tower alone ('image', 'text')."""
+  from medclip_jax.benchmark import median_seconds  # pylint: disable=import-outside-toplevel
+
+  torch = _torch()
+  figures = {'version': torch.__version__, 'threads': torch.get_num_threads()}
+  figures['step'] = median_seconds(train_step(config, local_batch), steps, warmup)
+  if towers:
+    for tower, fn in tower_steps(config, local_batch).items():
+      figures[tower] = median_seconds(fn, steps, warmup)
+  return figures
+
+
+def measure(config, local_batch, steps: int, warmup: int, towers: bool = False) -> dict:
+  """`_measure` in a fresh process that has ended when this returns, so that neither side
+  runs beside the other's memory: with torch's steps between its own (in this process or
+  another), JAX's full-size step took 12-13 s instead of 10 on this project's 2-core VM,
+  its fresh pages costing several times the system time (BENCHMARKS.md, 2026-12-06)."""
+  if importlib.util.find_spec('torch') is None:
+    raise UserError(
+      '--reference=torch needs PyTorch, which training does not install: pip install '
+      "'.[torch]' (or pip install -r requirements-test.txt), then run the benchmark again."
+    )
+  batch = {key: np.asarray(value) for key, value in local_batch.items()}
+  context = multiprocessing.get_context('spawn')  # a fresh interpreter, without JAX's state
+  with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+    return pool.submit(_measure, config, batch, steps, warmup, towers).result()

@@ -1,11 +1,13 @@
 """The throughput benchmark on the demo config: input pipeline vs train step; its JSON
 line, and the prepared GPU benchmark script run at tiny size on CPU."""
 
+import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -117,6 +119,17 @@ def test_benchmark_without_data_is_a_user_error(tmp_path):
     benchmark.run(config)
 
 
+def test_a_step_time_is_the_median_of_steps_timed_alone_after_the_warm_up():
+  # The warm-up (where the step compiles) and one slow step do not move the figure.
+  durations = iter([0.3, 0.01, 0.2, 0.01])
+
+  def step():
+    time.sleep(next(durations))
+
+  seconds = benchmark.median_seconds(step, steps=3, warmup=1)
+  assert 0.01 <= seconds < 0.1
+
+
 def test_the_torch_reference_and_the_tower_breakdown_are_timed_on_the_same_batch(tiny_config):
   config = tiny_config()
   config.train.lr_multipliers.text_encoder = 0.0  # a locked tower: no gradients in either step
@@ -127,12 +140,25 @@ def test_the_torch_reference_and_the_tower_breakdown_are_timed_on_the_same_batch
     results['torch_step_seconds'] / results['step_seconds_median']
   )
   assert results['locked_towers'] == ['text_encoder']
+  # Its own process runs torch with this process's cores.
+  assert results['torch_threads'] == len(os.sched_getaffinity(0))
   for side in ('jax', 'torch'):
     assert set(results['towers'][side]) == {'image', 'text'}
     assert all(seconds > 0 for seconds in results['towers'][side].values())
   text = benchmark.format_results(config, results)
   assert 'eager, ' in text and 'JAX is ' in text and 'JAX/torch' in text
   assert 'image (ResNet18 width 8, 32 px)' in text
+
+
+def test_the_torch_reference_without_torch_says_how_to_install_it(tiny_config, monkeypatch):
+  real_find_spec = importlib.util.find_spec
+  monkeypatch.setattr(
+    importlib.util,
+    'find_spec',
+    lambda name, *a: None if name == 'torch' else real_find_spec(name, *a),
+  )
+  with pytest.raises(UserError, match=r"pip install '\.\[torch\]'"):
+    benchmark.run(tiny_config(), steps=1, warmup=1, input_batches=1, reference='torch')
 
 
 def test_an_unknown_reference_is_a_user_error(tiny_config):
