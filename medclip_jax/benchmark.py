@@ -26,11 +26,13 @@ then, as its last line, `benchmark: ` and one JSON object of every figure:
     the step consumes this process's rows at: then raise
     config.data.num_threads or config.data.workers;
   - the settings timed: devices, device_kind, batch_size, dtype (and each
-    tower's), remat of each tower, grad_cache_chunks;
+    tower's), remat of each tower, grad_cache_chunks, and glibc_tunables (the
+    process's GLIBC_TUNABLES: `cli.run` sets huge pages for large blocks unless
+    the user set it);
   - with --reference=torch, the same step in PyTorch eager on the same batch
     and threads (`torch_reference`, in a process of its own), and JAX's speed
-    over it (torch_version, torch_threads, torch_step_seconds,
-    speedup_over_torch), its steps timed the same way;
+    over it (torch_version, torch_threads, torch_glibc_tunables,
+    torch_step_seconds, speedup_over_torch), its steps timed the same way;
   - with --towers, each tower's forward and backward alone (train mode), in
     JAX and, with --reference=torch, in PyTorch.
 Every config field can be overridden as in main, e.g.
@@ -39,6 +41,7 @@ launch/gpu_benchmark.sh runs it over a ladder of batch sizes on a GPU.
 """
 
 import json
+import os
 import statistics
 import time
 
@@ -232,6 +235,7 @@ def run(
     'devices': devices,
     'device_kind': jax.devices()[0].device_kind,
     **_settings(config),
+    'glibc_tunables': os.environ.get('GLIBC_TUNABLES'),
     'locked_towers': locked,
     'text_features_cached': features is not None,
     'flops_per_pair_analytic': analytic,
@@ -249,6 +253,7 @@ def run(
   if reference == 'torch':
     results['torch_version'] = torch_figures['version']
     results['torch_threads'] = torch_figures['threads']
+    results['torch_glibc_tunables'] = torch_figures['glibc_tunables']
     results['torch_step_seconds'] = torch_figures['step']
     results['speedup_over_torch'] = torch_figures['step'] / step_seconds
   if towers:

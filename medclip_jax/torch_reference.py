@@ -19,6 +19,7 @@ import os
 
 import numpy as np
 
+from medclip_jax import cli
 from medclip_jax.errors import UserError
 from medclip_jax.training import optimizer as optimizer_lib
 
@@ -145,7 +146,11 @@ def _measure(config, local_batch, steps: int, warmup: int, towers: bool) -> dict
   from medclip_jax.benchmark import median_seconds  # pylint: disable=import-outside-toplevel
 
   torch = _torch()
-  figures = {'version': torch.__version__, 'threads': torch.get_num_threads()}
+  figures = {
+    'version': torch.__version__,
+    'threads': torch.get_num_threads(),
+    'glibc_tunables': os.environ.get('GLIBC_TUNABLES'),
+  }
   figures['step'] = median_seconds(train_step(config, local_batch), steps, warmup)
   if towers:
     for tower, fn in tower_steps(config, local_batch).items():
@@ -157,7 +162,9 @@ def measure(config, local_batch, steps: int, warmup: int, towers: bool = False) 
   """`_measure` in a fresh process that has ended when this returns, so that neither side
   runs beside the other's memory: with torch's steps between its own (in this process or
   another), JAX's full-size step took 12-13 s instead of 10 on this project's 2-core VM,
-  its fresh pages costing several times the system time (BENCHMARKS.md, 2026-12-06)."""
+  its fresh pages costing several times the system time (BENCHMARKS.md, 2026-12-06).
+  It runs in the environment the user started the command in, without the huge pages
+  `cli.run` gave this process: PyTorch as its users run it."""
   if importlib.util.find_spec('torch') is None:
     raise UserError(
       '--reference=torch needs PyTorch, which training does not install: pip install '
@@ -165,5 +172,9 @@ def measure(config, local_batch, steps: int, warmup: int, towers: bool = False) 
     )
   batch = {key: np.asarray(value) for key, value in local_batch.items()}
   context = multiprocessing.get_context('spawn')  # a fresh interpreter, without JAX's state
-  with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-    return pool.submit(_measure, config, batch, steps, warmup, towers).result()
+  added = {name: os.environ.pop(name) for name in cli.added_environment()}
+  try:  # the process starts at the submit, with os.environ as it is then
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+      return pool.submit(_measure, config, batch, steps, warmup, towers).result()
+  finally:
+    os.environ.update(added)

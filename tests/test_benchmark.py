@@ -14,6 +14,7 @@ import pytest
 from configs import default
 from configs import demo
 from medclip_jax import benchmark
+from medclip_jax import cli
 from medclip_jax import flops
 from medclip_jax.data import prepare
 from medclip_jax.errors import UserError
@@ -103,6 +104,7 @@ def test_benchmark_reports_input_and_step_rates_of_the_demo(demo_config, record_
   _check_figures(json.loads(benchmark.json_line(results).removeprefix('benchmark: ')))
   # The demo's locked MiniLM is cached: its step runs the image tower and the heads only.
   assert results['text_features_cached'] and results['locked_towers'] == ['text_encoder']
+  assert results['glibc_tunables'] == os.environ.get('GLIBC_TUNABLES')
   assert results['flops_per_pair_analytic'] == pytest.approx(
     flops.pair_flops(demo_config, ['text_encoder'], text_cached=True)['total']
   )
@@ -130,12 +132,21 @@ def test_a_step_time_is_the_median_of_steps_timed_alone_after_the_warm_up():
   assert 0.01 <= seconds < 0.1
 
 
-def test_the_torch_reference_and_the_tower_breakdown_are_timed_on_the_same_batch(tiny_config):
+def test_the_torch_reference_and_the_tower_breakdown_are_timed_on_the_same_batch(
+  tiny_config, monkeypatch
+):
   config = tiny_config()
   config.train.lr_multipliers.text_encoder = 0.0  # a locked tower: no gradients in either step
+  # As if cli.run had restarted this process with huge pages: torch runs without them.
+  added = {'GLIBC_TUNABLES': cli.HUGE_PAGES_TUNABLE, 'MEDCLIP_JAX_ADDED_GLIBC_TUNABLES': '1'}
+  for name, value in added.items():
+    monkeypatch.setenv(name, value)
   results = benchmark.run(
     config, steps=1, warmup=1, input_batches=2, reference='torch', towers=True
   )
+  assert results['glibc_tunables'] == cli.HUGE_PAGES_TUNABLE
+  assert results['torch_glibc_tunables'] is None
+  assert all(os.environ[name] == value for name, value in added.items())
   assert results['speedup_over_torch'] == pytest.approx(
     results['torch_step_seconds'] / results['step_seconds_median']
   )

@@ -1,8 +1,15 @@
 """Tests of medclip_jax.cli: a mistake on any command's command line is one paragraph and
-exit status 2, with the fix in it, and nothing is written."""
+exit status 2, with the fix in it, and nothing is written; a command restarts itself with
+huge pages for glibc's large blocks unless the user set GLIBC_TUNABLES."""
+
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 
+from medclip_jax import cli
 from tests import helpers
 
 
@@ -75,3 +82,78 @@ def test_other_commands_answer_the_same_way(tmp_path):
   assert 'there is no such config file' in message
   message = _refused(helpers.run_module('medclip_jax.export', f'--workdir={tmp_path}'))
   assert '--out' in message
+
+
+# A command that reports, from inside cli.run, its process id, its GLIBC_TUNABLES, its
+# arguments, and how much of a 64 MiB block from malloc (ctypes, not numpy, which
+# advises huge pages itself) the kernel backs with huge pages.
+_PROBE = """
+import ctypes, json, os
+from medclip_jax import cli
+
+def main(argv):
+  block = ctypes.create_string_buffer(64 << 20)
+  with open('/proc/self/smaps_rollup') as f:
+    huge = sum(int(l.split()[1]) for l in f if l.startswith('AnonHugePages:'))
+  print(json.dumps({'pid': os.getpid(), 'tunables': os.environ.get('GLIBC_TUNABLES'),
+                    'added': cli.added_environment(), 'argv': argv, 'huge_kib': huge}))
+
+cli.run(main)
+"""
+
+
+def _probe(tmp_path, **env):
+  script = tmp_path / 'probe.py'
+  script.write_text(_PROBE)
+  dropped = {'GLIBC_TUNABLES', 'MEDCLIP_JAX_ADDED_GLIBC_TUNABLES'}
+  environ = {k: v for k, v in os.environ.items() if k not in dropped}
+  proc = subprocess.Popen(
+    [sys.executable, str(script), 'one', 'two'],
+    cwd=helpers.REPO,
+    env={**environ, 'PYTHONPATH': helpers.REPO, **env},
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  out, err = proc.communicate(timeout=60)
+  assert proc.returncode == 0, out + err
+  return proc.pid, json.loads(out.strip().splitlines()[-1])
+
+
+def test_a_command_restarts_itself_with_huge_pages_for_large_blocks(tmp_path):
+  pid, seen = _probe(tmp_path)
+  assert seen['argv'][1:] == ['one', 'two']
+  assert seen['pid'] == pid  # exec: a launcher's signals still reach the command
+  if not cli.huge_pages_help():  # this machine's kernel or libc does not qualify
+    assert seen['tunables'] is None
+    return
+  assert seen['tunables'] == cli.HUGE_PAGES_TUNABLE
+  assert seen['added'] == ['GLIBC_TUNABLES', 'MEDCLIP_JAX_ADDED_GLIBC_TUNABLES']
+  assert seen['huge_kib'] >= 32 << 10
+
+
+def test_glibc_tunables_the_user_set_are_left_alone(tmp_path):
+  _, seen = _probe(tmp_path, GLIBC_TUNABLES='glibc.malloc.arena_max=2')
+  assert seen['tunables'] == 'glibc.malloc.arena_max=2'
+  assert seen['added'] == []
+  assert seen['huge_kib'] < 32 << 10
+  _, seen = _probe(tmp_path, GLIBC_TUNABLES='')  # the way to opt out
+  assert seen['tunables'] == ''
+
+
+@pytest.mark.parametrize(
+  'setting, helps',
+  [('always [madvise] never\n', True), ('[always] madvise never\n', False), (None, False)],
+)
+def test_huge_pages_only_where_the_kernel_leaves_them_to_madvise(tmp_path, setting, helps):
+  path = tmp_path / 'enabled'
+  if setting is not None:
+    path.write_text(setting)
+  assert cli.huge_pages_help(thp_setting=str(path)) == helps
+
+
+def test_no_restart_without_a_program_file(monkeypatch):
+  monkeypatch.setattr(sys, 'argv', ['-c'])
+  environ = {}
+  assert cli.huge_pages_restart(environ) is None
+  assert not environ
