@@ -29,6 +29,7 @@ import time
 import zlib
 from pathlib import Path
 
+from absl import logging as absl_logging
 import grain
 import jax
 import numpy as np
@@ -258,15 +259,17 @@ def _split_replicated_writes_only_across_tpu_hosts() -> None:
   registered = ocp.type_handlers.get_type_handler(jax.Array)
   if getattr(registered, '_use_replica_parallel', split) == split:
     return
-  ocp.type_handlers.register_type_handler(
-    jax.Array,
-    ocp.type_handlers.ArrayHandler(
-      use_replica_parallel=split,
-      # Orbax's default handler records per-array metadata; keep writing it.
-      array_metadata_store=getattr(registered, '_array_metadata_store', None),
-    ),
-    override=True,
+  handler = ocp.type_handlers.ArrayHandler(
+    use_replica_parallel=split,
+    # Orbax's default handler records per-array metadata; keep writing it.
+    array_metadata_store=getattr(registered, '_array_metadata_store', None),
   )
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)  # not Orbax's warning that it was overridden
+  try:
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+  finally:
+    absl_logging.set_verbosity(verbosity)
 
 
 def _files_of(step_dir: Path, index: int, count: int) -> dict:
