@@ -171,9 +171,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from medclip_jax.training import checkpointing
 jax.config.update('jax_enable_compilation_cache', False)  # every compilation is counted
 mesh = jax.make_mesh((2, 4), ('data', 'fsdp'))
+# Replicated on all 8 devices, and split over fsdp (replicated over data) on either axis.
+specs = {'replicated': P(), 'rows': P('fsdp'), 'columns': P(None, 'fsdp')}
 state = {
-  f'w{i}': jax.device_put(jnp.arange(8.0 * (i + 1)).reshape(8, i + 1), NamedSharding(mesh, spec))
-  for i, spec in enumerate([P(), P('fsdp'), P(None), P('fsdp', None), P()])
+  name: jax.device_put(jnp.arange(32.0).reshape(8, 4), NamedSharding(mesh, spec))
+  for name, spec in specs.items()
 }
 compiles = []
 jax.monitoring.register_event_duration_secs_listener(
