@@ -6,8 +6,9 @@ thread count as XLA uses (every core), channels-last images (PyTorch's faster
 CPU layout), and the same step: both towers forward (a locked tower, all of
 whose parameter groups have learning-rate multiplier 0, in eval mode without
 gradients, as the JAX step runs it), the symmetric InfoNCE loss, backward,
-AdamW. torch is not a training dependency: it comes with `pip install
-'.[torch]'` (or requirements-test.txt).
+clipping to the config's global norm, AdamW (PyTorch's fused kernel). torch is
+not a training dependency: it comes with `pip install '.[torch]'` (or
+requirements-test.txt).
 
 `measure` times them in a process of its own (see there why).
 """
@@ -90,7 +91,11 @@ def train_step(config, local_batch):
   trained = [p for name, t in towers.items() if name not in locked for p in t.parameters()]
   trained += [*model.image_projection.parameters(), *model.text_projection.parameters()]
   trained.append(model.logit_scale)
-  optimizer = torch.optim.AdamW(trained, lr=1e-4, weight_decay=config.train.weight_decay)
+  # The fused kernel: PyTorch's fastest AdamW on CPU (0.05 s a step for ResNet50 and
+  # BERT-base's 134 M parameters, against 0.18-0.38 s for the default; BENCHMARKS.md).
+  optimizer = torch.optim.AdamW(
+    trained, lr=1e-4, weight_decay=config.train.weight_decay, fused=True
+  )
   for name, tower in towers.items():
     tower.train(name not in locked)
     tower.requires_grad_(name not in locked)
@@ -114,6 +119,7 @@ def train_step(config, local_batch):
       + torch.nn.functional.cross_entropy(logits.T, labels)
     ) / 2
     loss.backward()
+    torch.nn.utils.clip_grad_norm_(trained, config.train.grad_clip_norm)
     optimizer.step()
 
   return step
