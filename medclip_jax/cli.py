@@ -5,11 +5,14 @@ missing config file, an override naming a field the config lacks, a value of
 the wrong type, a required flag left out) and a `UserError` raised by the
 command are printed as one paragraph with exit status 2, not a traceback.
 It also turns on JAX's persistent compilation cache (`compilation_cache_dir`),
-and first restarts the command with transparent huge pages for glibc's large
-blocks (`huge_pages_restart`).
+and first restarts the command with glibc's allocator set for XLA:CPU
+(`glibc_restart`): transparent huge pages for large blocks, and on the CPU
+backend a heap that keeps them from one step to the next.
 """
 
 import difflib
+import importlib.metadata
+import importlib.util
 import os
 import platform
 import re
@@ -184,11 +187,28 @@ def _use_compilation_cache() -> None:
     sys.modules['jax'].config.update('jax_compilation_cache_dir', directory)
 
 
+def _glibc_version() -> tuple[int, ...] | None:
+  libc, version = platform.libc_ver()
+  if libc != 'glibc' or not re.fullmatch(r'\d+\.\d+.*', version):
+    return None
+  return tuple(int(p) for p in version.split('.')[:2])
+
+
 # glibc (2.35 and later) then advises the kernel to back every block it maps
 # (the large ones: XLA:CPU's temporaries, gigabytes at full size) with 2 MiB
 # pages, which a step faults in 512 times fewer of. Measured in BENCHMARKS.md.
 HUGE_PAGES_TUNABLE = 'glibc.malloc.hugetlb=1'
 _THP_SETTING = '/sys/kernel/mm/transparent_hugepage/enabled'
+# Where JAX runs on the CPU: glibc keeps every block in its main heap and keeps
+# the heap's freed top, instead of mapping each large block afresh and
+# unmapping it when freed. XLA:CPU allocates each step's temporaries anew, so
+# otherwise every step faults in (and the kernel zeroes) gigabytes of fresh
+# pages; kept, later steps reuse pages already resident. One arena, since
+# glibc's other arenas map large blocks whatever mmap_max says. It costs about
+# one step's temporaries of extra peak memory (BENCHMARKS.md).
+KEEP_HEAP_TUNABLES = (
+  'glibc.malloc.mmap_max=0:glibc.malloc.arena_max=1:glibc.malloc.trim_threshold=1099511627776'
+)
 # Set beside GLIBC_TUNABLES when the restart sets it, so that the environment the
 # user started the command in can be told apart (the PyTorch reference runs in it).
 _ADDED_MARK = 'MEDCLIP_JAX_ADDED_GLIBC_TUNABLES'
@@ -198,8 +218,8 @@ def huge_pages_help(thp_setting: str = _THP_SETTING) -> bool:
   """Whether HUGE_PAGES_TUNABLE would change anything here: glibc 2.35 or later, and a
   kernel that leaves transparent huge pages to madvise ('always' gives them to every
   block already, 'never' refuses them)."""
-  libc, version = platform.libc_ver()
-  if libc != 'glibc' or tuple(int(p) for p in version.split('.')[:2]) < (2, 35):
+  version = _glibc_version()
+  if version is None or version < (2, 35):
     return False
   try:
     with open(thp_setting, encoding='ascii') as f:
@@ -208,27 +228,53 @@ def huge_pages_help(thp_setting: str = _THP_SETTING) -> bool:
     return False
 
 
-def huge_pages_restart(environ=os.environ) -> list[str] | None:
+def runs_on_cpu(environ=os.environ) -> bool:
+  """Whether JAX will run this process on its CPU backend: JAX_PLATFORMS names cpu first,
+  or is unset and no accelerator plugin (CUDA, ROCm: entry points in the 'jax_plugins'
+  group; TPU: libtpu) is installed. Answered without importing JAX."""
+  platforms = environ.get('JAX_PLATFORMS', '').strip()
+  if platforms:
+    return platforms.split(',')[0].strip() == 'cpu'
+  accelerator = importlib.metadata.entry_points(group='jax_plugins') or any(
+    importlib.util.find_spec(name) for name in ('jax_plugins', 'libtpu')
+  )
+  return not accelerator
+
+
+def glibc_tunables(environ=os.environ) -> str:
+  """The GLIBC_TUNABLES a command restarts with here ('' for none): HUGE_PAGES_TUNABLE
+  where huge pages help, KEEP_HEAP_TUNABLES where JAX runs on the CPU (glibc 2.26, the
+  first with tunables, or later)."""
+  parts = [HUGE_PAGES_TUNABLE] if huge_pages_help() else []
+  version = _glibc_version()
+  if version is not None and version >= (2, 26) and runs_on_cpu(environ):
+    parts.append(KEEP_HEAP_TUNABLES)
+  return ':'.join(parts)
+
+
+def glibc_restart(environ=os.environ) -> list[str] | None:
   """The command line to restart this process with, after setting GLIBC_TUNABLES to
-  HUGE_PAGES_TUNABLE in `environ`; None, `environ` unchanged, where the user set
-  GLIBC_TUNABLES (to anything, even empty: the way to opt out), huge pages would not
-  help (`huge_pages_help`) or there is no program file to restart (python -c, a
-  script on stdin)."""
-  if 'GLIBC_TUNABLES' in environ or not huge_pages_help() or not os.path.isfile(sys.argv[0]):
+  `glibc_tunables()` in `environ`; None, `environ` unchanged, where the user set
+  GLIBC_TUNABLES (to anything, even empty: the way to opt out), no tunable would help
+  here, or there is no program file to restart (python -c, a script on stdin)."""
+  if 'GLIBC_TUNABLES' in environ or not os.path.isfile(sys.argv[0]):
     return None
-  environ['GLIBC_TUNABLES'] = HUGE_PAGES_TUNABLE
+  tunables = glibc_tunables(environ)
+  if not tunables:
+    return None
+  environ['GLIBC_TUNABLES'] = tunables
   environ[_ADDED_MARK] = '1'
   return [sys.executable, *sys.orig_argv[1:]]
 
 
 def added_environment(environ=os.environ) -> list[str]:
-  """The variables of `environ` that `huge_pages_restart` added, not the user."""
+  """The variables of `environ` that `glibc_restart` added, not the user."""
   return ['GLIBC_TUNABLES', _ADDED_MARK] if environ.get(_ADDED_MARK) else []
 
 
 def run(main: Callable[[list[str]], None]) -> None:
   """Runs a command's `main(argv)` the way every medclip_jax command runs."""
-  restart = huge_pages_restart()
+  restart = glibc_restart()
   if restart:
     # exec keeps the process id, so a launcher's signals still reach the command.
     sys.stdout.flush()

@@ -169,7 +169,7 @@ def measure(config, local_batch, steps: int, warmup: int, towers: bool = False) 
   runs beside the other's memory: with torch's steps between its own (in this process or
   another), JAX's full-size step took 12-13 s instead of 10 on this project's 2-core VM,
   its fresh pages costing several times the system time (BENCHMARKS.md, 2026-12-06).
-  It runs in the environment the user started the command in, without the huge pages
+  It runs in the environment the user started the command in, without the GLIBC_TUNABLES
   `cli.run` gave this process: PyTorch as its users run it."""
   if importlib.util.find_spec('torch') is None:
     raise UserError(

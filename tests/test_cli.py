@@ -85,8 +85,9 @@ def test_other_commands_answer_the_same_way(tmp_path):
 
 
 # A command that reports, from inside cli.run, its process id, its GLIBC_TUNABLES, its
-# arguments, and how much of a 64 MiB block from malloc (ctypes, not numpy, which
-# advises huge pages itself) the kernel backs with huge pages.
+# arguments, how much of a 64 MiB block from malloc (ctypes, not numpy, which
+# advises huge pages itself) the kernel backs with huge pages, and whether that
+# block lies in glibc's main heap rather than in a mapping of its own.
 _PROBE = """
 import ctypes, json, os
 from medclip_jax import cli
@@ -95,8 +96,13 @@ def main(argv):
   block = ctypes.create_string_buffer(64 << 20)
   with open('/proc/self/smaps_rollup') as f:
     huge = sum(int(l.split()[1]) for l in f if l.startswith('AnonHugePages:'))
+  with open('/proc/self/maps') as f:  # the heap may span several lines
+    heap = [l.split()[0].split('-') for l in f if l.rstrip().endswith('[heap]')]
+  heap = [(int(start, 16), int(end, 16)) for start, end in heap]
+  address = ctypes.addressof(block)
   print(json.dumps({'pid': os.getpid(), 'tunables': os.environ.get('GLIBC_TUNABLES'),
-                    'added': cli.added_environment(), 'argv': argv, 'huge_kib': huge}))
+                    'added': cli.added_environment(), 'argv': argv, 'huge_kib': huge,
+                    'in_heap': any(start <= address < end for start, end in heap)}))
 
 cli.run(main)
 """
@@ -120,16 +126,38 @@ def _probe(tmp_path, **env):
   return proc.pid, json.loads(out.strip().splitlines()[-1])
 
 
-def test_a_command_restarts_itself_with_huge_pages_for_large_blocks(tmp_path):
-  pid, seen = _probe(tmp_path)
+def test_a_command_restarts_itself_with_glibcs_allocator_set_for_xla_cpu(tmp_path):
+  pid, seen = _probe(tmp_path)  # helpers' environment: JAX_PLATFORMS=cpu
   assert seen['argv'][1:] == ['one', 'two']
   assert seen['pid'] == pid  # exec: a launcher's signals still reach the command
-  if not cli.huge_pages_help():  # this machine's kernel or libc does not qualify
+  if cli.glibc_tunables() == '':  # this machine's libc does not qualify
     assert seen['tunables'] is None
     return
-  assert seen['tunables'] == cli.HUGE_PAGES_TUNABLE
+  assert seen['tunables'] == cli.glibc_tunables()
   assert seen['added'] == ['GLIBC_TUNABLES', 'MEDCLIP_JAX_ADDED_GLIBC_TUNABLES']
-  assert seen['huge_kib'] >= 32 << 10
+  assert seen['in_heap']  # reused from step to step, not mapped afresh
+  if cli.huge_pages_help():  # the kernel leaves huge pages to madvise
+    assert seen['huge_kib'] >= 32 << 10
+
+
+def test_on_an_accelerator_large_blocks_are_mapped_as_glibc_does_by_default(tmp_path):
+  _, seen = _probe(tmp_path, JAX_PLATFORMS='cuda')
+  assert not seen['in_heap']
+  assert seen['tunables'] == (cli.HUGE_PAGES_TUNABLE if cli.huge_pages_help() else None)
+
+
+@pytest.mark.parametrize(
+  'platforms, cpu', [('cpu', True), ('cpu,cuda', True), ('cuda', False), ('tpu,cpu', False)]
+)
+def test_runs_on_cpu_follows_jax_platforms(platforms, cpu):
+  assert cli.runs_on_cpu({'JAX_PLATFORMS': platforms}) == cpu
+
+
+def test_runs_on_cpu_without_jax_platforms_unless_an_accelerator_plugin_is_installed(monkeypatch):
+  assert cli.runs_on_cpu({})  # this machine has none
+  plugins = {'jax_plugins': ['xla_cuda12']}
+  monkeypatch.setattr(cli.importlib.metadata, 'entry_points', lambda group: plugins.get(group, []))
+  assert not cli.runs_on_cpu({})
 
 
 def test_glibc_tunables_the_user_set_are_left_alone(tmp_path):
@@ -155,5 +183,5 @@ def test_huge_pages_only_where_the_kernel_leaves_them_to_madvise(tmp_path, setti
 def test_no_restart_without_a_program_file(monkeypatch):
   monkeypatch.setattr(sys, 'argv', ['-c'])
   environ = {}
-  assert cli.huge_pages_restart(environ) is None
+  assert cli.glibc_restart(environ) is None
   assert not environ
