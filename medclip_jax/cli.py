@@ -199,16 +199,15 @@ def _glibc_version() -> tuple[int, ...] | None:
 # pages, which a step faults in 512 times fewer of. Measured in BENCHMARKS.md.
 HUGE_PAGES_TUNABLE = 'glibc.malloc.hugetlb=1'
 _THP_SETTING = '/sys/kernel/mm/transparent_hugepage/enabled'
-# Where JAX runs on the CPU: glibc keeps every block in its main heap and keeps
-# the heap's freed top, instead of mapping each large block afresh and
-# unmapping it when freed. XLA:CPU allocates each step's temporaries anew, so
-# otherwise every step faults in (and the kernel zeroes) gigabytes of fresh
-# pages; kept, later steps reuse pages already resident. One arena, since
-# glibc's other arenas map large blocks whatever mmap_max says. It costs about
-# one step's temporaries of extra peak memory (BENCHMARKS.md).
-KEEP_HEAP_TUNABLES = (
-  'glibc.malloc.mmap_max=0:glibc.malloc.arena_max=1:glibc.malloc.trim_threshold=1099511627776'
-)
+# Where JAX runs on the CPU: glibc keeps the blocks of its main arena in its
+# heap and keeps the heap's freed top, instead of mapping each large block
+# afresh and unmapping it when freed. XLA:CPU allocates each step's temporaries
+# anew, so otherwise every step faults in (and the kernel zeroes) gigabytes of
+# fresh pages; kept, later steps reuse pages already resident. glibc's other
+# arenas (other threads) still map their large blocks: limiting it to one arena
+# kept those too, but made XLA's parallel compilation 30-50% slower. It costs
+# about one step's temporaries of extra peak memory (BENCHMARKS.md).
+KEEP_HEAP_TUNABLES = 'glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776'
 # Set beside GLIBC_TUNABLES when the restart sets it, so that the environment the
 # user started the command in can be told apart (the PyTorch reference runs in it).
 _ADDED_MARK = 'MEDCLIP_JAX_ADDED_GLIBC_TUNABLES'
