@@ -205,8 +205,9 @@ _THP_SETTING = '/sys/kernel/mm/transparent_hugepage/enabled'
 # anew, so otherwise every step faults in (and the kernel zeroes) gigabytes of
 # fresh pages; kept, later steps reuse pages already resident. glibc's other
 # arenas (other threads) still map their large blocks: limiting it to one arena
-# kept those too, but made XLA's parallel compilation 30-50% slower. It costs
-# about one step's temporaries of extra peak memory (BENCHMARKS.md).
+# kept those too, but made XLA's parallel compilation 30-50% slower and cost one
+# step's temporaries of peak memory. This setting keeps peak memory; short,
+# compile-bound runs took about 7% longer (BENCHMARKS.md).
 KEEP_HEAP_TUNABLES = 'glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776'
 # Set beside GLIBC_TUNABLES when the restart sets it, so that the environment the
 # user started the command in can be told apart (the PyTorch reference runs in it).
