@@ -199,15 +199,16 @@ def _glibc_version() -> tuple[int, ...] | None:
 # pages, which a step faults in 512 times fewer of. Measured in BENCHMARKS.md.
 HUGE_PAGES_TUNABLE = 'glibc.malloc.hugetlb=1'
 _THP_SETTING = '/sys/kernel/mm/transparent_hugepage/enabled'
-# Where JAX runs on the CPU: glibc keeps the blocks of its main arena in its
-# heap and keeps the heap's freed top, instead of mapping each large block
-# afresh and unmapping it when freed. XLA:CPU allocates each step's temporaries
-# anew, so otherwise every step faults in (and the kernel zeroes) gigabytes of
-# fresh pages; kept, later steps reuse pages already resident. glibc's other
-# arenas (other threads) still map their large blocks: limiting it to one arena
-# kept those too, but made XLA's parallel compilation 30-50% slower and cost one
-# step's temporaries of peak memory. This setting keeps peak memory; short,
-# compile-bound runs took about 7% longer (BENCHMARKS.md).
+# Where JAX runs on the CPU: glibc serves large blocks from its heaps instead of
+# mapping each afresh, and never gives freed heap back, so later steps reuse
+# pages already resident instead of faulting in (and the kernel zeroing) fresh
+# ones. A block larger than another thread's 64 MiB heaps is still mapped afresh:
+# XLA's block of a step's temporaries (1.35 GB for ResNet50's gradient), which
+# the thread running the executable allocates, and Eigen's convolution buffers.
+# Limiting glibc to one arena kept those too, but made XLA's parallel compilation
+# 30-50% slower and cost one step's temporaries of peak memory. This setting
+# keeps peak memory; short, compile-bound runs took about 7% longer
+# (BENCHMARKS.md).
 KEEP_HEAP_TUNABLES = 'glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776'
 # Set beside GLIBC_TUNABLES when the restart sets it, so that the environment the
 # user started the command in can be told apart (the PyTorch reference runs in it).
