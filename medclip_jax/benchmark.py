@@ -28,7 +28,7 @@ then, as its last line, `benchmark: ` and one JSON object of every figure:
   - the settings timed: devices, device_kind, batch_size, dtype (and each
     tower's), remat of each tower, grad_cache_chunks, and glibc_tunables (the
     process's GLIBC_TUNABLES: `cli.run` sets huge pages for large blocks and,
-    on the CPU, a heap that keeps them, unless the user set it);
+    on the CPU, heaps that keep what is freed, unless the user set it);
   - with --reference=torch, the same step in PyTorch eager on the same batch
     and threads (`torch_reference`, in a process of its own), and JAX's speed
     over it (torch_version, torch_threads, torch_glibc_tunables,

@@ -7,7 +7,8 @@ command are printed as one paragraph with exit status 2, not a traceback.
 It also turns on JAX's persistent compilation cache (`compilation_cache_dir`),
 and first restarts the command with glibc's allocator set for XLA:CPU
 (`glibc_restart`): transparent huge pages for large blocks, and on the CPU
-backend a heap that keeps them from one step to the next.
+backend heaps that serve large blocks and keep what is freed from one step to
+the next.
 """
 
 import difflib
