@@ -134,7 +134,8 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
       batches = (next(stats_iter) for _ in range(config.eval.bn_recompute_batches))
       state = state.replace(batch_stats=precise_bn(state.params, state.batch_stats, batches))
     results, details = evaluation(state.variables(), split)
-    reporter.write(step, results)
+    # Prefixed by split, so that the final test-split row is not a point on the val curves.
+    reporter.write(step, {f'{split}/{key}': value for key, value in results.items()})
     results_lib.write(workdir, step, split, results, details)
     for name, entry in details.items():
       if 'unavailable' in entry:
