@@ -112,7 +112,8 @@ def test_periodic_evaluations_use_the_val_split_and_the_final_one_the_test_split
   rows = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   evals = {r['step']: r for r in rows if any(k.endswith('retrieval.gallery_size') for k in r)}
   assert sorted(evals) == [2, 4]
-  assert evals[2]['val/retrieval.gallery_size'] == 8 and evals[4]['test/retrieval.gallery_size'] == 48
+  assert evals[2]['val/retrieval.gallery_size'] == 8
+  assert evals[4]['test/retrieval.gallery_size'] == 48
   assert not [k for k in evals[2] if k.startswith('test/')]
   assert not [k for k in evals[4] if k.startswith('val/')]
 
