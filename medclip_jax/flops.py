@@ -6,9 +6,12 @@ counted), so MFU compares configurations fairly. A multiply-add is 2 FLOPs.
 A tower that trains costs 3 forward passes (the forward, and the backward's
 two products, for the activations and the weights); a locked tower 1 (it runs
 in inference mode, nothing flows back through it); a locked text tower whose
-features are cached none. Counted: convolutions, dense layers and attention's
-two products. Not counted: normalisation, activations, pooling, embedding
-look-ups and the loss's batch x batch logits (under 0.1% at batch 32k).
+features are cached none. MMCLIP's objectives add their second pass through a
+tower (AttMIM's masked image, EntMLM's masked caption; one pass where that
+tower is locked) and their decoders (which always train). Counted:
+convolutions, dense layers and attention's two products. Not counted:
+normalisation, activations, pooling, embedding look-ups and the loss's batch x
+batch logits (under 0.1% at batch 32k).
 """
 
 import math
@@ -18,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from medclip_jax.interop import tables
+from medclip_jax.objectives import attmim
 
 # Dense (no sparsity) bf16 peak FLOP/s per chip, from the vendors' data sheets,
 # matched in order against `device_kind` ('NVIDIA H100 80GB HBM3', 'TPU v5 lite', ...).
@@ -81,25 +85,70 @@ def bert_forward_flops(num_layers: int, hidden: int, intermediate: int, tokens: 
   return 2.0 * num_layers * per_layer
 
 
+def decoder_forward_flops(
+  settings, queries: int, query_dim: int, context: int, context_dim: int, outputs: int,
+  scored: float,
+) -> float:
+  """FLOPs of one example through `model.decoder.CrossDecoder` (`settings`: its width and
+  depth): both inputs projected to the width; per layer self-attention over the `queries`,
+  cross-attention to the `context`, a 4x MLP; the head on `scored` of the queries."""
+  w = settings.width
+  per_layer = (
+    queries * 4 * w * w  # self-attention's query, key, value and output projections
+    + 2 * queries * queries * w  # its scores and weighted sum
+    + queries * 2 * w * w  # cross-attention's query and output projections
+    + context * 2 * w * w  # its key and value projections
+    + 2 * queries * context * w
+    + queries * 8 * w * w  # the MLP
+  )
+  inputs = queries * query_dim * w + context * context_dim * w
+  return 2.0 * (inputs + settings.depth * per_layer + scored * w * outputs)
+
+
 def pair_flops(config, locked=(), text_cached: bool = False) -> dict:
-  """{'image', 'text', 'heads', 'total'}: model FLOPs of one training pair of `config`.
+  """{'image', 'text', 'heads', 'attmim', 'entmlm' (the last two where their weight is
+  above 0), 'total'}: model FLOPs of one training pair of `config`.
 
   `locked`: the towers ('image_encoder', 'text_encoder') none of whose parameters
   train; `text_cached`: the locked text tower's features are precomputed.
   """
   image, text = config.model.image, config.model.text
+  tokens = config.data.max_text_length
   passes = lambda tower: 1 if tower in locked else 3
   image_forward = resnet_forward_flops(image.depth, image.width, config.data.image_size)
   text_forward = bert_forward_flops(
-    text.num_layers, text.hidden_size, text.intermediate_size, config.data.max_text_length
+    text.num_layers, text.hidden_size, text.intermediate_size, tokens
   )
-  features = resnet_features(image.depth, image.width) + text.hidden_size
+  grid_features = resnet_features(image.depth, image.width)
+  features = grid_features + text.hidden_size
   counts = {
     'image': passes('image_encoder') * image_forward,
     'text': 0.0 if text_cached else passes('text_encoder') * text_forward,
     # The two projections train with the heads.
     'heads': 3 * 2.0 * features * config.model.embed_dim,
   }
+  weights = config.get('objectives', {})
+  cells = attmim.grid_size(config) ** 2
+  if weights.get('attmim', 0) > 0:
+    patch = config.data.image_size // attmim.grid_size(config)
+    decoder = decoder_forward_flops(
+      config.attmim, cells, grid_features, tokens, text.hidden_size, patch * patch * 3, cells
+    )
+    # The masking reads every cell and token through the heads, forward only.
+    choose = 2.0 * (cells * grid_features + tokens * text.hidden_size) * config.model.embed_dim
+    counts['attmim'] = passes('image_encoder') * image_forward + 3 * decoder + choose
+  if weights.get('entmlm', 0) > 0:
+    decoder = decoder_forward_flops(
+      config.entmlm,
+      tokens,
+      text.hidden_size,
+      cells,
+      grid_features,
+      text.vocab_size,
+      # The head scores at most this share of the batch's tokens.
+      config.entmlm.max_predictions * tokens,
+    )
+    counts['entmlm'] = passes('text_encoder') * text_forward + 3 * decoder
   counts['total'] = sum(counts.values())
   return counts
 

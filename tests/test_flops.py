@@ -10,6 +10,8 @@ from configs import default
 from medclip_jax import flops
 from medclip_jax.model import BertEncoder
 from medclip_jax.model import ResNet
+from medclip_jax.objectives import attmim
+from medclip_jax.objectives import entmlm
 
 # torchvision's published multiply-adds of each ResNet at 224 px (its docs'
 # "GFLOPS"); its 1000-class fc layer, which our towers lack, is under 0.1% of them.
@@ -100,3 +102,41 @@ def test_accelerator_peaks_come_from_the_table_by_device_kind(kind, peak):
 def test_an_accelerator_the_table_lacks_has_no_peak():
   device = types.SimpleNamespace(platform='gpu', device_kind='NVIDIA GeForce GTX 1080')
   assert flops.peak_flops_per_device(device) == (None, 'unknown')
+
+
+@pytest.mark.parametrize(
+  'objective, queries, context, outputs',
+  # EntMLM: the caption's tokens read the image's cells, a vocabulary-sized head.
+  # AttMIM: the cells read the tokens, a head of 32 x 32 x 3 pixels.
+  [(entmlm, (128, 768), (49, 2048), 30522), (attmim, (49, 2048), (128, 768), 3072)],
+)
+def test_the_decoder_count_describes_mmclips_decoders(objective, queries, context, outputs):
+  config = _full_size()
+  decoder = objective.decoder(config)
+  inputs = (
+    jax.ShapeDtypeStruct((1, *queries), jnp.float32),
+    jax.ShapeDtypeStruct((1, queries[0]), bool),
+    jax.ShapeDtypeStruct((1, *context), jnp.float32),
+    jax.ShapeDtypeStruct((1, context[0]), bool),
+  )
+  variables = jax.eval_shape(lambda *x: decoder.init(jax.random.PRNGKey(0), *x), *inputs)
+  xla = jax.jit(decoder.apply).lower(variables, *inputs).cost_analysis()['flops']
+  settings = config[objective.__name__.rsplit('.', 1)[-1]]
+  counted = flops.decoder_forward_flops(settings, *queries, *context, outputs, queries[0])
+  assert xla == pytest.approx(counted, rel=0.02)
+
+
+def test_mmclips_objectives_add_a_masked_pass_and_their_decoders():
+  config = _full_size()
+  clip = flops.pair_flops(config)
+  config.objectives = {'infonce': 1.0, 'sigmoid': 0.0, 'attmim': 1.0, 'entmlm': 1.0}
+  both = flops.pair_flops(config)
+  # The masked image and caption each cost their tower's pass again, plus a decoder.
+  assert both['attmim'] > clip['image'] and both['entmlm'] > clip['text']
+  assert both['total'] == pytest.approx(sum(v for k, v in both.items() if k != 'total'))
+  assert both['total'] / clip['total'] == pytest.approx(2.05, abs=0.05)
+  locked = flops.pair_flops(config, locked=('text_encoder',))
+  decoder = both['entmlm'] - clip['text']
+  assert locked['entmlm'] == pytest.approx(clip['text'] / 3 + decoder)
+  config.objectives = {'infonce': 1.0, 'sigmoid': 0.0, 'attmim': 0.0, 'entmlm': 0.0}
+  assert flops.pair_flops(config) == clip
