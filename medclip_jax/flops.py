@@ -86,7 +86,12 @@ def bert_forward_flops(num_layers: int, hidden: int, intermediate: int, tokens: 
 
 
 def decoder_forward_flops(
-  settings, queries: int, query_dim: int, context: int, context_dim: int, outputs: int,
+  settings,
+  queries: int,
+  query_dim: int,
+  context: int,
+  context_dim: int,
+  outputs: int,
   scored: float,
 ) -> float:
   """FLOPs of one example through `model.decoder.CrossDecoder` (`settings`: its width and
@@ -128,9 +133,10 @@ def pair_flops(config, locked=(), text_cached: bool = False) -> dict:
     'heads': 3 * 2.0 * features * config.model.embed_dim,
   }
   weights = config.get('objectives', {})
-  cells = attmim.grid_size(config) ** 2
+  grid = attmim.grid_size(config)
+  cells = grid * grid
   if weights.get('attmim', 0) > 0:
-    patch = config.data.image_size // attmim.grid_size(config)
+    patch = config.data.image_size // grid
     decoder = decoder_forward_flops(
       config.attmim, cells, grid_features, tokens, text.hidden_size, patch * patch * 3, cells
     )
