@@ -32,14 +32,9 @@ _EXPECTED_EVAL_KEYS = {
 }
 
 
-def _train_rows(workdir):
-  rows = [json.loads(l) for l in (Path(workdir) / 'metrics.jsonl').read_text().splitlines()]
-  return {r['step']: r for r in rows if 'loss' in r}
-
-
 def test_loss_falls_and_logs_have_the_documented_keys(trained_run):
   _, workdir, _ = trained_run
-  rows = _train_rows(workdir)
+  rows = helpers.training_rows(workdir)
   assert sorted(rows) == list(range(1, 13))
   for row in rows.values():
     assert {'step', 'loss', 'loss/infonce', 'learning_rate', 'pairs_per_sec'} <= set(row)
@@ -88,7 +83,7 @@ def test_interrupted_run_resumes_with_the_same_data_order(trained_run, tmp_path,
   assert checkpointing.Checkpointer(str(tmp_path), keep=3).latest_step() == 6
 
   resumed = trainer.train_and_evaluate(config, str(tmp_path))
-  rows, ref_rows = _train_rows(tmp_path), _train_rows(reference_dir)
+  rows, ref_rows = helpers.training_rows(tmp_path), helpers.training_rows(reference_dir)
   assert sorted(rows) == list(range(1, 13))  # steps 7..12 once each, after 1..6
   for step in range(7, 13):
     np.testing.assert_allclose(rows[step]['loss'], ref_rows[step]['loss'], rtol=1e-5)
@@ -166,7 +161,7 @@ def test_resuming_with_a_longer_run_and_a_new_learning_rate_lists_them_and_train
     'resuming with settings changed since the checkpoint: eval.bn_recompute_batches: 2 -> 0, '
     'train.learning_rate: 0.001 -> 0.01, train.steps: 12 -> 13' in out
   )
-  assert sorted(_train_rows(tmp_path)) == [13]
+  assert sorted(helpers.training_rows(tmp_path)) == [13]
   saved = checkpointing.Checkpointer(str(tmp_path), keep=3).restore_config(13)
   assert saved['train']['learning_rate'] == 0.01
 
@@ -301,7 +296,7 @@ def test_sigmoid_loss_trains_beside_infonce_and_exports_its_bias(tiny_config, tm
   config.model.logit_scale_init = float(np.log(10.0))
   config.train.steps = 6
   trainer.train_and_evaluate(config, str(tmp_path))
-  rows = _train_rows(tmp_path)
+  rows = helpers.training_rows(tmp_path)
   assert rows[6]['loss/sigmoid'] < rows[1]['loss/sigmoid']
   for row in rows.values():  # the weighted sum, each term logged under its own name
     np.testing.assert_allclose(
@@ -329,7 +324,7 @@ def test_training_on_label_text_reports_truncated_texts(tiny_config, tmp_path, c
   assert (
     '48 of 48 training texts (100.0%) were longer than config.data.max_text_length=5 tokens' in out
   )
-  rows = _train_rows(tmp_path)
+  rows = helpers.training_rows(tmp_path)
   assert [rows[s]['truncated_texts'] for s in (1, 2, 3)] == [16, 16, 16]
 
 
@@ -343,7 +338,7 @@ def test_a_locked_text_towers_cached_features_train_as_running_it_also_after_a_r
     config.train.cache_locked_text = cache
     config.eval.bn_recompute_batches = 0
     trainer.train_and_evaluate(config, str(workdir))
-    return _train_rows(workdir)
+    return helpers.training_rows(workdir)
 
   running = run(tmp_path / 'running', cache=False)
   assert 'computed once' not in capsys.readouterr().out
@@ -410,7 +405,7 @@ def test_mmclip_objectives_train_on_paired_image_only_and_text_only_records(
   out = capsys.readouterr().out
   assert 'training mix: 50% paired, 25% image-only, 25% text-only' in out
   assert 'trained on 32 paired, 16 image-only, 16 text-only records in this run' in out
-  rows = _train_rows(tmp_path / 'run')
+  rows = helpers.training_rows(tmp_path / 'run')
   for step, row in rows.items():
     # Every batch of 16: 8 paired, 4 image-only and 4 text-only records; totals so far.
     assert (row['data/paired'], row['data/image_only'], row['data/text_only']) == (8, 4, 4)
