@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from medclip_jax.interop import tables
 from medclip_jax.objectives import attmim
+from medclip_jax.objectives import entmlm
 
 # Dense (no sparsity) bf16 peak FLOP/s per chip, from the vendors' data sheets,
 # matched in order against `device_kind` ('NVIDIA H100 80GB HBM3', 'TPU v5 lite', ...).
@@ -86,18 +87,12 @@ def bert_forward_flops(num_layers: int, hidden: int, intermediate: int, tokens: 
 
 
 def decoder_forward_flops(
-  settings,
-  queries: int,
-  query_dim: int,
-  context: int,
-  context_dim: int,
-  outputs: int,
-  scored: float,
+  decoder, queries: int, query_dim: int, context: int, context_dim: int, scored: float
 ) -> float:
-  """FLOPs of one example through `model.decoder.CrossDecoder` (`settings`: its width and
-  depth): both inputs projected to the width; per layer self-attention over the `queries`,
-  cross-attention to the `context`, a 4x MLP; the head on `scored` of the queries."""
-  w = settings.width
+  """FLOPs of one example through `decoder` (a `model.decoder.CrossDecoder`): both inputs
+  projected to its width; per layer self-attention over the `queries`, cross-attention to
+  the `context`, a 4x MLP; its head on `scored` of the queries."""
+  w = decoder.width
   per_layer = (
     queries * 4 * w * w  # self-attention's query, key, value and output projections
     + 2 * queries * queries * w  # its scores and weighted sum
@@ -107,7 +102,7 @@ def decoder_forward_flops(
     + queries * 8 * w * w  # the MLP
   )
   inputs = queries * query_dim * w + context * context_dim * w
-  return 2.0 * (inputs + settings.depth * per_layer + scored * w * outputs)
+  return 2.0 * (inputs + decoder.depth * per_layer + scored * w * decoder.out_features)
 
 
 def pair_flops(config, locked=(), text_cached: bool = False) -> dict:
@@ -133,26 +128,19 @@ def pair_flops(config, locked=(), text_cached: bool = False) -> dict:
     'heads': 3 * 2.0 * features * config.model.embed_dim,
   }
   weights = config.get('objectives', {})
-  grid = attmim.grid_size(config)
-  cells = grid * grid
+  cells = attmim.grid_size(config) ** 2
   if weights.get('attmim', 0) > 0:
-    patch = config.data.image_size // grid
     decoder = decoder_forward_flops(
-      config.attmim, cells, grid_features, tokens, text.hidden_size, patch * patch * 3, cells
+      attmim.decoder(config), cells, grid_features, tokens, text.hidden_size, cells
     )
     # The masking reads every cell and token through the heads, forward only.
     choose = 2.0 * (cells * grid_features + tokens * text.hidden_size) * config.model.embed_dim
     counts['attmim'] = passes('image_encoder') * image_forward + 3 * decoder + choose
   if weights.get('entmlm', 0) > 0:
+    # Its head scores at most max_predictions of the batch's tokens.
+    scored = config.entmlm.max_predictions * tokens
     decoder = decoder_forward_flops(
-      config.entmlm,
-      tokens,
-      text.hidden_size,
-      cells,
-      grid_features,
-      text.vocab_size,
-      # The head scores at most this share of the batch's tokens.
-      config.entmlm.max_predictions * tokens,
+      entmlm.decoder(config), tokens, text.hidden_size, cells, grid_features, scored
     )
     counts['entmlm'] = passes('text_encoder') * text_forward + 3 * decoder
   counts['total'] = sum(counts.values())

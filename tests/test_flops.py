@@ -121,8 +121,8 @@ def test_the_decoder_count_describes_mmclips_decoders(objective, queries, contex
   )
   variables = jax.eval_shape(lambda *x: decoder.init(jax.random.PRNGKey(0), *x), *inputs)
   xla = jax.jit(decoder.apply).lower(variables, *inputs).cost_analysis()['flops']
-  settings = config[objective.__name__.rsplit('.', 1)[-1]]
-  counted = flops.decoder_forward_flops(settings, *queries, *context, outputs, queries[0])
+  assert decoder.out_features == outputs
+  counted = flops.decoder_forward_flops(decoder, *queries, *context, queries[0])
   assert xla == pytest.approx(counted, rel=0.02)
 
 
