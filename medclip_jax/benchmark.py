@@ -47,6 +47,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import app
 from absl import flags
 from ml_collections import config_flags
@@ -207,7 +208,10 @@ def run(
   features, _ = setup.locked_text_features(setup.abstract_state.params, info, placeholder=True)
   batches = setup.train_batches(text_features=features)
   input_rate = measure_input(batches, input_batches)
-  local_batch = next(batches)
+  # A copy: worker processes hand batches over in shared memory, which Python reports as
+  # leaked if a batch still holds it at the exit.
+  local_batch = {key: np.array(value) for key, value in next(batches).items()}
+  batches.close()  # the readers (and worker processes) stop before anything is timed
   if reference == 'torch':
     from medclip_jax import torch_reference  # pylint: disable=import-outside-toplevel
 

@@ -121,6 +121,7 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
     reporter.info(note)
   if text_features is not None:
     position = train_iter.get_state()
+    train_iter.close()
     train_iter = setup.train_batches(text_features=text_features)
     train_iter.set_state(position)
 
@@ -132,7 +133,10 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
     if config.eval.bn_recompute_batches:
       stats_iter = setup.train_batches(seed=config.seed + step + 1, paired_only=True)
       batches = (next(stats_iter) for _ in range(config.eval.bn_recompute_batches))
-      state = state.replace(batch_stats=precise_bn(state.params, state.batch_stats, batches))
+      try:
+        state = state.replace(batch_stats=precise_bn(state.params, state.batch_stats, batches))
+      finally:
+        stats_iter.close()  # its worker processes end now, not when it is collected
     results, details = evaluation(state.variables(), split)
     # Prefixed by split, so that the final test-split row is not a point on the val curves.
     reporter.write(step, {f'{split}/{key}': value for key, value in results.items()})
@@ -185,15 +189,21 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
         )
     return bool(flags['stop'])
 
+  def with_stop(local):
+    """This process's rows with its stop request as a column: the step's metrics carry every
+    process's request."""
+    return {**local, 'stop': np.full(len(local['truncated']), stop.requested, np.int32)}
+
   if start < total:
     reporter.info(f'training steps {start + 1}..{total}, global batch {config.train.batch_size}')
   try:
     with stop:
       previous = None  # (step, metrics) of the step before this one, read one step late
       for step in range(start + 1, total + 1):
-        local = next(train_iter)
-        local['stop'] = np.full(len(local['truncated']), stop.requested, np.int32)
-        state, metrics = setup.train_step(state, setup.global_batch(local))
+        # No name keeps the batch past its step: worker processes hand batches over in
+        # shared memory, released when the batch is, and one held to the exit is
+        # reported by Python as leaked.
+        state, metrics = setup.train_step(state, setup.global_batch(with_stop(next(train_iter))))
         pending.append(metrics)
         if step == start + 1:  # the first step compiled: time from here on
           jax.block_until_ready(metrics)
@@ -241,6 +251,9 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
     try:
       checkpointer.wait()
     finally:
+      # Worker processes end with the reader: with batches in flight left to the
+      # interpreter's exit, Python warns of leaked shared memory.
+      train_iter.close()
       checkpointer.close()
       reporter.close()
   if seen:

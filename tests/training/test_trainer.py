@@ -213,10 +213,14 @@ def test_a_killed_run_rerun_ends_bitwise_equal_to_an_uninterrupted_one(
     assert restart == 4 and killed_at == 6
     assert list((workdir / 'checkpoints').glob('6.orbax-checkpoint-tmp*'))  # half-written
 
-  rerun = helpers.start_main(args, rerun_log)
+  # The rerun reads with a worker process: the data position does not depend on it.
+  rerun_args = [f'--workdir={workdir}', *tiny_flags(train__checkpoint_every=2, data__workers=1)]
+  rerun = helpers.start_main(rerun_args, rerun_log)
   assert rerun.wait(timeout=300) == 0, rerun_log.read_text()
   out = rerun_log.read_text()
   assert f'took over the workdir lock left by process {proc.pid}' in out
+  assert 'data.workers: 0 -> 1' in out or restart is None
+  assert 'leaked shared_memory' not in out  # the worker's batches in flight were released
   if restart is not None:
     assert f'resuming from the checkpoint at step {restart}' in out
   restart = restart or 0
