@@ -15,17 +15,13 @@ import json
 import os
 from pathlib import Path
 
-import jax
 import ml_collections
 import numpy as np
 
-from medclip_jax.data import images
 from medclip_jax.data import tokenizer as tokenizer_lib
-from medclip_jax.errors import UserError
 from medclip_jax.interop import convert
+from medclip_jax.interop import load
 from medclip_jax.interop import tables
-from medclip_jax.training import checkpointing
-from medclip_jax.training import setup as setup_lib
 
 
 def _save_safetensors(tensors: dict, path: Path) -> None:
@@ -51,23 +47,10 @@ def hf_bert_config(text_config: ml_collections.ConfigDict):
 
 def export(workdir: str, out: str, step: int | None = None) -> Path:
   """Writes the export of `step` (default: the latest) of `workdir` to `out`."""
-  checkpointer = checkpointing.Checkpointer(workdir, keep=1_000_000, create=False)
-  steps = checkpointer.all_steps()
-  if not steps:
-    raise UserError(
-      f'No checkpoints in {checkpointer.directory}: --workdir must be the directory a training '
-      'run wrote (it holds checkpoints/<step>/).'
-    )
-  step = max(steps) if step is None else step
-  if step not in steps:
-    raise UserError(
-      f'No checkpoint for step {step} in {checkpointer.directory}; there are {steps}.'
-    )
-  config = ml_collections.ConfigDict(checkpointer.restore_config(step))
-  state = setup_lib.restore_on_one_device(config, checkpointer, step)
-  checkpointer.close()
-  params = jax.device_get(state.params)
-  batch_stats = jax.device_get(state.batch_stats)
+  # The model's variables only: neither the optimizer state nor MMCLIP's decoders are read.
+  loaded = load.from_workdir(workdir, step)
+  config = loaded.config
+  params, batch_stats = loaded.variables['params'], loaded.variables['batch_stats']
 
   out = Path(out)
   text_dir = out / tables.EXPORT_FILES['text_encoder']
@@ -97,13 +80,13 @@ def export(workdir: str, out: str, step: int | None = None) -> Path:
       'mean': list(config.data.mean),
       'std': list(config.data.std),
       # prepare's --max_side: images given to the model are read at it (data/images.py).
-      'max_side': images.prepared_max_side(config.data),
+      'max_side': loaded.max_side,
     },
     'text': {'pooling': config.model.text.pooling, 'max_length': config.data.max_text_length},
     'objectives': {k: float(v) for k, v in config.objectives.items() if float(v)},
     # Read by code written for exports before objectives were config entries.
     'loss': next(k for k, v in config.objectives.items() if float(v)),
-    'step': step,
+    'step': loaded.step,
     'config': config.to_dict(),
   }
   (out / tables.EXPORT_FILES['metadata']).write_text(

@@ -35,13 +35,18 @@ class Loaded:
     return f'{self.path} ({self.kind}, step {self.step})'
 
 
-def load(path, step: int | None = None) -> Loaded:
-  """The model in `path`: a training workdir (latest checkpoint, or `step`) or an export."""
+def load(path, step: int | None = None, decoders: bool = False) -> Loaded:
+  """The model in `path`: a training workdir (latest checkpoint, or `step`) or an export.
+
+  A workdir gives what its export would hold (towers, projections, logit scale and
+  bias); with `decoders` also the parameters only training uses (MMCLIP's decoders,
+  which `config.init_from` carries over when a workdir has them).
+  """
   path = Path(path)
   if (path / tables.EXPORT_FILES['metadata']).is_file():
     return _from_export(path, step)
   if (path / 'checkpoints').is_dir():
-    return _from_workdir(path, step)
+    return from_workdir(path, step, decoders)
   raise UserError(
     f'{path} is neither a training workdir (it would hold checkpoints/<step>/) nor an export '
     f'directory (it would hold {tables.EXPORT_FILES["metadata"]}, written by python -m '
@@ -49,18 +54,27 @@ def load(path, step: int | None = None) -> Loaded:
   )
 
 
-def _from_workdir(path: Path, step: int | None) -> Loaded:
+def from_workdir(path, step: int | None = None, decoders: bool = False) -> Loaded:
+  """The model of a training workdir's checkpoint `step` (default: the latest); see `load`."""
+  path = Path(path)
   checkpointer = checkpointing.Checkpointer(str(path), keep=1_000_000, create=False)
   try:
     steps = checkpointer.all_steps()
     if not steps:
-      raise UserError(f'{path}/checkpoints holds no checkpoint yet.')
+      raise UserError(
+        f'No checkpoints in {checkpointer.directory}: give the directory a training run wrote '
+        '(it holds checkpoints/<step>/) once it has saved one.'
+      )
     step = max(steps) if step is None else step
     if step not in steps:
-      raise UserError(f'No checkpoint for step {step} in {path}/checkpoints; there are {steps}.')
+      raise UserError(
+        f'No checkpoint for step {step} in {checkpointer.directory}; there are {steps}.'
+      )
     config = ml_collections.ConfigDict(checkpointer.restore_config(step))
-    abstract = setup_lib.shapes(config).abstract_state
-    variables = checkpointer.restore_variables(step, abstract.variables())
+    wanted = setup_lib.shapes(config).abstract_state.variables()
+    if not decoders:  # the rest is not read (Orbax restores part of a tree)
+      wanted['params'] = {k: v for k, v in wanted['params'].items() if k in tables.EXPORTED_PARAMS}
+    variables = checkpointer.restore_variables(step, wanted)
   finally:
     checkpointer.close()
   max_side = images.prepared_max_side(config.data)

@@ -48,3 +48,6 @@ HEADS = {
   'logit_scale': 'logit_scale',
   'logit_bias': 'logit_bias',
 }
+# The parameter-tree keys of the model an export holds; anything else (MMCLIP's decoders)
+# only training uses.
+EXPORTED_PARAMS = ('image_encoder', 'text_encoder', *HEADS)

@@ -168,7 +168,7 @@ class Setup:
     """
     from medclip_jax.interop import load  # pylint: disable=import-outside-toplevel (load uses this)
 
-    loaded = load.load(path).variables
+    loaded = load.load(path, decoders=True).variables
     out = []
     for collection in ('params', 'batch_stats'):
       target = getattr(self.abstract_state, collection)

@@ -378,6 +378,8 @@ def test_mmclip_objectives_train_on_paired_image_only_and_text_only_records(
 ):
   from medclip_jax.data import prepare  # pylint: disable=import-outside-toplevel
   from medclip_jax.interop import export  # pylint: disable=import-outside-toplevel
+  from medclip_jax.interop import load  # pylint: disable=import-outside-toplevel
+  from medclip_jax.interop import tables  # pylint: disable=import-outside-toplevel
 
   data = tmp_path / 'data'
   # 64 px: AttMIM masks 2 of the image grid's 2 x 2 cells.
@@ -429,3 +431,13 @@ def test_mmclip_objectives_train_on_paired_image_only_and_text_only_records(
     'logit_scale',
   }
   assert not any('decoder' in p.name for p in exported.rglob('*'))
+  # Loading the workdir reads what its export holds; config.init_from carries the decoders over.
+  assert set(load.load(tmp_path / 'run').variables['params']) == set(tables.EXPORTED_PARAMS) - {
+    'logit_bias'
+  }
+  trained = load.load(tmp_path / 'run', decoders=True).variables['params']
+  config.init_from = str(tmp_path / 'run')
+  started = Setup.create(config).init_state().params
+  for name in ('attmim_decoder', 'entmlm_decoder'):
+    for a, b in zip(jax.tree.leaves(started[name]), jax.tree.leaves(trained[name]), strict=True):
+      np.testing.assert_array_equal(a, b, err_msg=name)
