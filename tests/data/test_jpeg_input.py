@@ -152,12 +152,17 @@ def test_auto_workers_scale_with_cores_and_leave_small_machines_in_process():
     pipeline.worker_count(-2)
 
 
-def _batches(data_dir, workers):
+def _batches(data_dir, workers, text_features=None):
   config = helpers.data_config(
     dir=data_dir, tfds_name='', num_threads=1, prefetch=2, workers=workers
   )
   return pipeline.train_iterator(
-    config, seed=0, local_batch_size=4, process_index=0, process_count=1
+    config,
+    seed=0,
+    local_batch_size=4,
+    process_index=0,
+    process_count=1,
+    text_features=text_features,
   )
 
 
@@ -176,6 +181,25 @@ def test_worker_batches_are_the_in_process_batches_and_resume_at_any_worker_coun
     for want in expected[3:]:
       _assert_same_batch(next(with_worker), want)
     assert with_worker.get_state() == in_process.get_state() == {'next_index': 5}
+  finally:
+    with_worker.close()
+
+
+def test_precomputed_text_features_go_with_their_records_texts_also_from_workers(tiny_data):
+  config = helpers.data_config(dir=tiny_data, tfds_name='')
+  preprocess = pipeline.Preprocess(config, train=True)
+  ids = np.stack([preprocess.tokenize(t)[0] for t in pipeline.train_texts(config)])
+  # Row i of the features names record i; taken in this process, not in the workers.
+  features = np.repeat(np.arange(len(ids), dtype=np.float32)[:, None], 3, axis=1)
+  in_process = _batches(tiny_data, 0, features)
+  expected = [next(in_process) for _ in range(30)]  # 120 examples: past the first epoch
+  for batch in expected:
+    assert 'record' not in batch and batch['text_features'].shape == (4, 3)
+    np.testing.assert_array_equal(ids[batch['text_features'][:, 0].astype(int)], batch['input_ids'])
+  with_worker = _batches(tiny_data, 1, features)
+  try:
+    for want in expected[:3]:
+      _assert_same_batch(next(with_worker), want)
   finally:
     with_worker.close()
 
