@@ -23,7 +23,6 @@ def get_config():
   )
   config.data.image_size = 224
   config.data.max_text_length = 128
-  config.data.workers = 4
 
   config.model.image.depth = 50
   config.model.text.pooling = 'cls'
