@@ -143,12 +143,21 @@ class EntityMasking:
     return cls(load_lexicon(settings.lexicon or None), float(settings.ratio))
 
   def __call__(self, tokenizer, text: str, max_length: int, rng) -> dict:
-    """The columns EntMLM reads: 'mlm_input_ids' (masked), 'mlm_labels' (the original id
-    where masked, -1 elsewhere), 'mlm_entities' (entity tokens found)."""
-    _, _, masked_ids, labels, found = entity_mask(
-      tokenizer, text, max_length, self.lexicon, self.ratio, rng=rng
+    """The caption's tokens ('input_ids', 'attention_mask', 'truncated': cut off at
+    `max_length`) and the columns EntMLM reads: 'mlm_input_ids' (masked), 'mlm_labels'
+    (the original id where masked, -1 elsewhere), 'mlm_entities' (entity tokens found),
+    from one call of the tokenizer."""
+    input_ids, attention_mask, masked_ids, labels, found, truncated = _tokenize_and_mask(
+      tokenizer, text, max_length, self.lexicon, self.ratio, rng
     )
-    return {'mlm_input_ids': masked_ids, 'mlm_labels': labels, 'mlm_entities': found}
+    return {
+      'input_ids': input_ids,
+      'attention_mask': attention_mask,
+      'truncated': truncated,
+      'mlm_input_ids': masked_ids,
+      'mlm_labels': labels,
+      'mlm_entities': found,
+    }
 
 
 def entity_mask(
@@ -162,6 +171,11 @@ def entity_mask(
 ):
   """Tokenizes `text` as the input pipeline does and masks it: (input_ids,
   attention_mask, masked_ids, labels, n_entity_tokens), int32."""
+  return _tokenize_and_mask(tokenizer, text, max_length, lexicon, ratio, rng)[:5]
+
+
+def _tokenize_and_mask(tokenizer, text, max_length, lexicon, ratio, rng):
+  """`entity_mask`'s arrays and whether the text was cut off at `max_length`."""
   if not getattr(tokenizer, 'is_fast', False):
     raise UserError(
       f'Entity masking needs a fast (Rust) Hugging Face tokenizer, for the character '
@@ -173,17 +187,20 @@ def entity_mask(
     max_length=max_length,
     padding='max_length',
     truncation=True,
+    return_overflowing_tokens=True,  # one row per window: more than one means cut off
     return_offsets_mapping=True,
     return_special_tokens_mask=True,
   )
+  row = {key: tokens[key][0] for key in ('input_ids', 'attention_mask', 'offset_mapping')}
   mask, entity = plan_entity_mask(
-    tokens['offset_mapping'],
-    tokens['special_tokens_mask'],
+    row['offset_mapping'],
+    tokens['special_tokens_mask'][0],
     entity_spans(text, lexicon),
     ratio,
     rng=rng,
   )
-  input_ids = np.asarray(tokens['input_ids'], np.int32)
+  input_ids = np.asarray(row['input_ids'], np.int32)
   masked_ids, labels = mask_tokens(input_ids, mask, tokenizer.mask_token_id)
-  attention_mask = np.asarray(tokens['attention_mask'], np.int32)
-  return input_ids, attention_mask, masked_ids, labels, np.int32(entity.sum())
+  attention_mask = np.asarray(row['attention_mask'], np.int32)
+  truncated = np.int32(len(tokens['input_ids']) > 1)
+  return input_ids, attention_mask, masked_ids, labels, np.int32(entity.sum()), truncated

@@ -288,16 +288,15 @@ class Preprocess:
     else:
       # In full, as inference reads an image (images.model_input).
       pixels = image_lib.center_crop(image_lib.decode(record['image']), self.image_size)
-    input_ids, attention_mask, truncated = self.tokenize(caption)
-    example = {
-      'image': np.ascontiguousarray(pixels),
-      'input_ids': input_ids,
-      'attention_mask': attention_mask,
-      # Counted by the trainer: texts longer than the text tower takes.
-      'truncated': np.int32(truncated),
-    }
+    example = {'image': np.ascontiguousarray(pixels)}
     if self.entity_masking is not None:
+      # The caption's tokens and EntMLM's masked copy of them, from one tokenizer call.
       example.update(self.entity_masking(self.tokenizer, caption, self.max_length, rng))
+    else:
+      input_ids, attention_mask, truncated = self.tokenize(caption)
+      example.update(input_ids=input_ids, attention_mask=attention_mask)
+      # Counted by the trainer: texts longer than the text tower takes.
+      example['truncated'] = np.int32(truncated)
     if self.unpaired:
       example['has_image'] = np.int32(kind != 'text_only')
       example['kind'] = np.int32(KINDS.index(kind or 'paired'))

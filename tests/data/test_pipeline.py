@@ -173,6 +173,13 @@ def test_entmlm_masks_the_training_captions_entities_and_evaluation_nothing():
   for entity in ('ct', 'chest', 'left', 'pleural', 'effusion'):  # every word piece of each
     assert set(tokenizer.tokenize(entity)) <= set(words), (entity, words)
   assert ex['mlm_entities'] >= 5
+  # The unmasked tokens and the truncation flag are those the pipeline gives without EntMLM.
+  for text in (caption, caption * 3):
+    ex = train(_record(text), np.random.default_rng(0))
+    ids, mask, truncated = train.tokenize(text)
+    np.testing.assert_array_equal(ex['input_ids'], ids)
+    np.testing.assert_array_equal(ex['attention_mask'], mask)
+    assert ex['truncated'] == truncated == (text != caption)
   evaluation = pipeline.Preprocess(data_config(max_text_length=24), entity_masking=masking)
   assert 'mlm_input_ids' not in evaluation(_record(caption))
 
