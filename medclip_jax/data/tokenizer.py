@@ -1,5 +1,6 @@
 """Text tokenizers, always loaded from a local directory (never downloaded)."""
 
+import json
 import os
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def load(spec: str):
   # transformers warns on import that PyTorch is absent; tokenizers need none.
   os.environ.setdefault('TRANSFORMERS_VERBOSITY', 'error')
   # Imported here so that processes which never tokenize do not pay for it.
-  from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
 
   path = resolve(spec)
   if not (path / 'tokenizer.json').exists() and not (path / 'vocab.txt').exists():
@@ -37,4 +38,16 @@ def load(spec: str):
       f'Face model. Point config.data.tokenizer at such a directory, or use '
       f'{BUNDLED_MINILM!r} for the vocabulary shipped with the project.'
     )
-  return AutoTokenizer.from_pretrained(str(path))
+  # The class the directory names, which AutoTokenizer would pick too: AutoTokenizer's
+  # config classes import PyTorch where it is installed, about 280 MB and 1.2 s in every
+  # process that tokenizes, grain's worker processes included (BENCHMARKS.md).
+  named = _json(path / 'tokenizer_config.json').get('tokenizer_class', '')
+  tokenizer_class = getattr(transformers, named, None) if named else None
+  if tokenizer_class is None or not hasattr(tokenizer_class, 'from_pretrained'):
+    tokenizer_class = transformers.AutoTokenizer
+  return tokenizer_class.from_pretrained(str(path))
+
+
+def _json(path: Path) -> dict:
+  """A JSON file's object, or {} where it is missing."""
+  return json.loads(path.read_text(encoding='utf-8')) if path.is_file() else {}
