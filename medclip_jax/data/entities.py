@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medclip_jax.data import tokenizer as tokenizer_lib
 from medclip_jax.errors import UserError
 
 DEFAULT_LEXICON = Path(__file__).with_name('entity_lexicon.txt')
@@ -182,19 +183,10 @@ def _tokenize_and_mask(tokenizer, text, max_length, lexicon, ratio, rng):
       f'offsets of its tokens; {type(tokenizer).__name__} is a slow one. Point '
       'config.data.tokenizer at a directory with a tokenizer.json.'
     )
-  tokens = tokenizer(
-    text,
-    max_length=max_length,
-    padding='max_length',
-    truncation=True,
-    return_overflowing_tokens=True,  # one row per window: more than one means cut off
-    return_offsets_mapping=True,
-    return_special_tokens_mask=True,
-  )
-  row = {key: tokens[key][0] for key in ('input_ids', 'attention_mask', 'offset_mapping')}
+  row, truncated = tokenizer_lib.encode(tokenizer, text, max_length, offsets=True)
   mask, entity = plan_entity_mask(
     row['offset_mapping'],
-    tokens['special_tokens_mask'][0],
+    row['special_tokens_mask'],
     entity_spans(text, lexicon),
     ratio,
     rng=rng,
@@ -202,5 +194,4 @@ def _tokenize_and_mask(tokenizer, text, max_length, lexicon, ratio, rng):
   input_ids = np.asarray(row['input_ids'], np.int32)
   masked_ids, labels = mask_tokens(input_ids, mask, tokenizer.mask_token_id)
   attention_mask = np.asarray(row['attention_mask'], np.int32)
-  truncated = np.int32(len(tokens['input_ids']) > 1)
-  return input_ids, attention_mask, masked_ids, labels, np.int32(entity.sum()), truncated
+  return input_ids, attention_mask, masked_ids, labels, np.int32(entity.sum()), np.int32(truncated)

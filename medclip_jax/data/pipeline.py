@@ -257,17 +257,9 @@ class Preprocess:
 
   def tokenize(self, text: str) -> tuple[np.ndarray, np.ndarray, bool]:
     """Token ids and mask, padded to max_length, and whether text was cut off."""
-    tokens = self.tokenizer(
-      text,
-      max_length=self.max_length,
-      padding='max_length',
-      truncation=True,
-      return_overflowing_tokens=True,
-    )
-    # A fast tokenizer (tokenizer_lib.load) returns one row per window of
-    # max_length tokens: more than one means the text was cut off.
+    tokens, truncated = tokenizer_lib.encode(self.tokenizer, text, self.max_length)
     ids, mask = tokens['input_ids'], tokens['attention_mask']
-    return np.asarray(ids[0], np.int32), np.asarray(mask[0], np.int32), len(ids) > 1
+    return np.asarray(ids, np.int32), np.asarray(mask, np.int32), truncated
 
   def __call__(self, raw: bytes, rng: np.random.Generator | None = None):
     record = records.decode(raw)

@@ -51,3 +51,24 @@ def load(spec: str):
 def _json(path: Path) -> dict:
   """A JSON file's object, or {} where it is missing."""
   return json.loads(path.read_text(encoding='utf-8')) if path.is_file() else {}
+
+
+def encode(tokenizer, text: str, max_length: int, offsets: bool = False) -> tuple[dict, bool]:
+  """`text` as the text tower reads it: ({'input_ids', 'attention_mask'} padded to
+  `max_length`, and with `offsets` each token's 'offset_mapping' and 'special_tokens_mask'},
+  whether the text was cut off)."""
+  tokens = tokenizer(
+    text,
+    max_length=max_length,
+    padding='max_length',
+    truncation=True,
+    # A fast tokenizer returns one row per window of max_length tokens: more than one
+    # means the text was cut off.
+    return_overflowing_tokens=True,
+    return_offsets_mapping=offsets,
+    return_special_tokens_mask=offsets,
+  )
+  keys = ('input_ids', 'attention_mask') + (
+    ('offset_mapping', 'special_tokens_mask') if offsets else ()
+  )
+  return {key: tokens[key][0] for key in keys}, len(tokens['input_ids']) > 1
