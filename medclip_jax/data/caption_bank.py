@@ -13,14 +13,21 @@ def read_bank_file(path) -> list[str]:
     raise UserError(
       f'No caption bank file at {path}: give a .txt (one caption a line) or .csv file.'
     )
-  if path.suffix.lower() == '.csv':
-    with open(path, newline='', encoding='utf-8') as f:
-      reader = csv.DictReader(f)
-      if 'caption' not in (reader.fieldnames or []):
-        raise UserError(f'{path} has no "caption" column (its columns: {reader.fieldnames}).')
-      texts = [row['caption'].strip() for row in reader]
-  else:
-    texts = [line.strip() for line in path.read_text(encoding='utf-8').splitlines()]
+  # utf-8-sig: Excel's "CSV UTF-8" starts the file with a byte-order mark.
+  try:
+    if path.suffix.lower() == '.csv':
+      with open(path, newline='', encoding='utf-8-sig') as f:
+        reader = csv.DictReader(f)
+        if 'caption' not in (reader.fieldnames or []):
+          raise UserError(f'{path} has no "caption" column (its columns: {reader.fieldnames}).')
+        texts = [row['caption'].strip() for row in reader]
+    else:
+      texts = [line.strip() for line in path.read_text(encoding='utf-8-sig').splitlines()]
+  except UnicodeDecodeError as e:
+    raise UserError(
+      f'The caption bank {path} is not UTF-8 text ({e.reason}): it was probably saved in '
+      'another encoding (e.g. by Excel as cp1252). Re-save it as UTF-8 (in Excel: "CSV UTF-8").'
+    ) from e
   texts = [t for t in texts if t]
   if not texts:
     raise UserError(f'The caption bank {path} holds no captions.')

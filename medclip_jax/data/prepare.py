@@ -102,6 +102,11 @@ def prepare(
     raise OptionError(f'unknown format {format!r}; known formats: {", ".join(FORMATS)}')
   if num_shards < 1:
     raise OptionError(f'num_shards must be >= 1, got {num_shards}.')
+  if os.path.exists(output) and not os.path.isdir(output):
+    raise OptionError(
+      f'--output={output!r} is a file; give the directory to write the dataset to (a new '
+      'one, or one written by an earlier prepare).'
+    )
   builder = FORMATS[format]
   try:
     inspect.signature(builder).bind(**options)
@@ -295,6 +300,18 @@ def skip_summary(skipped: list[dict], top: int = 3) -> str:
   return f'{len(skipped)} skipped ({shown}{more}; all listed in dataset_info.json)'
 
 
+def repair_summary(repaired: list[dict]) -> str:
+  """'' if no caption was repaired, else how many, and the likely cause and fix."""
+  if not repaired:
+    return ''
+  return (
+    f'; invalid UTF-8 replaced (by U+FFFD) in the captions of {len(repaired)} '
+    f"record{'' if len(repaired) == 1 else 's'} (listed in dataset_info.json as 'repaired'): "
+    'the input is probably not UTF-8 (e.g. a CSV saved by Excel as cp1252), so re-save it as '
+    'UTF-8 and prepare again'
+  )
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
@@ -325,7 +342,8 @@ def main(argv: Sequence[str]) -> None:
   left_out = f'; {outside} unpaired records of val/test left out' if outside else ''
   print(
     f'Wrote {info["format"]} dataset to {FLAGS.output}: {counts}; '
-    f'{skip_summary(info["skipped"])}{left_out}; {seconds:.1f} s.'
+    f'{skip_summary(info["skipped"])}{left_out}{repair_summary(info.get("repaired", []))}; '
+    f'{seconds:.1f} s.'
   )
 
 

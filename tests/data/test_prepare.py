@@ -23,6 +23,14 @@ def test_prepare_rejects_unknown_format_and_options(tmp_path):
     prepare.prepare('synthetic', str(tmp_path), num_val=-1)
 
 
+def test_prepare_refuses_an_output_that_is_a_file(tmp_path):
+  output = tmp_path / 'copy.csv'
+  output.write_text('image,caption\n')
+  with pytest.raises(prepare.OptionError, match=r"--output=.*copy\.csv' is a file; give the dir"):
+    prepare.prepare('synthetic', str(output), num_train=1, num_val=1, num_test=1)
+  assert output.read_text() == 'image,caption\n'
+
+
 def test_prepare_reports_skips_and_refuses_group_leaks(tmp_path, monkeypatch):
   def fake_format(leak=False):
     def items():
@@ -90,6 +98,7 @@ def test_cli_writes_dataset(tmp_path):
   )
   assert result.returncode == 0, result.stderr
   assert 'train 3' in result.stdout and str(tmp_path) in result.stdout
+  assert 'UTF-8' not in result.stdout  # no caption was repaired
   info = records.read_dataset_info(str(tmp_path))
   assert info['seed'] == 5
   assert {s: v['count'] for s, v in info['splits'].items()} == {'train': 3, 'val': 2, 'test': 1}
@@ -129,3 +138,20 @@ def test_cli_prints_the_commonest_skip_reasons_with_counts(tmp_path):
   top = ', '.join(f'{n} {reason}' for reason, n in reasons.most_common(3))
   assert f'{sum(reasons.values())} skipped ({top}' in result.stdout
   assert 'all listed in dataset_info.json' in result.stdout
+
+
+def test_cli_says_how_many_captions_had_invalid_utf8_replaced_and_what_to_do(tmp_path):
+  manifest, _, _ = write_manifest(tmp_path)  # one caption with invalid UTF-8
+  result = run_module(
+    'medclip_jax.data.prepare',
+    '--format=manifest',
+    f'--input={manifest}',
+    f'--output={tmp_path / "out"}',
+    '--image_column=path',
+    '--caption_column=text',
+    '--max_bad_fraction=0.9',
+  )
+  assert result.returncode == 0, result.stderr
+  assert 'invalid UTF-8 replaced (by U+FFFD) in the captions of 1 record (' in result.stdout
+  assert 'probably not UTF-8 (e.g. a CSV saved by Excel as cp1252)' in result.stdout
+  assert 're-save it as UTF-8' in result.stdout

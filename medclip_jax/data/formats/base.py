@@ -9,10 +9,14 @@ import csv
 import dataclasses
 import itertools
 import json
+import math
+import numbers
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from medclip_jax.data import ingest
 
@@ -66,7 +70,9 @@ class Entry:
   # ingest.load_image), raising ingest.BadRecord on failure; None for a text
   # without an image (kept as a text-only record when unpaired data is asked for).
   image: str | Callable[[int], bytes] | None
-  caption: str | bytes
+  # The caption as read: text or bytes, or a table cell's list of captions, number, or None
+  # or NaN (blank).
+  caption: Any
   labels: Mapping[str, str]
   # Other captions of the same image (e.g. several reports or reference captions).
   more_captions: tuple = ()
@@ -126,8 +132,8 @@ def convert(
     try:
       try:
         captions, was_repaired = _clean_captions((entry.caption, *entry.more_captions))
-      except ingest.BadRecord:
-        if not (unpaired and entry.image is not None):
+      except ingest.BadRecord as e:
+        if not (unpaired and entry.image is not None and e.reason == 'empty caption'):
           raise
         kind, captions, was_repaired = 'image_only', [''], False
       if entry.image is None:
@@ -159,11 +165,29 @@ def convert(
     yield record
 
 
+def _caption_texts(cell: Any) -> Iterator[str | bytes]:
+  """The captions of a caption cell: its items for a list (as in many Hugging Face caption
+  sets), a number as its text, nothing for None or NaN (pandas' blank cell).
+
+  Raises `ingest.BadRecord` for any other value (e.g. a JSON object)."""
+  if isinstance(cell, (str, bytes)):
+    yield cell
+  elif isinstance(cell, (list, tuple, np.ndarray)):
+    for item in cell:
+      yield from _caption_texts(item)
+  elif isinstance(cell, numbers.Real) and not isinstance(cell, bool):
+    if not math.isnan(cell):
+      yield str(cell)
+  elif cell is not None:
+    raise ingest.BadRecord(f'caption is a {type(cell).__name__}, not text')
+
+
 def _clean_captions(raw_captions) -> tuple[list[str], bool]:
-  """The non-empty captions, cleaned and without repeats, and whether bad bytes were
-  replaced; `ingest.BadRecord('empty caption')` if none is left."""
+  """The non-empty captions of caption cells (see `_caption_texts`), cleaned and without
+  repeats, and whether bad bytes were replaced; `ingest.BadRecord('empty caption')` if none
+  is left."""
   captions, repaired = [], False
-  for raw in raw_captions:
+  for raw in itertools.chain.from_iterable(map(_caption_texts, raw_captions)):
     try:
       caption, was_repaired = ingest.clean_caption(raw)
     except ingest.BadRecord:

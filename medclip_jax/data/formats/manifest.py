@@ -3,10 +3,15 @@
 The image column holds paths (relative to the table's folder, or absolute),
 or, in Parquet tables, the image file's bytes: a binary cell, or a Hugging
 Face `datasets` Image struct {'bytes', 'path'} (as in datasets saved to or
-downloaded as Parquet). A record's id is its path, or for embedded bytes
-without a path 'row N'; its group is --group_column's value, else its id.
-Rows naming the same image are one record with several captions (in row
-order, repeats dropped), taking its group and labels from the first of them.
+downloaded as Parquet). Rows of the same image are one record with several
+captions (in row order, repeats dropped), taking its group and labels from
+the first of them: rows naming the same path, or for embedded bytes rows
+with the same name and the same bytes (`datasets` keeps only a file's base
+name, so thousands of different images may share a name like
+view1_frontal.jpg). A record's id is its path or name, 'NAME (row N)' for a
+different image under a name an earlier row used (N: its first row), or
+'row N' for embedded bytes without a name; its group is --group_column's
+value, else its id. A caption cell may also hold a list of captions.
 With --unpaired, a row with an image but no caption becomes an image-only
 record and a row with a caption but no image a text-only one (id 'row N'),
 which training can mix in (config.data.unpaired); otherwise both are skipped.
@@ -38,8 +43,17 @@ def source(
   base.check_real_options(
     'manifest', input, False, val_fraction, test_fraction, limit, max_side, max_bad_fraction
   )
-  columns, rows = base.read_table(input)
   labels = [c.strip() for c in label_columns.split(',') if c.strip()]
+  dotted = [c for c in labels if '.' in c]
+  if dotted:
+    # Configs key zero-shot prompts by label name (config.evals.zeroshot.templates.<name>),
+    # and a config field name cannot hold a dot.
+    raise base.OptionError(
+      f'--label_columns: {", ".join(map(repr, dotted))} cannot be a label name: label names '
+      'become config field names (config.evals.zeroshot.templates.<name>), which cannot hold '
+      f'a dot. Rename the column in {input!r} (e.g. to {dotted[0].replace(".", "_")!r}).'
+    )
+  columns, rows = base.read_table(input)
   wanted = [image_column, caption_column, *labels, *([group_column] if group_column else [])]
   missing = [c for c in wanted if c not in columns]
   if missing:
@@ -51,7 +65,8 @@ def source(
   root = os.path.dirname(os.path.abspath(input))
 
   def image_of(cell, number: int):
-    """(id, path or loader) of an image cell; (None, None) if it has no image."""
+    """(key, name, path or loader) of an image cell, rows of one image sharing its key;
+    (None, None, None) if it has no image."""
     if isinstance(cell, dict):  # Hugging Face Image struct
       data, path = cell.get('bytes'), cell.get('path')
     elif isinstance(cell, bytes):
@@ -62,47 +77,55 @@ def source(
     # hold undecodable bytes, kept as surrogate escapes).
     name = base.text(path)
     if data:
-      return name or f'row {number}', lambda max_side: ingest.load_image(data, max_side)
+      name = name or f'row {number}'
+      return (name, data), name, lambda max_side: ingest.load_image(data, max_side)
     if name:
-      return name, ingest.find_image(str(path).strip(), [root])
-    return None, None
+      return name, name, ingest.find_image(str(path).strip(), [root])
+    return None, None, None
 
   def entries():
-    read = []  # (row number, row, image id, image) of every row
-    rows_of = {}  # image id -> its rows
+    read = []  # (row number, row, image key, image) of every row
+    rows_of = {}  # image key -> its rows
+    id_of = {}  # image key -> record id
+    names = set()  # the names of the images found so far
     for number, row in enumerate(rows, start=1):
-      name, image = (None, None) if row is None else image_of(row.get(image_column), number)
-      read.append((number, row, name, image))
-      if name:
-        rows_of.setdefault(name, []).append(row)
+      key, name, image = (None,) * 3 if row is None else image_of(row.get(image_column), number)
+      read.append((number, row, key, image))
+      if key is None:
+        continue
+      if key not in rows_of:
+        id_of[key] = f'{name} (row {number})' if name in names else name
+        names.add(name)
+      rows_of.setdefault(key, []).append(row)
     # Each image at its first row, with the captions of all its rows.
-    for number, row, name, image in read:
+    for number, row, key, image in read:
       if row is None:
         yield base.Skipped(f'row {number}', 'bad JSON line')
         continue
-      if not name:
+      if key is None:
         if unpaired:  # a text without an image
           yield base.Entry(
             id=f'row {number}',
             group=(base.text(row.get(group_column)) if group_column else '') or f'row {number}',
             image=None,
-            caption=row.get(caption_column) or '',
+            caption=row.get(caption_column),
             labels={c: base.text(row.get(c)) for c in labels if base.text(row.get(c))},
           )
         else:
           yield base.Skipped(f'row {number}', 'no image path')
         continue
-      image_rows = rows_of[name]
+      image_rows = rows_of[key]
       if image_rows[0] is not row:
         continue  # a later row of an image already given
-      group = base.text(row.get(group_column)) if group_column else name
+      record_id = id_of[key]
+      group = base.text(row.get(group_column)) if group_column else record_id
       yield base.Entry(
-        id=name,
-        group=group or name,
+        id=record_id,
+        group=group or record_id,
         image=image,
-        caption=row.get(caption_column) or '',
+        caption=row.get(caption_column),
         labels={c: base.text(row.get(c)) for c in labels if base.text(row.get(c))},
-        more_captions=tuple(other.get(caption_column) or '' for other in image_rows[1:]),
+        more_captions=tuple(other.get(caption_column) for other in image_rows[1:]),
       )
 
   return base.grouped_source(

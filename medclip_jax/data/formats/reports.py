@@ -11,9 +11,11 @@ defaults to --input). Only the folder structure matters, not the names:
   .jpeg, .png, .tif, .tiff, .bmp or .dcm file; its study is the folder name,
   its patient the folder holding it. Reports and images are matched by
   (patient, study), wherever each tree puts them.
-- One record per file in a study folder, id `patient/study/file stem`
-  (e.g. p10000032/s50414267/02aa804e-...), group = patient, so no patient
-  spans two splits (hashed with --seed; MIMIC's official split is not used).
+- One record per image file (one of those extensions) in a study folder, id
+  `patient/study/file stem` (e.g. p10000032/s50414267/02aa804e-...), group =
+  patient, so no patient spans two splits (hashed with --seed; MIMIC's
+  official split is not used). Other files there (a web mirror's index.html)
+  are ignored.
 - Caption: the first section named in --sections (default
   'impression,findings') that has text. A section starts at a header, an
   upper-case name followed by ':' at the start of a line ('FINDINGS:',
@@ -88,7 +90,7 @@ def _caption(path: str, sections: list[str]) -> tuple[str | None, str]:
 
 
 def _scan(root: str) -> tuple[dict, dict]:
-  """Reports and study folders below `root`: (patient, study) -> sorted paths.
+  """Reports and study images below `root`: (patient, study) -> sorted paths.
 
   Hidden files and folders are ignored; nothing is read.
   """
@@ -104,9 +106,10 @@ def _scan(root: str) -> tuple[dict, dict]:
       stem, ext = os.path.splitext(name)
       if ext.lower() == '.txt':
         reports.setdefault((patient, stem), []).append(os.path.join(directory, name))
-    if any(os.path.splitext(f)[1].lower() in _IMAGE_EXTENSIONS for f in files):
+    images = [f for f in files if os.path.splitext(f)[1].lower() in _IMAGE_EXTENSIONS]
+    if images:
       key = (os.path.basename(os.path.dirname(directory)), os.path.basename(directory))
-      studies.setdefault(key, []).extend(os.path.join(directory, f) for f in files)
+      studies.setdefault(key, []).extend(os.path.join(directory, f) for f in images)
   return reports, studies
 
 

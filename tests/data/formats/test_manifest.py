@@ -287,3 +287,75 @@ def test_unpaired_rows_are_kept_as_training_records_of_their_kind_when_asked(tmp
 
 def split_records_of(directory, split):
   return list(records.read_records(records.split_files(str(directory), split)))
+
+
+def test_manifest_parquet_embedded_images_are_one_only_with_equal_name_and_bytes(tmp_path):
+  import pyarrow  # pylint: disable=import-outside-toplevel
+  import pyarrow.parquet  # pylint: disable=import-outside-toplevel
+
+  # Hugging Face datasets keeps only the base name: different images share one.
+  first, second = png(noise('L', seed=1)), png(noise('L', seed=2))
+  rows = [
+    (first, 'view1_frontal.jpg', 'Report one.', 'p1'),
+    (second, 'view1_frontal.jpg', 'Report two.', 'p2'),
+    (first, 'view1_frontal.jpg', 'Report one again.', 'p1'),  # the first image again
+    (second, 'other.jpg', 'Same bytes, another name.', 'p3'),
+    (second, 'view1_frontal.jpg', 'Report two again.', 'p2'),  # the second image again
+  ]
+  table = pyarrow.table(
+    {
+      'image': [{'bytes': data, 'path': name} for data, name, _, _ in rows],
+      'caption': [caption for _, _, caption, _ in rows],
+      'patient': [patient for _, _, _, patient in rows],
+    }
+  )
+  pyarrow.parquet.write_table(table, tmp_path / 'train.parquet')
+  info = prepare.prepare(
+    'manifest',
+    str(tmp_path / 'out'),
+    input=str(tmp_path / 'train.parquet'),
+    group_column='patient',
+    max_side=MAX_SIDE,
+  )
+  assert info['skipped'] == []
+  recs = {r['id']: r for rs in all_records(tmp_path / 'out').values() for r in rs}
+  assert {i: (r['group'], r.get('captions', [r['caption']])) for i, r in recs.items()} == {
+    'view1_frontal.jpg': ('p1', ['Report one.', 'Report one again.']),
+    'view1_frontal.jpg (row 2)': ('p2', ['Report two.', 'Report two again.']),
+    'other.jpg': ('p3', ['Same bytes, another name.']),
+  }
+  assert recs['view1_frontal.jpg']['image'] == first
+  assert recs['view1_frontal.jpg (row 2)']['image'] == second
+
+
+def test_manifest_caption_cells_may_be_lists_numbers_or_blank(tmp_path):
+  for i in range(5):
+    write(tmp_path, f'{i}.png', png(noise('L', seed=i)))
+  captions = [['First caption.', 'Second caption.'], 0, float('nan'), None, {'en': 'x'}]
+  rows = [{'image': f'{i}.png', 'caption': c} for i, c in enumerate(captions)]
+  (tmp_path / 'm.json').write_text(json.dumps(rows))  # NaN as JSON's NaN, as pandas writes it
+  info = prepare.prepare(
+    'manifest',
+    str(tmp_path / 'out'),
+    input=str(tmp_path / 'm.json'),
+    max_side=MAX_SIDE,
+    max_bad_fraction=1,
+  )
+  assert info['skipped'] == [
+    {'id': '2.png', 'reason': 'empty caption'},
+    {'id': '3.png', 'reason': 'empty caption'},
+    {'id': '4.png', 'reason': 'caption is a dict, not text'},
+  ]
+  recs = {r['id']: r for rs in all_records(tmp_path / 'out').values() for r in rs}
+  assert recs['0.png']['captions'] == ['First caption.', 'Second caption.']
+  assert recs['1.png']['caption'] == '0' and 'captions' not in recs['1.png']
+
+
+def test_manifest_refuses_label_columns_with_a_dot(tmp_path):
+  write(tmp_path, 'a.png', png(noise('L')))
+  write_csv(tmp_path / 'm.csv', ['image', 'caption', 'finding.type'], [['a.png', 'CT.', 'mass']])
+  with pytest.raises(prepare.OptionError, match=r"--label_columns: 'finding\.type' cannot be"):
+    prepare.prepare(
+      'manifest', str(tmp_path / 'out'), input=str(tmp_path / 'm.csv'), label_columns='finding.type'
+    )
+  assert not (tmp_path / 'out').exists()

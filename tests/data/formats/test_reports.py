@@ -86,6 +86,23 @@ def test_reports_images_default_to_input(tmp_path):
   assert info['skipped'] == [{'id': 'p10000001/s2/lateral', 'reason': 'no report'}]
 
 
+def test_reports_ignores_files_that_are_not_images(tmp_path):
+  # A wget mirror leaves an index.html in every folder.
+  patient = tmp_path / 'files' / 'p10' / 'p10000001'
+  for folder in (tmp_path, tmp_path / 'files', patient.parent, patient):
+    write(folder, 'index.html', b'<html>Index of /</html>')
+  write(patient, 's1.txt', mimic_report('Clear.'))
+  write(patient / 's1', 'frontal.jpg', jpeg(noise('L')))
+  write(patient / 's1', 'index.html', b'<html>Index of s1</html>')
+  write(patient, 's2.txt', mimic_report('Clear.'))
+  write(patient / 's2', 'index.html', b'<html>Index of s2</html>')  # not a study folder
+  info = prepare.prepare(
+    'reports', str(tmp_path / 'out'), input=str(tmp_path), max_side=MAX_SIDE, max_bad_fraction=1
+  )
+  assert info['converted'] == 1
+  assert info['skipped'] == [{'id': 'p10000001/s2', 'reason': 'no image'}]
+
+
 def test_reports_bad_inputs(tmp_path):
   kwargs, _, _ = write_reports_fixture(tmp_path / 'mimic')
   with pytest.raises(prepare.TooManyBadRecords, match='11 of 34 reports inputs'):

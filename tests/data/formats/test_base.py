@@ -1,0 +1,73 @@
+"""Tests of what every real format shares (medclip_jax.data.formats.base): the conversion of
+its entries into records, here the caption cells of any type that tables hold."""
+
+import collections
+
+import numpy as np
+
+from medclip_jax.data.formats import base
+from tests.helpers import MAX_SIDE
+from tests.helpers import noise
+from tests.helpers import png
+
+
+def _converted(cells, unpaired=False):
+  """{id: captions of its record, or the reason it was skipped} of one entry per caption
+  cell, each with an image; an id's cell may be (caption, *more captions)."""
+  image = png(noise('L'))
+  entries = []
+  for name, cell in cells.items():
+    caption, *more = cell if name.startswith('several') else (cell,)
+    entries.append(
+      base.Entry(name, name, lambda max_side: image, caption, {}, more_captions=tuple(more))
+    )
+  stored_as = collections.Counter()
+  out = {}
+  for item in base.convert(entries, MAX_SIDE, [], stored_as, unpaired):
+    if isinstance(item, base.Skipped):
+      out[item.id] = item.reason
+    else:
+      out[item['id']] = item.get('captions', [item['caption']])
+  return out
+
+
+def test_caption_cells_of_any_type_give_their_captions():
+  out = _converted(
+    {
+      'list': ['First.', ' ', 'Second.', 'First.'],
+      'tuple': ('One.', ['Nested.']),
+      'array': np.array(['Array one.', 'Array two.']),
+      'int': 7,
+      'numpy int': np.int64(12),
+      'float': 1.5,
+      'nan': float('nan'),
+      'numpy nan': np.float64('nan'),
+      'none': None,
+      'empty list': [],
+      'dict': {'en': 'A caption in a JSON object.'},
+      'bool': True,
+      'several: nan beside text': (float('nan'), 'Later.', None),
+      'several: a list among texts': ('Text.', ['Listed one.', 'Listed two.']),
+    }
+  )
+  assert out == {
+    'list': ['First.', 'Second.'],
+    'tuple': ['One.', 'Nested.'],
+    'array': ['Array one.', 'Array two.'],
+    'int': ['7'],
+    'numpy int': ['12'],
+    'float': ['1.5'],
+    'nan': 'empty caption',
+    'numpy nan': 'empty caption',
+    'none': 'empty caption',
+    'empty list': 'empty caption',
+    'dict': 'caption is a dict, not text',
+    'bool': 'caption is a bool, not text',
+    'several: nan beside text': ['Later.'],
+    'several: a list among texts': ['Text.', 'Listed one.', 'Listed two.'],
+  }
+
+
+def test_with_unpaired_a_blank_caption_cell_keeps_its_image_but_a_non_text_one_is_skipped():
+  out = _converted({'nan': float('nan'), 'dict': {'en': 'x'}}, unpaired=True)
+  assert out == {'nan': [''], 'dict': 'caption is a dict, not text'}
