@@ -16,6 +16,11 @@ def step_dir(workdir: str, step: int) -> Path:
   return Path(workdir) / 'eval' / f'step_{step}'
 
 
+def path(workdir: str, step: int) -> Path:
+  """The file of the flat results of the evaluation at `step`."""
+  return Path(workdir) / 'eval' / f'step_{step}.json'
+
+
 # Keys of a results file beside the flat '<evaluator>.<key>' results (which all hold a dot).
 _ABOUT = ('split', 'step')
 
@@ -23,25 +28,34 @@ _ABOUT = ('split', 'step')
 def write(workdir: str, step: int, split: str, results: dict, details: dict | None = None) -> Path:
   """Writes the flat results of `step` on `split` (recorded in the file as 'split' and
   'step') and the evaluators' files (process 0 only); returns the results' path."""
-  path = Path(workdir) / 'eval' / f'step_{step}.json'
+  target = path(workdir, step)
   if jax.process_index() == 0:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({**results, 'split': split, 'step': step}, indent=2, sort_keys=True)
-    path.write_text(text + '\n')
+    target.write_text(text + '\n')
     for name, files in _files(details or {}).items():
-      target = step_dir(workdir, step) / name
-      target.parent.mkdir(parents=True, exist_ok=True)
-      target.write_text(''.join(json.dumps(row, ensure_ascii=False) + '\n' for row in files))
-  return path
+      file = step_dir(workdir, step) / name
+      file.parent.mkdir(parents=True, exist_ok=True)
+      file.write_text(''.join(json.dumps(row, ensure_ascii=False) + '\n' for row in files))
+  return target
+
+
+def _saved(workdir: str, step: int, split: str) -> dict | None:
+  file = path(workdir, step)
+  saved = json.loads(file.read_text()) if file.is_file() else None
+  if saved is None or saved.get('split', split) != split:
+    return None  # files written before 'split' was recorded count as the split asked for
+  return saved
+
+
+def exists(workdir: str, step: int, split: str) -> bool:
+  """Whether results were written for `step` on `split`."""
+  return _saved(workdir, step, split) is not None
 
 
 def read(workdir: str, step: int, split: str) -> dict:
   """The flat results written for `step` on `split`, or {} if there are none."""
-  path = Path(workdir) / 'eval' / f'step_{step}.json'
-  saved = json.loads(path.read_text()) if path.is_file() else {}
-  if saved.get('split', split) != split:  # files written before 'split' was recorded: as asked
-    return {}
-  return {k: v for k, v in saved.items() if k not in _ABOUT}
+  return {k: v for k, v in (_saved(workdir, step, split) or {}).items() if k not in _ABOUT}
 
 
 def _files(details: dict) -> dict:

@@ -6,7 +6,9 @@ maximum over the global batch, so a signal that reached any one process is
 seen by all of them in the same step's metrics. The trainer reads those one
 step later (the device is never idle waiting for the host), and every process
 stops after the same step, writes a checkpoint there and exits 0. A second
-signal exits at once, without a checkpoint.
+signal exits at once, without a checkpoint. During the final evaluation, which
+follows the last checkpoint, a signal ends the run at once: nothing is lost, and
+the rerun evaluates that checkpoint.
 """
 
 import os
@@ -29,10 +31,12 @@ class Preempted(Exception):
 
 
 class StopRequests:
-  """A context in which SIGTERM and SIGINT set `requested` instead of ending the process."""
+  """A context in which SIGTERM and SIGINT set `requested` instead of ending the process;
+  with `interrupt` (for when everything is checkpointed), they raise it at once."""
 
-  def __init__(self):
+  def __init__(self, interrupt: Exception | None = None):
     self.requested = False
+    self._interrupt = interrupt
     self._previous = {}
 
   def __enter__(self):
@@ -52,6 +56,9 @@ class StopRequests:
   def _handle(self, signum, frame):
     del frame
     name = signal.Signals(signum).name
+    if self._interrupt is not None:
+      print(f'{name} received: stopping now.', file=sys.stderr, flush=True)
+      raise self._interrupt
     if self.requested:
       print(f'{name} again: exiting now, without a checkpoint.', file=sys.stderr, flush=True)
       os._exit(128 + signum)  # pylint: disable=protected-access (no cleanup: at once)

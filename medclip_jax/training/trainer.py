@@ -77,6 +77,18 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
 
   # ---- State: restored from the latest checkpoint, or fresh ----
   checkpointer = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
+
+  def close():
+    # Also on Ctrl-C or an error: let a checkpoint being written complete.
+    try:
+      checkpointer.wait()
+    finally:
+      # Worker processes end with the reader: with batches in flight left to the
+      # interpreter's exit, Python warns of leaked shared memory.
+      train_iter.close()
+      checkpointer.close()
+      reporter.close()
+
   state, latest = None, None
   for step in sorted(checkpointer.all_steps(), reverse=True):
     problem = None
@@ -110,13 +122,35 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
     changed = checks.check_resume(
       checkpointer.restore_config(latest), config, checkpointer.path(latest)
     )
+    if latest > config.train.steps:
+      close()
+      raise UserError(
+        f'The newest checkpoint in {checkpointer.directory} is at step {latest}, past '
+        f'config.train.steps={config.train.steps}. To train on, set --config.train.steps '
+        f'above {latest}; to evaluate that model, run python -m medclip_jax.evaluate '
+        f'--workdir={workdir}; to train a new model, use a fresh --workdir.'
+      )
+    if latest == config.train.steps and results_lib.exists(workdir, latest, config.eval.split):
+      results = results_lib.read(workdir, latest, config.eval.split)
+      close()
+      reporter.info(
+        f'This run is complete: trained to step {latest} and evaluated on '
+        f'{config.eval.split} ({results_lib.path(workdir, latest)}); nothing to do. To '
+        f'evaluate it again, run python -m medclip_jax.evaluate --workdir={workdir}; to '
+        'train on, raise --config.train.steps.'
+      )
+      reporter.info(results_lib.format_table(latest, results))
+      return results
     reporter.info(f'resuming from the checkpoint at step {latest} in {checkpointer.directory}')
     if changed:
       reporter.info(changed)
   reporter.drop_after(latest or 0)  # steps a killed run logged past its checkpoint run again
 
-  # A locked text tower's features, computed once; the iterator keeps its position.
-  text_features, note = setup.locked_text_features(state.params, info)
+  # A locked text tower's features, computed once (only to train: a run resumed at its
+  # last step only evaluates); the iterator keeps its position.
+  text_features, note = None, ''
+  if latest != config.train.steps:
+    text_features, note = setup.locked_text_features(state.params, info)
   if note:
     reporter.info(note)
   if text_features is not None:
@@ -127,16 +161,20 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
 
   # ---- Evaluation: precise BatchNorm, then every configured evaluator ----
 
-  def run_eval(state, step):
+  def recompute_batch_stats(state, step):
+    """`state` with the image tower's BatchNorm statistics recomputed with its weights."""
+    if not config.eval.bn_recompute_batches:
+      return state
+    stats_iter = setup.train_batches(seed=config.seed + step + 1, paired_only=True)
+    batches = (next(stats_iter) for _ in range(config.eval.bn_recompute_batches))
+    try:
+      return state.replace(batch_stats=precise_bn(state.params, state.batch_stats, batches))
+    finally:
+      stats_iter.close()  # its worker processes end now, not when it is collected
+
+  def run_eval(state, step, t0):
+    """Evaluates `state` (its statistics already recomputed); `t0` when that began."""
     split = config.eval.split if step == config.train.steps else config.eval.every_split
-    t0 = time.perf_counter()
-    if config.eval.bn_recompute_batches:
-      stats_iter = setup.train_batches(seed=config.seed + step + 1, paired_only=True)
-      batches = (next(stats_iter) for _ in range(config.eval.bn_recompute_batches))
-      try:
-        state = state.replace(batch_stats=precise_bn(state.params, state.batch_stats, batches))
-      finally:
-        stats_iter.close()  # its worker processes end now, not when it is collected
     results, details = evaluation(state.variables(), split)
     # Prefixed by split, so that the final test-split row is not a point on the val curves.
     reporter.write(step, {f'{split}/{key}': value for key, value in results.items()})
@@ -156,7 +194,7 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
       f'evaluated step {step} on {split} in {time.perf_counter() - t0:.1f}s: '
       f'{results_lib.headline(results)}'
     )
-    return state, results
+    return results
 
   # ---- Loop ----
   total = config.train.steps
@@ -238,24 +276,24 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
         if step % config.train.checkpoint_every == 0:
           checkpointer.save(step, state, train_iter, config)
         if config.eval.every and step % config.eval.every == 0:
-          run_eval(state, step)
+          t0 = time.perf_counter()
+          run_eval(recompute_batch_stats(state, step), step, t0)
+          reporter.start_timer(step)  # the evaluation's time is not training throughput
 
     # The final model keeps the recomputed BatchNorm statistics, so the last
-    # checkpoint (and anything exported from it) is what was evaluated.
-    state, results = run_eval(state, total)
-    if checkpointer.latest_step() != total:
+    # checkpoint (and anything exported from it) is what was evaluated. It is
+    # written before the evaluators run: a run stopped or killed while they do
+    # keeps every step, and its rerun only evaluates.
+    t0 = time.perf_counter()
+    if latest != total:
+      state = recompute_batch_stats(state, total)
       checkpointer.save(total, state, train_iter, config)
-    checkpointer.wait()
-  finally:
-    # Also on Ctrl-C or an error: let a checkpoint being written complete.
-    try:
       checkpointer.wait()
-    finally:
-      # Worker processes end with the reader: with batches in flight left to the
-      # interpreter's exit, Python warns of leaked shared memory.
-      train_iter.close()
-      checkpointer.close()
-      reporter.close()
+    # Stopping now loses nothing, so a stop request ends the evaluation at once.
+    with preemption.StopRequests(interrupt=preemption.Preempted(total, checkpointer.directory)):
+      results = run_eval(state, total, t0)
+  finally:
+    close()
   if seen:
     reporter.info(
       'trained on '

@@ -3,7 +3,10 @@ SIGKILL, also one mid-checkpoint), non-finite steps are skipped and, many in a r
 
 import contextlib
 import json
+import os
 import random
+import signal
+import time
 from pathlib import Path
 
 import jax
@@ -11,7 +14,10 @@ import numpy as np
 import pytest
 
 from medclip_jax.errors import UserError
+from medclip_jax.evaluation import Evaluation
+from medclip_jax.evaluation import results as results_lib
 from medclip_jax.training import checkpointing
+from medclip_jax.training import preemption
 from medclip_jax.training import trainer
 from medclip_jax.training.setup import Setup
 from medclip_jax.training.setup import restore_on_one_device
@@ -111,6 +117,70 @@ def test_periodic_evaluations_use_the_val_split_and_the_final_one_the_test_split
   assert evals[4]['test/retrieval.gallery_size'] == 48
   assert not [k for k in evals[2] if k.startswith('test/')]
   assert not [k for k in evals[4] if k.startswith('val/')]
+
+
+def test_the_clock_restarts_after_a_periodic_evaluation(tiny_config, tmp_path, monkeypatch):
+  config = tiny_config()
+  config.train.steps, config.eval.every, config.eval.bn_recompute_batches = 4, 2, 0
+  evaluate = Evaluation.__call__
+
+  def slow(self, variables, split=None):
+    time.sleep(3.0)  # far longer than a tiny step
+    return evaluate(self, variables, split)
+
+  monkeypatch.setattr(Evaluation, '__call__', slow)
+  trainer.train_and_evaluate(config, str(tmp_path))
+  rows = helpers.training_rows(tmp_path)
+  # Step 3's window starts after step 2's evaluation: a step's time, not the evaluation's.
+  assert rows[3]['pairs_per_sec'] > config.train.batch_size / 1.0, rows[3]
+
+
+def test_a_stop_during_the_final_evaluation_keeps_every_step_and_the_rerun_only_evaluates(
+  trained_run, tmp_path, monkeypatch, capsys
+):
+  config, _, reference = trained_run
+  config = config.copy_and_resolve_references()
+  config.train.checkpoint_every = 100  # the final checkpoint is the only one
+  evaluate = Evaluation.__call__
+
+  def stopped(self, variables, split=None):
+    if split == config.eval.split:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return evaluate(self, variables, split)
+
+  monkeypatch.setattr(Evaluation, '__call__', stopped)
+  with pytest.raises(preemption.Preempted, match='at step 12'):
+    trainer.train_and_evaluate(config, str(tmp_path))
+  monkeypatch.setattr(Evaluation, '__call__', evaluate)
+  assert checkpointing.Checkpointer(str(tmp_path), keep=3).all_steps() == [12]
+  assert not results_lib.exists(str(tmp_path), 12, config.eval.split)
+  capsys.readouterr()
+
+  results = trainer.train_and_evaluate(config, str(tmp_path))
+  out = capsys.readouterr().out
+  assert 'resuming from the checkpoint at step 12' in out and 'training steps' not in out
+  assert sorted(helpers.training_rows(tmp_path)) == list(range(1, 13))
+  for key, value in reference.items():  # the checkpoint holds the recomputed statistics
+    np.testing.assert_allclose(results[key], value, atol=1e-6, err_msg=key)
+
+  # Run once more: complete, so nothing is trained or evaluated again.
+  assert trainer.train_and_evaluate(config, str(tmp_path)) == results
+  assert 'This run is complete: trained to step 12 and evaluated on test' in (
+    capsys.readouterr().out
+  )
+  rows = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert len([r for r in rows if 'test/retrieval.gallery_size' in r]) == 1
+
+
+def test_a_checkpoint_past_the_configured_steps_is_refused(trained_run, tmp_path):
+  config, workdir, _ = trained_run
+  _copy_checkpoints(workdir, tmp_path)
+  config = config.copy_and_resolve_references()
+  config.train.steps = 8
+  with pytest.raises(UserError, match='at step 12, past config.train.steps=8'):
+    trainer.train_and_evaluate(config, str(tmp_path))
+  assert checkpointing.Checkpointer(str(tmp_path), keep=3).all_steps() == [6, 12]
+  assert not (tmp_path / 'eval').exists()
 
 
 def _copy_checkpoints(workdir, to):
