@@ -74,7 +74,21 @@ def from_workdir(path, step: int | None = None, decoders: bool = False) -> Loade
     wanted = setup_lib.shapes(config).abstract_state.variables()
     if not decoders:  # the rest is not read (Orbax restores part of a tree)
       wanted['params'] = {k: v for k, v in wanted['params'].items() if k in tables.EXPORTED_PARAMS}
-    variables = checkpointer.restore_variables(step, wanted)
+    try:
+      variables = checkpointer.restore_variables(step, wanted)
+    except checkpointing.CorruptCheckpoint as e:
+      older = [s for s in steps if s < step]
+      raise UserError(
+        f'The checkpoint at step {step} in {checkpointer.directory} is damaged: {e.path}: '
+        f'{e.reason}. '
+        + (
+          f'Give --step={max(older)} to use the one before it (the workdir has {steps}); '
+          if older
+          else 'The workdir has no older checkpoint; '
+        )
+        + 'rerunning the training command sets a damaged checkpoint aside and resumes from '
+        'the newest readable one.'
+      ) from e
   finally:
     checkpointer.close()
   max_side = images.prepared_max_side(config.data)

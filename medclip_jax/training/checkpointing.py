@@ -221,14 +221,24 @@ class Checkpointer:
 
   def restore_variables(self, step: int, abstract_variables: dict) -> dict:
     """Only {'params', 'batch_stats'} of `step`'s train state, as NumPy arrays: the optimizer
-    state (twice the parameters' size under AdamW) is not read. For using a trained model."""
+    state (twice the parameters' size under AdamW) is not read. For using a trained model.
+
+    Raises `CorruptCheckpoint` as `restore_state` does: a damaged file would otherwise give
+    a model that answers NaN or nonsense without any error."""
+    verify_checksums(self.directory / str(step))
     item = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_variables)
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
     with ocp.PyTreeCheckpointer() as checkpointer:
-      return checkpointer.restore(
-        self.directory / str(step) / 'state',
-        args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
-      )
+      try:
+        return checkpointer.restore(
+          self.directory / str(step) / 'state',
+          args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
+        )
+      except Exception as e:  # pylint: disable=broad-except (TensorStore raises plain Exception)
+        reason = str(e).split('See full TensorStore details')[0].strip()
+        raise CorruptCheckpoint(
+          self.directory / str(step), f'its arrays cannot be read ({type(e).__name__}: {reason})'
+        ) from e
 
   def wait(self) -> None:
     """Blocks until the save in flight is written; `UserError` if it failed."""

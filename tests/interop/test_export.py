@@ -110,3 +110,20 @@ def test_export_of_a_missing_workdir_creates_no_directory(tmp_path):
   with pytest.raises(UserError, match='No checkpoints in'):
     export.export(str(tmp_path / 'runs' / 'nonexist'), str(tmp_path / 'out'))
   assert list(tmp_path.iterdir()) == []
+
+
+def test_export_of_a_damaged_checkpoint_is_a_user_error_naming_the_one_before(
+  trained_run, tmp_path
+):
+  import shutil  # pylint: disable=import-outside-toplevel
+
+  _, workdir, _ = trained_run  # checkpoints 6 and 12
+  shutil.copytree(workdir / 'checkpoints', tmp_path / 'run' / 'checkpoints')
+  files = sorted((tmp_path / 'run' / 'checkpoints' / '12' / 'state').rglob('ocdbt.process_0/d/*'))
+  largest = max(files, key=lambda p: p.stat().st_size)
+  data = bytearray(largest.read_bytes())
+  data[len(data) // 2 : len(data) // 2 + 64] = bytes(b ^ 0xFF for b in data[len(data) // 2 :][:64])
+  largest.write_bytes(bytes(data))  # same size: only the checksum tells
+  with pytest.raises(UserError, match=r'step 12 .* is damaged: .*CRC32 differs.*--step=6'):
+    export.export(str(tmp_path / 'run'), str(tmp_path / 'out'))
+  assert not (tmp_path / 'out').exists()
