@@ -155,8 +155,14 @@ def get_config() -> ml_collections.ConfigDict:
   # parameter's '/'-joined path (e.g. 'text_encoder/encoder/layer/0/output/dense/kernel');
   # every parameter must match exactly one group.
   config.train.param_groups = dict(DEFAULT_PARAM_GROUPS)
-  # Learning-rate multiplier per parameter group (default 1); 0 freezes the group.
-  config.train.lr_multipliers = {'image_encoder': 1.0, 'text_encoder': 1.0, 'heads': 1.0}
+  # Learning-rate multiplier per parameter group (default 1); 0 freezes the group, which
+  # then has no optimizer state, so a resumed run cannot freeze or unfreeze one.
+  config.train.lr_multipliers = {
+    'image_encoder': 1.0,
+    'text_encoder': 1.0,
+    'heads': 1.0,
+    'decoders': 1.0,
+  }
   # With the text tower locked (lr multiplier 0), compute its features of every
   # training text once and project them each step instead of running it (as
   # LiT does); only where nothing changes a record's text (one caption each, no

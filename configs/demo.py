@@ -38,7 +38,7 @@ def get_config():
   # 2 CPU cores; --config.train.lr_multipliers.text_encoder=0.1 fine-tunes it.
   config.model.text.init = f'hf:{tokenizer.BUNDLED_MINILM}'
   config.model.text.pooling = 'mean'
-  config.train.lr_multipliers = {'image_encoder': 1.0, 'text_encoder': 0.0, 'heads': 1.0}
+  config.train.lr_multipliers.text_encoder = 0.0
   # ... and its features of the 8000 training captions are computed once.
   config.train.cache_locked_text = True
 

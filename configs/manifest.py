@@ -44,7 +44,7 @@ def get_config(data_dir: str = ''):
 
   config.model.text.init = f'hf:{tokenizer.BUNDLED_MINILM}'
   config.model.text.pooling = 'mean'  # as MiniLM was trained
-  config.train.lr_multipliers = {'image_encoder': 1.0, 'text_encoder': 0.1, 'heads': 1.0}
+  config.train.lr_multipliers.text_encoder = 0.1
 
   config.train.steps = 5000
   config.train.batch_size = 128

@@ -10,6 +10,8 @@ import json
 import warnings
 from pathlib import Path
 
+import jax
+
 from medclip_jax import model as model_lib
 from medclip_jax import objectives as objectives_lib
 from medclip_jax.data import pipeline
@@ -18,6 +20,7 @@ from medclip_jax.errors import UserError
 from medclip_jax.interop import convert, tables
 from medclip_jax.model import bert
 from medclip_jax.model import resnet
+from medclip_jax.training import optimizer
 
 IMAGE_STRIDE = resnet.STRIDE
 
@@ -81,6 +84,29 @@ def check(config) -> None:
     raise UserError(
       'config.train.max_nonfinite_in_a_row must be at least 1 (the number of skipped '
       f'non-finite steps in a row that stop the run), got {config.train.max_nonfinite_in_a_row}.'
+    )
+  for field, meaning, advice in (
+    (
+      'log_every',
+      'steps between logged rows',
+      'one above config.train.steps logs the last step only',
+    ),
+    (
+      'checkpoint_every',
+      'steps between checkpoints',
+      'one above config.train.steps saves the last step only',
+    ),
+    ('keep_checkpoints', 'newest checkpoints kept', 'none would delete the trained model too'),
+  ):
+    if config.train[field] < 1:
+      raise UserError(
+        f'config.train.{field} must be at least 1 (the {meaning}), got {config.train[field]}: '
+        f'{advice}.'
+      )
+  if config.eval.every < 0:
+    raise UserError(
+      'config.eval.every must be 0 (evaluate at the end of training only) or the steps '
+      f'between evaluations, got {config.eval.every}.'
     )
   _check_precision_and_remat(config.model)
   _check_masked_modelling(config)
@@ -250,6 +276,7 @@ _FREE_KEYS = (
 
 
 _ABSENT = object()  # a key one of the two configs lacks
+_MULTIPLIERS = 'train.lr_multipliers.'
 
 
 def _flat(tree: dict, prefix: str = '') -> dict:
@@ -264,21 +291,21 @@ def _flat(tree: dict, prefix: str = '') -> dict:
 
 
 def check_resume(saved: dict, config, where: str) -> str | None:
-  """Compares `config` with the config `saved` with the checkpoint at `where`.
+  """Compares `config` with the config `saved` with the checkpoint at `where`
+  (WORKDIR/checkpoints/STEP).
 
   Raises `UserError` naming every changed key that would change the model or
-  its data, with both values. Returns one line listing the other changes (they
-  are accepted), or None if nothing changed.
+  its data, with both values, or else every learning-rate multiplier that
+  freezes or unfreezes a group of parameters. Returns one line listing the
+  other changes (they are accepted), or None if nothing changed.
   """
   old, new = _flat(saved), _flat(json.loads(config.to_json_best_effort()))
-  changed = sorted(k for k in old.keys() | new.keys() if old.get(k, _ABSENT) != new.get(k, _ABSENT))
+  changed = sorted(k for k in old.keys() | new.keys() if _value(old, k) != _value(new, k))
   fixed = [k for k in changed if k.startswith(_FIXED_ON_RESUME) and k not in _FREE_KEYS]
   free = [k for k in changed if k not in fixed]
 
   def listing(keys, sep):
-    return sep.join(
-      f'{k}: {_show(old.get(k, _ABSENT))} -> {_show(new.get(k, _ABSENT))}' for k in keys
-    )
+    return sep.join(f'{k}: {_show(_value(old, k))} -> {_show(_value(new, k))}' for k in keys)
 
   if fixed:
     raise UserError(
@@ -288,9 +315,36 @@ def check_resume(saved: dict, config, where: str) -> str | None:
       'the new settings, or drop these overrides to resume; steps, the learning-rate schedule, '
       'logging, checkpointing and evaluation may change on resume.'
     )
+  frozen = lambda flat, k: float(_value(flat, k)) == 0.0
+  switched = [k for k in free if k.startswith(_MULTIPLIERS) and frozen(old, k) != frozen(new, k)]
+  held = _groups_with_parameters(config) if switched else set()
+  switched = [k for k in switched if k.removeprefix(_MULTIPLIERS) in held]
+  if switched:
+    raise UserError(
+      f'This config freezes or unfreezes parameter groups since the checkpoint at {where} was '
+      f'written ({listing(switched, "; ")}, checkpoint value first). Freezing or unfreezing a '
+      'parameter group (train.lr_multipliers.<group> to or from 0) changes the layout of the '
+      'optimizer state, which holds nothing for a frozen group, so this run cannot resume from '
+      'this checkpoint. To train on from its weights with the new multipliers, start a new run '
+      f'in a fresh --workdir with --config.init_from={Path(where).parent.parent} (its steps, '
+      'schedule and optimizer state start afresh), or drop these overrides to resume.'
+    )
   if free:
     return f'resuming with settings changed since the checkpoint: {listing(free, ", ")}'
   return None
+
+
+def _value(flat: dict, key: str):
+  # A group without a multiplier trains at 1: configs saved before 'decoders' had one lack it.
+  return flat.get(key, 1.0 if key.startswith(_MULTIPLIERS) else _ABSENT)
+
+
+def _groups_with_parameters(config) -> set[str]:
+  """The parameter groups of `config` that hold parameters (only those have optimizer state)."""
+  from medclip_jax.training import setup  # pylint: disable=import-outside-toplevel (it imports us)
+
+  params = setup.shapes(config).abstract_state.params
+  return set(jax.tree.leaves(optimizer.param_labels(config.train, params)))
 
 
 def _show(value) -> str:

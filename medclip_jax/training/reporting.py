@@ -8,6 +8,8 @@ from pathlib import Path
 
 import jax
 
+from medclip_jax.errors import UserError
+
 
 def _format_duration(seconds: float) -> str:
   if not math.isfinite(seconds):
@@ -16,6 +18,15 @@ def _format_duration(seconds: float) -> str:
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
   return f'{h}:{m:02d}:{s:02d}' if h else f'{m}:{s:02d}'
+
+
+def _row(line: str) -> dict | None:
+  """A metrics.jsonl row, or None where `line` is not one."""
+  try:
+    row = json.loads(line)
+  except ValueError:
+    return None
+  return row if isinstance(row, dict) else None
 
 
 class Reporter:
@@ -37,16 +48,39 @@ class Reporter:
 
   def drop_after(self, step: int) -> None:
     """Removes the rows of steps after `step` from metrics.jsonl: a resumed run trains them
-    again (a killed run logged steps past its last checkpoint), and writes them once more."""
+    again (a killed run logged steps past its last checkpoint), and writes them once more.
+
+    A last row cut short (the run stopped while writing it) is dropped with a warning;
+    an unreadable row before it raises `UserError`.
+    """
     if not self.is_main:
       return
     path = Path(self._jsonl.name)
-    self._jsonl.close()
-    rows = path.read_text(encoding='utf-8').splitlines(keepends=True)
-    kept = [r for r in rows if r.strip() and json.loads(r).get('step', 0) <= step]
-    if len(kept) != len(rows):
-      path.write_text(''.join(kept), encoding='utf-8')
-    self._jsonl = open(path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
+    text = path.read_text(encoding='utf-8', errors='replace')
+    numbered = [
+      (n, line, _row(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()
+    ]
+    for n, line, row in numbered[:-1]:
+      if row is None:
+        raise UserError(
+          f'{path}, line {n}, is not a metrics row ({line[:80]!r}): a run that stops while '
+          'writing can cut short only the last line, so something else changed this file. '
+          'Repair or remove that line (each line is one JSON object with its "step"), then '
+          'rerun the same command to resume.'
+        )
+    if numbered and numbered[-1][2] is None:
+      self.info(
+        f'warning: dropped the last line of {path}, cut short by a run that stopped while '
+        f'writing it: {numbered[-1][1][:80]!r}'
+      )
+    kept = ''.join(
+      f'{line}\n' for _, line, row in numbered if row is not None and row.get('step', 0) <= step
+    )
+    # Rewritten also for a last row without its newline: the next row goes on a line of its own.
+    if kept != text:
+      self._jsonl.close()
+      path.write_text(kept, encoding='utf-8')
+      self._jsonl = open(path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
 
   def start_timer(self, step: int) -> None:
     """Starts the throughput clock (call after warm-up/compilation)."""

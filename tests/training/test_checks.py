@@ -1,10 +1,17 @@
-"""Bad configs fail before anything compiles or is written, naming the field and the fix."""
+"""Bad configs fail before anything compiles or is written, naming the field and the fix; so
+do config changes that a checkpoint cannot resume with."""
 
+import json
 import os
+import shutil
 
+import jax
 import pytest
 
+from configs import default
 from medclip_jax.errors import UserError
+from medclip_jax.training import checks
+from medclip_jax.training import setup
 from medclip_jax.training import trainer
 from tests import helpers
 
@@ -54,6 +61,22 @@ BAD = {
   'no non-finite steps allowed': (
     {'train.max_nonfinite_in_a_row': 0},
     r'config\.train\.max_nonfinite_in_a_row must be at least 1',
+  ),
+  'logging every 0 steps': (
+    {'train.log_every': 0},
+    r'log_every must be at least 1 .*, got 0: one above config\.train\.steps logs the last',
+  ),
+  'a checkpoint every 0 steps': (
+    {'train.checkpoint_every': 0},
+    r'checkpoint_every must be at least 1 .*, got 0: one above config\.train\.steps saves',
+  ),
+  'no checkpoint kept': (
+    {'train.keep_checkpoints': 0},
+    r'config\.train\.keep_checkpoints must be at least 1 .*: none would delete the trained',
+  ),
+  'evaluations every negative number of steps': (
+    {'eval.every': -6},
+    r'config\.eval\.every must be 0 \(evaluate at the end of training only\) or .*, got -6',
   ),
   'AttMIM on an image size that is not whole cells': (
     {'objectives.attmim': 1.0, 'data.image_size': 48},
@@ -122,3 +145,67 @@ def test_a_batch_that_does_not_divide_over_the_devices_is_one_paragraph_exit_2(
   )
   assert 'Traceback' not in out
   assert not os.path.exists(workdir)
+
+
+def test_every_parameter_group_has_a_multiplier_the_command_line_can_override():
+  config = default.get_config()
+  assert set(config.train.lr_multipliers) == set(config.train.param_groups)
+  config.update_from_flattened_dict({'train.lr_multipliers.decoders': 0.5})  # as README shows
+  assert config.train.lr_multipliers.decoders == 0.5
+
+
+def test_a_decoders_multiplier_leaves_a_plain_runs_optimizer_state_as_it_was(tiny_config):
+  config = tiny_config()
+  without = setup.shapes(config).abstract_state.opt_state
+  config.train.lr_multipliers = {**config.train.lr_multipliers, 'decoders': 1.0}
+  assert jax.tree.structure(setup.shapes(config).abstract_state.opt_state) == jax.tree.structure(
+    without
+  )
+
+
+@pytest.mark.parametrize('before, after', [(1.0, 0.0), (0.0, 0.1)], ids=['freeze', 'unfreeze'])
+def test_freezing_or_unfreezing_a_group_on_resume_is_refused_pointing_to_init_from(
+  tiny_config, before, after
+):
+  config = tiny_config()
+  config.train.lr_multipliers.text_encoder = before
+  saved = json.loads(config.to_json_best_effort())
+  config.train.lr_multipliers.text_encoder = after
+  with pytest.raises(UserError) as error:
+    checks.check_resume(saved, config, '/runs/a/checkpoints/12')
+  message = str(error.value)
+  assert f'(train.lr_multipliers.text_encoder: {before} -> {after}, checkpoint value' in message
+  assert (
+    'Freezing or unfreezing a parameter group (train.lr_multipliers.<group> to or from 0) '
+    'changes the layout of the optimizer state' in message
+  )
+  assert 'in a fresh --workdir with --config.init_from=/runs/a ' in message
+
+
+def test_multiplier_changes_that_keep_the_optimizer_state_are_accepted_and_listed(tiny_config):
+  config = tiny_config()
+  saved = json.loads(config.to_json_best_effort())  # no decoders entry, as configs had before
+  config.train.lr_multipliers = {**config.train.lr_multipliers, 'decoders': 1.0}
+  assert checks.check_resume(saved, config, '/runs/a/checkpoints/12') is None
+  # A plain CLIP run has no decoders: freezing them changes nothing it holds.
+  config.train.lr_multipliers.decoders = 0.0
+  config.train.lr_multipliers.text_encoder = 0.5
+  assert checks.check_resume(saved, config, '/runs/a/checkpoints/12') == (
+    'resuming with settings changed since the checkpoint: '
+    'train.lr_multipliers.decoders: 1.0 -> 0.0, train.lr_multipliers.text_encoder: 1.0 -> 0.5'
+  )
+
+
+def test_resuming_with_a_frozen_text_tower_says_why_instead_of_listing_arrays(
+  trained_run, tmp_path
+):
+  config, workdir, _ = trained_run
+  shutil.copytree(workdir / 'checkpoints', tmp_path / 'checkpoints')
+  config = config.copy_and_resolve_references()
+  config.train.lr_multipliers.text_encoder = 0.0
+  with pytest.raises(UserError) as error:
+    trainer.train_and_evaluate(config, str(tmp_path))
+  message = str(error.value)
+  assert 'train.lr_multipliers.text_encoder: 1.0 -> 0.0' in message
+  assert f'--config.init_from={tmp_path} ' in message
+  assert 'opt_state/' not in message
