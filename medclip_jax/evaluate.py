@@ -48,6 +48,14 @@ def evaluate(workdir, step=None, split=None, data=None, evals=None, only=None) -
   if split:
     config.eval.split = split
   info = pipeline.dataset_info(config.data)
+  splits = info.get('splits', {})
+  if not splits.get(config.eval.split, {}).get('count'):
+    have = ', '.join(sorted(s for s, v in splits.items() if v.get('count'))) or 'none'
+    raise UserError(
+      f'The dataset {config.data.tfds_name or config.data.dir} has no records in a '
+      f'{config.eval.split!r} split (its splits with records: {have}); give one of them '
+      'with --split.'
+    )
   evaluation = setup.evaluation(config, info.get('labels', {}))
   results, details = evaluation(evaluation.place(loaded.variables))
   if only:  # the other evaluators' results of this step stay

@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import string
 from concurrent import futures
 from pathlib import Path
 
@@ -96,6 +97,50 @@ def read_bank(bank) -> list[str]:
   return texts
 
 
+def check_templates(templates) -> list[str]:
+  """The zero-shot `templates` (default: the class name itself), or a UserError for one that
+  does not hold exactly one '{}', where `zero_shot` puts each class name."""
+  templates = list(templates or ['{}'])
+  for template in templates:
+    try:
+      names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError:  # a lone brace
+      names = None
+    if names != ['']:
+      raise UserError(
+        f"The zero-shot template {template!r} must hold '{{}}' once, where each class name "
+        "goes, and no other placeholder (e.g. '{} of the brain.'; write a literal brace as "
+        "'{{' or '}}')."
+      )
+  return templates
+
+
+def check_top_k(top_k: int) -> int:
+  """`top_k`, or a UserError if it asks for no results."""
+  if top_k < 1:
+    raise UserError(f'top_k is {top_k}: ask for 1 or more results.')
+  return top_k
+
+
+def index_target(directory) -> Path:
+  """`directory` as a Path, or a UserError if a file stands where an index would be written."""
+  directory = Path(directory)
+  existing = next(p for p in (directory, *directory.parents) if p.exists())
+  if not existing.is_dir():
+    raise UserError(
+      f'Cannot write an index to {directory}: {existing} is a file. Give a new directory, or '
+      'an index directory to replace.'
+    )
+  return directory
+
+
+def _incomplete(directory: Path, problem: str) -> UserError:
+  return UserError(
+    f'The embedding index in {directory} is incomplete ({problem}). Make it again with '
+    f'python -m medclip_jax.predict embed --model=MODEL --images=DIR --out={directory}.'
+  )
+
+
 @dataclasses.dataclass(frozen=True)
 class Index:
   """Image embeddings with their ids and sources, and the model they came from."""
@@ -108,7 +153,7 @@ class Index:
   step: int
 
   def save(self, directory) -> Path:
-    directory = Path(directory)
+    directory = index_target(directory)
     directory.mkdir(parents=True, exist_ok=True)
     np.save(directory / INDEX_FILES['embeddings'], self.embeddings.astype(np.float32))
     with open(directory / INDEX_FILES['items'], 'w', encoding='utf-8') as f:
@@ -132,18 +177,28 @@ class Index:
         f'{directory} is not an embedding index (no {INDEX_FILES["meta"]}); make one with '
         'python -m medclip_jax.predict embed.'
       )
-    meta = json.loads((directory / INDEX_FILES['meta']).read_text())
-    lines = (directory / INDEX_FILES['items']).read_text(encoding='utf-8').splitlines()
-    rows = [json.loads(line) for line in lines]
-    embeddings = np.load(directory / INDEX_FILES['embeddings'])
-    return cls(
-      embeddings,
-      [r['id'] for r in rows],
-      [r['source'] for r in rows],
-      meta['model'],
-      meta['model_path'],
-      meta['step'],
-    )
+    missing = [name for name in INDEX_FILES.values() if not (directory / name).is_file()]
+    if missing:
+      raise _incomplete(directory, f'no {", ".join(missing)}')
+    try:
+      meta = json.loads((directory / INDEX_FILES['meta']).read_text())
+      lines = (directory / INDEX_FILES['items']).read_text(encoding='utf-8').splitlines()
+      rows = [json.loads(line) for line in lines]
+      index = cls(
+        np.load(directory / INDEX_FILES['embeddings']),
+        [r['id'] for r in rows],
+        [r['source'] for r in rows],
+        meta['model'],
+        meta['model_path'],
+        meta['step'],
+      )
+    except KeyError as e:
+      raise _incomplete(directory, f'its files lack {e}') from e
+    except (ValueError, TypeError, EOFError) as e:  # unparsable JSON or array
+      raise _incomplete(directory, f'unreadable: {e}') from e
+    if len(index.ids) != len(index.embeddings):
+      raise _incomplete(directory, f'{len(index.ids)} items for {len(index.embeddings)} embeddings')
+    return index
 
   def check_model(self, model: str, describe: str) -> None:
     if model != self.model:
@@ -217,7 +272,7 @@ class Retrieval:
     """Class probabilities [N, C] ([C] for one image): softmax of the scaled similarities to
     each class's prompt ensemble (templates with '{}', default the class name itself)."""
     images, single = as_list(images)
-    class_names, templates = list(class_names), list(templates or ['{}'])
+    class_names, templates = list(class_names), check_templates(templates)
     if not class_names:
       raise UserError('zero_shot needs at least one class name.')
     prompts = [t.format(c) for c in class_names for t in templates]
@@ -231,6 +286,7 @@ class Retrieval:
   def caption(self, images, bank, top_k: int = 5):
     """The `top_k` bank captions nearest each image: [[(caption, similarity), ...], ...]."""
     images, single = as_list(images)
+    check_top_k(top_k)
     texts = read_bank(bank)
     scores = self.encode_images(images) @ self._bank_embeddings(texts).T
     out = [[(texts[j], float(row[j])) for j in best(row, top_k)] for row in scores]
@@ -239,6 +295,7 @@ class Retrieval:
   def search(self, text, index, top_k: int = 5):
     """The `top_k` images of `index` (an Index, its directory, or a list of images) nearest
     `text`: [(id, source, similarity), ...]."""
+    check_top_k(top_k)
     index = self._as_index(index)
     scores = index.embeddings @ self.encode_texts([text])[0]
     return [(index.ids[j], index.sources[j], float(scores[j])) for j in best(scores, top_k)]

@@ -104,16 +104,18 @@ def _bank(FLAGS) -> list[str] | str:
 
 def _inputs(command: str, FLAGS, inference) -> dict:
   """What `command` works on, from its flags: checked and read before the model loads (which
-  takes seconds), so that a missing flag, an empty folder or bank, or a path that is no index
-  is said at once."""
+  takes seconds), so that a missing flag, an empty folder or bank, a path that is no index, an
+  index that could not be written or a bad template or --top_k is said at once."""
   if command == 'embed':
-    target = _require(FLAGS.out, 'out', command)
+    target = inference.index_target(_require(FLAGS.out, 'out', command))
     if FLAGS.data:
       images, ids, sources = split_images(FLAGS.data, FLAGS.split, FLAGS.limit)
     else:
       images = [str(p) for p in inference.image_files(_require(FLAGS.images, 'images', command))]
       ids = sources = images
     return {'out': target, 'images': images, 'ids': ids, 'sources': sources}
+  if command in ('caption', 'search'):
+    inference.check_top_k(FLAGS.top_k)
   if command == 'caption':
     names = list(_require(FLAGS.image, 'image', command))
     return {'names': names, 'bank': inference.read_bank(_bank(FLAGS))}
@@ -123,8 +125,11 @@ def _inputs(command: str, FLAGS, inference) -> dict:
       return {'text': text, 'index': inference.Index.load(FLAGS.index)}
     folder = _require(FLAGS.images, 'index or --images', command)
     return {'text': text, 'images': [str(p) for p in inference.image_files(folder)]}
-  names = list(_require(FLAGS.image, 'image', command))
-  return {'names': names, 'classes': _require(FLAGS.classes, 'classes', command)}
+  return {
+    'names': list(_require(FLAGS.image, 'image', command)),
+    'classes': _require(FLAGS.classes, 'classes', command),
+    'templates': inference.check_templates(FLAGS.templates),
+  }
 
 
 def run(command: str, FLAGS) -> dict:
@@ -157,7 +162,7 @@ def run(command: str, FLAGS) -> dict:
     )
   else:
     classes = given['classes']
-    probabilities = model.zero_shot(given['names'], classes, FLAGS.templates)
+    probabilities = model.zero_shot(given['names'], classes, given['templates'])
     out['images'] = [
       {'image': n, 'probabilities': dict(zip(classes, map(float, p)))}
       for n, p in zip(given['names'], probabilities)

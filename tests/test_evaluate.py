@@ -67,3 +67,13 @@ def test_a_path_that_is_no_model_is_one_paragraph_and_exit_2(tmp_path):
   result = helpers.run_module('medclip_jax.evaluate', f'--workdir={tmp_path}')
   assert result.returncode == 2 and 'Traceback' not in result.stderr
   assert 'neither a training workdir' in result.stderr and 'export directory' in result.stderr
+
+
+def test_a_split_the_dataset_lacks_is_a_user_error_naming_those_it_has(trained_run):
+  _, workdir, _ = trained_run
+  expected = (
+    r"has no records in a 'validation' split \(its splits with records: test, train, val\); "
+    'give one of them with --split'
+  )
+  with pytest.raises(UserError, match=expected):
+    evaluate.evaluate(workdir, split='validation')

@@ -2,6 +2,8 @@
 evaluation's, zero-shot, captions, search over an index, the PyTorch class ranking alike, and
 the errors a user can cause."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -178,3 +180,68 @@ def test_empty_banks_folders_and_no_model_are_user_errors(models, tmp_path):
     inference.MedCLIP.load(tmp_path / 'empty')
   with pytest.raises(UserError, match='not an embedding index'):
     models['workdir'].search('CT', tmp_path / 'empty')
+
+
+@pytest.mark.parametrize(
+  'template',
+  ['axial scan', '{body_part}', '{} of the {body_part}.', '{} or {}', '{} {'],
+)
+def test_a_template_without_one_class_placeholder_is_a_user_error(models, template):
+  """A template without '{}' would give every class the same prompt (equal probabilities)."""
+  for model in (models['workdir'], models['torch']):
+    with pytest.raises(UserError, match=r"template .* must hold '\{\}' once, where each class"):
+      model.zero_shot('scan.png', ['CT', 'MRI'], ['{} image.', template])
+
+
+def test_top_k_below_one_is_a_user_error(models, test_split):
+  files, captions, _ = test_split
+  model = models['workdir']
+  assert len(model.caption(str(files[0]), captions, top_k=1)) == 1
+  for top_k in (0, -1):
+    with pytest.raises(UserError, match=f'top_k is {top_k}: ask for 1 or more results'):
+      model.caption(str(files[0]), captions, top_k=top_k)
+    with pytest.raises(UserError, match=f'top_k is {top_k}: ask for 1 or more results'):
+      model.search('CT', [str(f) for f in files[:4]], top_k=top_k)
+
+
+def _small_index():
+  embeddings = helpers.unit_rows(np.random.default_rng(0), (3, 8))
+  return inference.Index(embeddings, ['a', 'b', 'c'], ['a.png', 'b.png', 'c.png'], 'f' * 16, 'r', 1)
+
+
+@pytest.mark.parametrize(
+  ('damage', 'problem'),
+  [
+    ('no items', r'no items\.jsonl'),
+    ('old meta', r"its files lack 'model_path'"),
+    ('bad json', r'unreadable: '),
+    ('short items', r'2 items for 3 embeddings'),
+  ],
+)
+def test_an_incomplete_index_is_a_user_error_saying_how_to_make_it_again(tmp_path, damage, problem):
+  directory = _small_index().save(tmp_path / 'index')
+  items = directory / 'items.jsonl'
+  if damage == 'no items':
+    items.unlink()
+  elif damage == 'old meta':
+    (directory / 'index.json').write_text('{"model": "x"}')
+  elif damage == 'bad json':
+    items.write_text('{"id": "a", "sou')
+  else:
+    items.write_text(''.join(items.read_text().splitlines(keepends=True)[:2]))
+  with pytest.raises(UserError) as error:
+    inference.Index.load(directory)
+  message = str(error.value)
+  assert message.startswith(f'The embedding index in {directory} is incomplete (')
+  assert re.search(problem, message) and '\n' not in message
+  assert message.endswith(f'predict embed --model=MODEL --images=DIR --out={directory}.')
+
+
+def test_an_index_is_not_saved_where_a_file_stands(tmp_path):
+  (tmp_path / 'taken').write_text('notes')
+  for target in (tmp_path / 'taken', tmp_path / 'taken' / 'index'):
+    with pytest.raises(
+      UserError, match=re.escape(f'index to {target}: {tmp_path}/taken is a file')
+    ):
+      _small_index().save(target)
+  assert _small_index().save(tmp_path / 'new' / 'index').is_dir()

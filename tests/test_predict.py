@@ -143,14 +143,20 @@ def _bad_file(paths, name, data):
     ('empty folder', 'holds no PNG, JPEG or DICOM files'),
     ('index of another model', r'This index was made by another model \(.*export, step 12\)'),
     ('no bank', 'predict caption needs --bank or --bank_data'),
-    # Said before a model is looked for (loading one takes seconds).
+    # Said before a model is looked for (loading one takes seconds) or images are embedded.
     ('inputs before the model', 'holds no PNG, JPEG or DICOM files'),
+    ('template without a class', r"template 'axial scan' must hold '\{\}' once"),
+    ('template naming a label', r"template '\{\} of the \{body_part\}\.' must hold '\{\}' once"),
+    ('top_k below 1', 'top_k is -1: ask for 1 or more results'),
+    ('index where a file stands', r'Cannot write an index to .*taken: .*taken is a file'),
+    ('incomplete index', r'The embedding index in .*no_items is incomplete \(no items\.jsonl\)'),
   ],
 )
 def test_a_user_error_is_one_paragraph_and_exit_2(paths, capsys, case, expected):
   png = helpers.png(helpers.noise('RGB', (64, 64)))
   model = f'--model={paths["export"]}'
   image = f'--image={paths["images"]}/nested/00.png'
+  no_model = f'--model={paths["root"]}/no_model'
   if case == 'missing image':
     args = [
       'caption',
@@ -174,6 +180,22 @@ def test_a_user_error_is_one_paragraph_and_exit_2(paths, capsys, case, expected)
     if case != 'empty folder':
       model = f'--model={paths["root"]}/no_model'
     args = ['embed', model, f'--images={paths["root"]}/no_images', f'--out={paths["root"]}/x']
+  elif case.startswith('template'):
+    template = 'axial scan' if case.endswith('class') else '{} of the {body_part}.'
+    args = ['zeroshot', no_model, image, '--classes=CT,MRI', f'--templates={template}']
+  elif case == 'top_k below 1':
+    args = ['search', no_model, '--text=CT', f'--images={paths["images"]}', '--top_k=-1']
+  elif case == 'index where a file stands':
+    taken = _bad_file(paths, 'taken', b'notes')
+    args = ['embed', no_model, f'--images={paths["images"]}', f'--out={taken}']
+  elif case == 'incomplete index':
+    index = paths['root'] / 'no_items'
+    status, _, _ = predict_cli(
+      capsys, 'embed', f'--model={paths["export"]}', f'--images={paths["images"]}', f'--out={index}'
+    )
+    assert status == 0
+    (index / 'items.jsonl').unlink()
+    args = ['search', no_model, '--text=CT', f'--index={index}']
   elif case == 'index of another model':
     index = paths['root'] / 'other_index'
     status, _, _ = predict_cli(

@@ -20,10 +20,13 @@ def auroc(positive: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 
 def auroc_interval(positive, scores, resamples: int, seed: int) -> tuple[float, float]:
-  """The 2.5 and 97.5 percentiles of AUROC over bootstrap resamples of the images."""
+  """The 2.5 and 97.5 percentiles of AUROC over bootstrap resamples of the images; NaN where
+  no resample scores (`resamples` 0, or every resample holds one class only)."""
   rows = np.random.default_rng(seed).integers(0, len(scores), (resamples, len(scores)))
   values = auroc(positive[rows], scores[rows])
   values = values[np.isfinite(values)]  # resamples holding one class only
+  if not len(values):
+    return float('nan'), float('nan')
   return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 

@@ -8,12 +8,15 @@ class), picks the regularisation C with the best balanced accuracy on the
 validation split (or C=1 when it has no labelled records), and reports on the
 evaluated split `<name>.<field>.<fraction>.{accuracy,balanced_accuracy,auroc}`
 (AUROC: one-vs-rest, averaged over classes) and `.train_examples`. `fields`
-defaults to every label field of the dataset.
+defaults to every label field of the dataset; a field the training split labels with fewer
+than two classes, or that no record of the evaluated split is labelled with, is not scored
+(a logged warning).
 """
 
 import warnings
 
 import numpy as np
+from absl import logging
 from sklearn import exceptions as sk_exceptions
 from sklearn import linear_model
 from sklearn import metrics as sk_metrics
@@ -79,6 +82,21 @@ def fraction_label(fraction: float) -> str:
   return f'{100 * fraction:g}%'
 
 
+def unscorable(field: str, train, split) -> str | None:
+  """Why a classifier of `field` cannot be trained on `train` and scored on `split`, or None."""
+  for labelled in (train, split):
+    if not np.any(labelled.labels[field] >= 0):
+      return f'no record of the {labelled.name!r} split is labelled with it'
+  classes = np.unique(train.labels[field][train.labels[field] >= 0])
+  if len(classes) < 2:
+    only = split.vocabs[field][classes[0]]
+    return (
+      f'every labelled record of the {train.name!r} split is {only!r}, and a classifier needs '
+      'two classes'
+    )
+  return None
+
+
 class Evaluator:
   """Linear probes of the frozen image tower, per label field and share of training labels."""
 
@@ -107,8 +125,10 @@ class Evaluator:
     results, table = {}, {}
     for field in fields:
       n_classes = len(split.vocabs[field])
-      if not np.any(train.labels[field] >= 0) or not np.any(split.labels[field] >= 0):
-        continue  # nothing to learn from or to score
+      reason = unscorable(field, train, split)
+      if reason:
+        logging.warning('linear probe: %r is not scored: %s', field, reason)
+        continue
       table[field] = {}
       for fraction in self.fractions:
         rows = sample_labelled(train.labels[field], fraction, self.seed)

@@ -10,14 +10,18 @@ templated field the dataset labels (`default_templates`, if given, serve every l
 (each class's recall). Fields in `auroc` are also scored as CheXzero does: per
 class, a softmax over a positive and a negative prompt (e.g. '{}' and 'no {}')
 gives a probability, reported as `.auroc.<class>` with a bootstrap 95%
-interval (`.auroc_low.<class>`, `.auroc_high.<class>`) and their mean `.auroc`.
-Images whose label is unknown are left out.
+interval (`.auroc_low.<class>`, `.auroc_high.<class>`; none with 'bootstrap': 0) and
+their mean `.auroc`. Images whose label is unknown are left out; a field no image of the split
+is labelled with is not scored (a logged warning). A template naming a label field the
+dataset lacks is not used, and a field left without templates is not scored (`unmatched`
+says which).
 """
 
 import itertools
 import string
 
 import numpy as np
+from absl import logging
 
 from medclip_jax.evaluation.classification import auroc, auroc_interval, classification_metrics
 
@@ -36,6 +40,16 @@ def zeroshot_metrics(
   return {f'top{k}': float(hits[:, :k].any(axis=1).mean()) for k in ks if k <= class_emb.shape[0]}
 
 
+def template_fields(template: str) -> set[str]:
+  """The label fields `template` names, as in '{} of the {body_part}.'."""
+  return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def fillable(template: str, vocabs) -> bool:
+  """Whether the label fields `vocabs` hold every field `template` names."""
+  return template_fields(template) <= set(vocabs)
+
+
 def prompts(field: str, label: str, templates, vocabs: dict, class_names: dict) -> list[str]:
   """The prompt ensemble of one class.
 
@@ -51,9 +65,7 @@ def prompts(field: str, label: str, templates, vocabs: dict, class_names: dict) 
 
   out = []
   for template in templates:
-    others = sorted(
-      {name for _, name, _, _ in string.Formatter().parse(template) if name and name != field}
-    )
+    others = sorted(template_fields(template) - {field})
     choices = [[p for other in vocabs[f] for p in phrases(f, other)] for f in others]
     for phrase in phrases(field, label):
       for combo in itertools.product(*choices):
@@ -75,6 +87,8 @@ class Evaluator:
       if len(pair) != 2:
         raise ValueError(f'auroc[{field!r}] must be (positive template, negative template)')
     self.bootstrap = int(bootstrap)
+    if self.bootstrap < 0:
+      raise ValueError(f'bootstrap must be 0 (no interval) or more resamples, got {bootstrap}')
     self.seed = int(seed)
 
   def class_embeddings(self, variables, embedder, field, vocabs, templates) -> np.ndarray:
@@ -106,27 +120,64 @@ class Evaluator:
       out[name] = {'auroc': float(auroc(truth, probability[:, c])), 'low': low, 'high': high}
     return out
 
+  def _configured(self, vocabs: dict) -> dict:
+    """{field: templates} of the label fields in `vocabs` that have templates configured."""
+    default = dict.fromkeys(vocabs, self.default_templates) if self.default_templates else {}
+    return {f: ts for f, ts in {**default, **self.templates}.items() if f in vocabs}
+
+  def _scored(self, vocabs: dict) -> tuple[dict, dict]:
+    """({field: templates}, {field: AUROC prompt pair}) scored on a dataset labelling `vocabs`:
+    without the templates (and pairs) naming other fields, and the fields left with none."""
+    configured = self._configured(vocabs)
+    templates = {f: [t for t in ts if fillable(t, vocabs)] for f, ts in configured.items()}
+    templates = {f: ts for f, ts in templates.items() if ts}
+    pairs = {
+      f: pair
+      for f, pair in self.auroc_prompts.items()
+      if f in templates and all(fillable(t, vocabs) for t in pair)
+    }
+    return templates, pairs
+
   def unmatched(self, label_vocabs: dict) -> list[str]:
-    """Warnings for configured fields the dataset has no labels for (they are not scored)."""
+    """Warnings for what a dataset labelling `label_vocabs` leaves unscored: configured fields
+    it lacks, templates naming such fields, and the fields those leave without templates."""
+    have = ', '.join(sorted(label_vocabs)) or 'none'
+    out = []
     named = set(self.templates) | set(self.class_names) | set(self.auroc_prompts)
     missing = sorted(named - set(label_vocabs))
-    if not missing:
-      return []
-    have = ', '.join(sorted(label_vocabs)) or 'none'
-    return [
-      f'zero-shot fields {missing} match no label of the dataset (its label fields: {have}); '
-      'they are not scored'
-    ]
+    if missing:
+      out.append(
+        f'zero-shot fields {missing} match no label of the dataset (its label fields: {have}); '
+        'they are not scored'
+      )
+    configured = self._configured(label_vocabs)
+    pairs = [p for f, p in self.auroc_prompts.items() if f in configured]
+    templates = {t for ts in [*configured.values(), *pairs] for t in ts}
+    unfillable = sorted(t for t in templates if not fillable(t, label_vocabs))
+    if unfillable:
+      out.append(
+        f'zero-shot templates {unfillable} name label fields the dataset lacks (its label '
+        f'fields: {have}); they are not used, nor AUROC prompt pairs holding them'
+      )
+    unscored = sorted(set(configured) - set(self._scored(label_vocabs)[0]))
+    if unscored:
+      out.append(f'zero-shot fields {unscored} are left without templates; they are not scored')
+    return out
 
   def __call__(self, variables, split, embedder) -> dict:
     results, fields = {}, {}
-    default = {f: self.default_templates for f in split.vocabs} if self.default_templates else {}
-    for field, templates in {**default, **self.templates}.items():
-      if field not in split.vocabs:
+    templates_of, pairs = self._scored(split.vocabs)
+    for field, templates in templates_of.items():
+      labels = split.labels[field]
+      if not np.any(labels >= 0):
+        logging.warning(
+          'zero-shot: no record of the %r split is labelled with %r; it is not scored',
+          split.name,
+          field,
+        )
         continue
       classes = split.vocabs[field]
       class_emb = self.class_embeddings(variables, embedder, field, split.vocabs, templates)
-      labels = split.labels[field]
       for key, value in zeroshot_metrics(split.image, labels, class_emb).items():
         results[f'{field}.{key}'] = value
       scored = classification_metrics(labels, np.argmax(split.image @ class_emb.T, axis=1), classes)
@@ -141,13 +192,14 @@ class Evaluator:
         'support': scored['support'],
         'confusion': scored['confusion'],
       }
-      if field in self.auroc_prompts:
+      if field in pairs:
         per_class = self._auroc(variables, embedder, field, split)
         fields[field]['auroc'] = per_class
         if per_class:
           results[f'{field}.auroc'] = float(np.mean([v['auroc'] for v in per_class.values()]))
         for name, value in per_class.items():
           results[f'{field}.auroc.{name}'] = value['auroc']
-          results[f'{field}.auroc_low.{name}'] = value['low']
-          results[f'{field}.auroc_high.{name}'] = value['high']
+          if np.isfinite(value['low']):
+            results[f'{field}.auroc_low.{name}'] = value['low']
+            results[f'{field}.auroc_high.{name}'] = value['high']
     return {**results, 'details': {'fields': fields}}

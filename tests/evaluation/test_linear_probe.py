@@ -52,3 +52,38 @@ def test_without_a_val_split_c_is_one():
 def test_bad_fractions_are_user_errors():
   with pytest.raises(UserError, match=r'config.evals.probe: fractions must lie in \(0, 1\]'):
     build_evaluators({'probe': {'type': 'linear_probe', 'fractions': (0.0, 1.0)}})
+
+
+def test_a_field_with_one_training_class_is_skipped_with_a_warning_naming_it(caplog):
+  """A label every training record shares (one modality) cannot train a classifier; the
+  other fields are still scored, rather than the evaluation failing."""
+
+  def split(name, n, seed):
+    clusters = _clusters(name, n, seed, 0.1)
+    modality = np.zeros(n, int) if name == 'train' else np.arange(n) % 2
+    return helpers.encoded_split(
+      name,
+      clusters.image,
+      labels={**clusters.labels, 'modality': modality},
+      vocabs={**clusters.vocabs, 'modality': ['X-ray', 'CT']},
+    )
+
+  splits = {name: split(name, 60, seed) for seed, name in enumerate(('train', 'val', 'test'))}
+  evaluator = linear_probe.Evaluator(fractions=(0.1, 1.0), Cs=(1.0, 10.0))
+  out = evaluator(None, splits['test'], helpers.FakeEmbedder(splits))
+  assert out['region.100%.accuracy'] > 0.9
+  assert not any(key.startswith('modality.') for key in out)
+  assert list(out['details']['table']) == ['region']
+  assert (
+    "'modality' is not scored: every labelled record of the 'train' split is 'X-ray'"
+  ) in caplog.text
+
+
+def test_a_field_the_evaluated_split_does_not_label_is_skipped_with_a_warning(caplog):
+  train = _clusters('train', 60, 0, 0.1)
+  test = helpers.encoded_split(
+    'test', train.image, labels={'region': np.full(60, -1)}, vocabs=train.vocabs
+  )
+  out = linear_probe.Evaluator(fractions=(1.0,))(None, test, helpers.FakeEmbedder({'train': train}))
+  assert out == {'details': {'table': {}}}
+  assert "'region' is not scored: no record of the 'test' split is labelled with it" in caplog.text

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from medclip_jax.errors import UserError
+from medclip_jax.evaluation import build_evaluators
 from medclip_jax.evaluation import zeroshot
 from tests import helpers
 
@@ -91,3 +93,61 @@ def test_fields_the_dataset_does_not_label_are_a_warning_naming_those_it_has():
   assert warning.startswith("zero-shot fields ['finding', 'modality'] match no label")
   assert '(its label fields: region, view)' in warning
   assert evaluator.unmatched({'modality': [], 'region': [], 'finding': []}) == []
+
+
+def test_a_field_the_split_does_not_label_is_skipped_with_a_warning(caplog):
+  image = np.array([[1, 0, 0, 0], [0, 1, 0, 0]], dtype=float)
+  split = helpers.encoded_split(
+    'val',
+    image=image,
+    labels={'finding': [-1, -1], 'region': [1, 0]},
+    vocabs={'finding': ['mass', 'normal'], 'region': ['normal', 'mass']},
+  )
+  evaluator = zeroshot.Evaluator(default_templates=['{}'], auroc={'finding': ('{}', 'no {}')})
+  out = evaluator({}, split, helpers.FakeEmbedder({}, _vector))
+  assert out['region.top1'] == 1.0
+  assert not any(key.startswith('finding.') for key in out)
+  assert list(out['details']['fields']) == ['region']
+  assert "no record of the 'val' split is labelled with 'finding'; it is not scored" in caplog.text
+
+
+def test_templates_naming_a_field_the_dataset_lacks_are_not_used_and_said_so():
+  """Templates written for one dataset ('{} of the {body_part}.') meet another without that
+  label: the field is scored with its other templates, or not at all."""
+  image = np.array([[1, 0, 0, 0], [0, 1, 0, 0]], dtype=float)
+  vocabs = {'finding': ['mass', 'normal'], 'region': ['normal', 'mass']}
+  split = helpers.encoded_split(
+    'test', image=image, labels={'finding': [0, 1], 'region': [1, 0]}, vocabs=vocabs
+  )
+  evaluator = zeroshot.Evaluator(
+    templates={'finding': ['{} of the {body_part}.', '{}'], 'region': ['{} in the {view}.']},
+    auroc={'finding': ('{} of the {body_part}.', 'no {}')},
+  )
+  embedder = helpers.FakeEmbedder({}, _vector)
+  out = evaluator({}, split, embedder)
+  assert out['finding.top1'] == 1.0 and 'finding.auroc' not in out
+  assert embedder.encoded == [['mass', 'normal']]  # only the fillable template
+  assert not any(key.startswith('region.') for key in out)
+  unused, unscored = evaluator.unmatched(vocabs)
+  assert unused == (
+    "zero-shot templates ['{} in the {view}.', '{} of the {body_part}.'] name label fields the "
+    'dataset lacks (its label fields: finding, region); they are not used, nor AUROC prompt '
+    'pairs holding them'
+  )
+  assert unscored == "zero-shot fields ['region'] are left without templates; they are not scored"
+  assert evaluator.unmatched({**vocabs, 'body_part': ['head'], 'view': ['axial']}) == []
+
+
+def test_bootstrap_zero_gives_the_auroc_without_an_interval():
+  image = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0.9, 0.1, 0, 0]], dtype=float)
+  split = helpers.encoded_split(
+    'test', image=image, labels={'finding': [0, 1, 0]}, vocabs={'finding': ['mass', 'normal']}
+  )
+  evaluator = zeroshot.Evaluator(
+    templates={'finding': ['{}']}, auroc={'finding': ('{}', 'no {}')}, bootstrap=0
+  )
+  out = evaluator({'params': {'logit_scale': 0.0}}, split, helpers.FakeEmbedder({}, _vector))
+  assert out['finding.auroc.mass'] == 1.0 and out['finding.auroc'] == 1.0
+  assert not any(key.startswith(('finding.auroc_low', 'finding.auroc_high')) for key in out)
+  with pytest.raises(UserError, match='config.evals.zeroshot: bootstrap must be 0'):
+    build_evaluators({'zeroshot': {'type': 'zeroshot', 'bootstrap': -1}})
