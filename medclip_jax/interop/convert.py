@@ -218,14 +218,16 @@ def resolve_pretrained_config(config) -> None:
   """Takes the text tower's sizes and tokenizer from `config.model.text.init`.
 
   A pretrained BERT fixes its architecture and vocabulary, so those config
-  fields are overwritten (in place) by the checkpoint's config.json.
+  fields are overwritten (in place) by the checkpoint's config.json. The
+  tokenizer is named as the init names it: the bundled MiniLM by its name, not
+  by where this machine installed it, so that a saved config resumes elsewhere.
   """
   directory = text_init_dir(config)
   if directory is None:
     return
   for key, value in hf_bert_config(directory).items():
     config.model.text[key] = value
-  config.data.tokenizer = str(directory)
+  config.data.tokenizer = config.model.text.init.partition(':')[2]
 
 
 def load_pretrained(config, params, batch_stats) -> tuple[dict, dict]:

@@ -15,6 +15,7 @@ import jax
 from medclip_jax import model as model_lib
 from medclip_jax import objectives as objectives_lib
 from medclip_jax.data import pipeline
+from medclip_jax.data import tokenizer
 from medclip_jax.data import entities
 from medclip_jax.errors import UserError
 from medclip_jax.interop import convert, tables
@@ -336,7 +337,11 @@ def check_resume(saved: dict, config, where: str) -> str | None:
 
 def _value(flat: dict, key: str):
   # A group without a multiplier trains at 1: configs saved before 'decoders' had one lack it.
-  return flat.get(key, 1.0 if key.startswith(_MULTIPLIERS) else _ABSENT)
+  value = flat.get(key, 1.0 if key.startswith(_MULTIPLIERS) else _ABSENT)
+  if key == 'data.tokenizer' and isinstance(value, str) and value:
+    # Configs saved before the bundled tokenizer was kept by name hold its installed path.
+    return str(tokenizer.resolve(value))
+  return value
 
 
 def _groups_with_parameters(config) -> set[str]:

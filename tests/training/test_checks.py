@@ -9,7 +9,9 @@ import jax
 import pytest
 
 from configs import default
+from medclip_jax.data import tokenizer as tokenizer_lib
 from medclip_jax.errors import UserError
+from medclip_jax.interop import convert
 from medclip_jax.training import checks
 from medclip_jax.training import setup
 from medclip_jax.training import trainer
@@ -194,6 +196,29 @@ def test_multiplier_changes_that_keep_the_optimizer_state_are_accepted_and_liste
     'resuming with settings changed since the checkpoint: '
     'train.lr_multipliers.decoders: 1.0 -> 0.0, train.lr_multipliers.text_encoder: 1.0 -> 0.5'
   )
+
+
+def test_a_run_on_the_bundled_minilm_resumes_where_it_is_installed_elsewhere(
+  tiny_config, monkeypatch, tmp_path
+):
+  def resolved():
+    config = tiny_config()
+    config.model.text.init = f'hf:{tokenizer_lib.BUNDLED_MINILM}'
+    convert.resolve_pretrained_config(config)
+    return config
+
+  here = tokenizer_lib.bundled_minilm_dir()
+  # Saved on a machine whose venv has the package elsewhere (its config.json is enough here).
+  elsewhere = tmp_path / 'other-venv' / 'minilm'
+  elsewhere.mkdir(parents=True)
+  shutil.copy(here / 'config.json', elsewhere / 'config.json')
+  with monkeypatch.context() as patched:
+    patched.setattr(tokenizer_lib, 'bundled_minilm_dir', lambda: elsewhere)
+    saved = json.loads(resolved().to_json_best_effort())
+  assert checks.check_resume(saved, resolved(), '/runs/a/checkpoints/12') is None
+  # A config saved before the tokenizer was kept by name holds this machine's path.
+  older = {**saved, 'data': {**saved['data'], 'tokenizer': str(here)}}
+  assert checks.check_resume(older, resolved(), '/runs/a/checkpoints/12') is None
 
 
 def test_resuming_with_a_frozen_text_tower_says_why_instead_of_listing_arrays(
