@@ -119,9 +119,8 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
         f'{config.model.text.init or "(random text tower)"}'
       )
   else:
-    changed = checks.check_resume(
-      checkpointer.restore_config(latest), config, checkpointer.path(latest)
-    )
+    saved = checkpointer.restore_config(latest)
+    changed = checks.check_resume(saved, config, checkpointer.path(latest))
     if latest > config.train.steps:
       close()
       raise UserError(
@@ -144,6 +143,8 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
     reporter.info(f'resuming from the checkpoint at step {latest} in {checkpointer.directory}')
     if changed:
       reporter.info(changed)
+    if saved['train']['batch_size'] != config.train.batch_size:
+      reporter.info(_rebatch(train_iter, saved['train']['batch_size'], config.train.batch_size))
   reporter.drop_after(latest or 0)  # steps a killed run logged past its checkpoint run again
 
   # A locked text tower's features, computed once (only to train: a run resumed at its
@@ -308,6 +309,20 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
     )
   reporter.info(results_lib.format_table(total, results))
   return results
+
+
+def _rebatch(train_iter, old: int, new: int) -> str:
+  """Moves `train_iter`'s position, saved as a count of global batches of `old` pairs, to the
+  same example in batches of `new` (or the batch boundary before it); says where."""
+  examples = train_iter.get_state()['next_index'] * old
+  index, again = divmod(examples, new)
+  train_iter.set_state({'next_index': index})
+  return (
+    f'the global batch changed from {old} to {new} pairs: the data resumes at example '
+    f'{index * new} of the stream'
+    + (f' ({again} examples read before are read again)' if again else '')
+    + f', where the run had read {examples}'
+  )
 
 
 def _all_processes(ok: bool) -> bool:

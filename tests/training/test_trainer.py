@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -183,9 +184,25 @@ def test_a_checkpoint_past_the_configured_steps_is_refused(trained_run, tmp_path
   assert not (tmp_path / 'eval').exists()
 
 
-def _copy_checkpoints(workdir, to):
-  import shutil  # pylint: disable=import-outside-toplevel
+def test_a_run_resumed_with_another_batch_size_reads_on_from_the_same_example(
+  trained_run, tmp_path, capsys
+):
+  config, workdir, _ = trained_run  # batch 16, checkpoints at 6 and 12
+  shutil.copytree(workdir / 'checkpoints' / '6', tmp_path / 'checkpoints' / '6')
+  config = config.copy_and_resolve_references()
+  config.train.batch_size, config.train.steps = 8, 14
+  trainer.train_and_evaluate(config, str(tmp_path))
+  assert 'the data resumes at example 96 of the stream, where the run had read 96' in (
+    capsys.readouterr().out
+  )
+  # 96 examples were 12 batches of 8; steps 7..14 read 8 more.
+  position = json.loads(
+    (tmp_path / 'checkpoints' / '14' / 'data' / 'process_0-of-1.json').read_text()
+  )
+  assert position == {'next_index': 20}
 
+
+def _copy_checkpoints(workdir, to):
   shutil.copytree(Path(workdir) / 'checkpoints', Path(to) / 'checkpoints')
 
 
