@@ -10,7 +10,10 @@ export directory. The evaluators are the run's own `config.evals`, or those of
 is the run's (`config.data`), or the prepared directory --data. Writes
 WORKDIR/eval/step_<N>.json (flat keys, as training does),
 WORKDIR/eval/step_<N>/report.html and the evaluators' files beside it
-(e.g. captions.jsonl), and prints the table.
+(e.g. captions.jsonl), and prints the table. Another split than the run's
+`config.eval.split`, or --data, is written beside them, not over them:
+step_<N>.<split>.json and step_<N>.<split>/ (with --data,
+`<split>-<the data directory's name>`).
 """
 
 from pathlib import Path
@@ -34,6 +37,10 @@ def evaluate(workdir, step=None, split=None, data=None, evals=None, only=None) -
 
   loaded = load.load(workdir, step)
   config = loaded.config
+  # The run's own final evaluation keeps its files; another split or dataset's go beside them.
+  name = ''
+  if data or (split and split != config.eval.split):
+    name = (split or config.eval.split) + (f'-{Path(data).name}' if data else '')
   if evals is not None:
     config.evals = evals
   if only:
@@ -59,10 +66,10 @@ def evaluate(workdir, step=None, split=None, data=None, evals=None, only=None) -
   evaluation = setup.evaluation(config, info.get('labels', {}))
   results, details = evaluation(evaluation.place(loaded.variables))
   if only:  # the other evaluators' results of this step stay
-    results = {**results_lib.read(str(workdir), loaded.step, config.eval.split), **results}
-  results_lib.write(str(workdir), loaded.step, config.eval.split, results, details)
+    results = {**results_lib.read(str(workdir), loaded.step, config.eval.split, name), **results}
+  results_lib.write(str(workdir), loaded.step, config.eval.split, results, details, name)
   path = report.write(
-    results_lib.step_dir(str(workdir), loaded.step) / 'report.html',
+    results_lib.step_dir(str(workdir), loaded.step, name) / 'report.html',
     step=loaded.step,
     split=config.eval.split,
     model=loaded.describe(),
@@ -104,7 +111,8 @@ def main(argv):
   print(results_lib.format_table(loaded.step, results))
   for note in notes:
     print(note)
-  print(f'results: {Path(FLAGS.workdir) / "eval" / f"step_{loaded.step}.json"}\nreport: {path}')
+  # The results file sits beside the folder of the report (results.step_dir, results.path).
+  print(f'results: {path.parent.with_name(path.parent.name + ".json")}\nreport: {path}')
 
 
 def console_main() -> None:

@@ -63,6 +63,17 @@ def test_only_keeps_the_other_results_of_the_step(evaluated):
     evaluate.evaluate(copy, only=['bleu'])
 
 
+def test_another_split_is_written_beside_the_runs_own_results_not_over_them(evaluated):
+  copy, results, _, _, _ = evaluated
+  own = (copy / 'eval' / 'step_12.json').read_text()
+  _, val, report, _ = evaluate.evaluate(copy, split='val', only=['retrieval'])
+  assert (copy / 'eval' / 'step_12.json').read_text() == own  # the test split's, kept
+  saved = json.loads((copy / 'eval' / 'step_12.val.json').read_text())
+  assert saved == {**val, 'split': 'val', 'step': 12}
+  assert val['retrieval.gallery_size'] == 8 != results['retrieval.gallery_size']
+  assert report == copy / 'eval' / 'step_12.val' / 'report.html' and report.is_file()
+
+
 def test_a_path_that_is_no_model_is_one_paragraph_and_exit_2(tmp_path):
   result = helpers.run_module('medclip_jax.evaluate', f'--workdir={tmp_path}')
   assert result.returncode == 2 and 'Traceback' not in result.stderr

@@ -2,7 +2,8 @@
 
 `WORKDIR/eval/step_<N>.json` holds the flat results; `WORKDIR/eval/step_<N>/`
 the files evaluators return under details['files'] (e.g. captions.jsonl) and
-report.html.
+report.html. Results under a `name` (`evaluate` of another split or dataset
+than the run's own) go to `step_<N>.<name>.json` and `step_<N>.<name>/`.
 """
 
 import json
@@ -11,37 +12,40 @@ from pathlib import Path
 import jax
 
 
-def step_dir(workdir: str, step: int) -> Path:
-  """Where the files of the evaluation at `step` go."""
-  return Path(workdir) / 'eval' / f'step_{step}'
+def step_dir(workdir: str, step: int, name: str = '') -> Path:
+  """Where the files of the evaluation at `step` (under `name`) go."""
+  return Path(workdir) / 'eval' / (f'step_{step}.{name}' if name else f'step_{step}')
 
 
-def path(workdir: str, step: int) -> Path:
-  """The file of the flat results of the evaluation at `step`."""
-  return Path(workdir) / 'eval' / f'step_{step}.json'
+def path(workdir: str, step: int, name: str = '') -> Path:
+  """The file of the flat results of the evaluation at `step` (under `name`)."""
+  return step_dir(workdir, step, name).with_name(step_dir(workdir, step, name).name + '.json')
 
 
 # Keys of a results file beside the flat '<evaluator>.<key>' results (which all hold a dot).
 _ABOUT = ('split', 'step')
 
 
-def write(workdir: str, step: int, split: str, results: dict, details: dict | None = None) -> Path:
+def write(
+  workdir: str, step: int, split: str, results: dict, details: dict | None = None, name: str = ''
+) -> Path:
   """Writes the flat results of `step` on `split` (recorded in the file as 'split' and
-  'step') and the evaluators' files (process 0 only); returns the results' path."""
-  target = path(workdir, step)
+  'step') and the evaluators' files (process 0 only), under `name`; returns the results'
+  path."""
+  target = path(workdir, step, name)
   if jax.process_index() == 0:
     target.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({**results, 'split': split, 'step': step}, indent=2, sort_keys=True)
     target.write_text(text + '\n')
-    for name, files in _files(details or {}).items():
-      file = step_dir(workdir, step) / name
+    for file_name, files in _files(details or {}).items():
+      file = step_dir(workdir, step, name) / file_name
       file.parent.mkdir(parents=True, exist_ok=True)
       file.write_text(''.join(json.dumps(row, ensure_ascii=False) + '\n' for row in files))
   return target
 
 
-def _saved(workdir: str, step: int, split: str) -> dict | None:
-  file = path(workdir, step)
+def _saved(workdir: str, step: int, split: str, name: str = '') -> dict | None:
+  file = path(workdir, step, name)
   saved = json.loads(file.read_text()) if file.is_file() else None
   if saved is None or saved.get('split', split) != split:
     return None  # files written before 'split' was recorded count as the split asked for
@@ -53,9 +57,10 @@ def exists(workdir: str, step: int, split: str) -> bool:
   return _saved(workdir, step, split) is not None
 
 
-def read(workdir: str, step: int, split: str) -> dict:
-  """The flat results written for `step` on `split`, or {} if there are none."""
-  return {k: v for k, v in (_saved(workdir, step, split) or {}).items() if k not in _ABOUT}
+def read(workdir: str, step: int, split: str, name: str = '') -> dict:
+  """The flat results written for `step` on `split` (under `name`), or {} if there are none."""
+  saved = _saved(workdir, step, split, name) or {}
+  return {k: v for k, v in saved.items() if k not in _ABOUT}
 
 
 def _files(details: dict) -> dict:
