@@ -23,6 +23,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from medclip_jax import cli
+from medclip_jax.errors import UserError
 from medclip_jax.training import preemption
 
 MODELS = ('start', 'captions', 'labels')
@@ -101,6 +102,9 @@ def compare(config, init: str, workdir: str) -> dict:
   checked.data.train_text = label_text
   pipeline.describe_train_text(checked.data, info)  # a bad template stops here, before training
 
+  for name in ('captions', 'labels'):
+    _check_earlier_run(workdir / name, config.init_from)
+
   evaluation = setup.evaluation(config, info.get('labels', {}))
   rows = {'start': evaluation(evaluation.place(loaded.variables))[0]}
   for name, text in (('captions', 'caption'), ('labels', label_text)):
@@ -116,6 +120,27 @@ def compare(config, init: str, workdir: str) -> dict:
   (workdir / 'compare.md').write_text(table(rows) + '\n')
   chart(rows, info.get('labels', {}), workdir / 'compare.png')
   return rows
+
+
+def _check_earlier_run(run_dir: Path, init_from: str) -> None:
+  """A fine-tune already in `run_dir` must start from `init_from`: resuming one of another
+  model would put its results in this comparison's table."""
+  from medclip_jax.training import checkpointing  # pylint: disable=import-outside-toplevel
+
+  if not (run_dir / 'checkpoints').is_dir():
+    return
+  checkpointer = checkpointing.Checkpointer(str(run_dir), keep=1_000_000, create=False)
+  try:
+    steps = checkpointer.all_steps()
+    saved = checkpointer.restore_config(max(steps))['init_from'] if steps else init_from
+  finally:
+    checkpointer.close()
+  if saved != init_from:
+    raise UserError(
+      f'{run_dir} holds a fine-tune of {saved}, not of {init_from}: resuming it would put '
+      "another model's results in this comparison. Give a fresh --workdir to compare this "
+      f'model, or remove {run_dir}.'
+    )
 
 
 def _define_flags():

@@ -1,8 +1,12 @@
 """The seeds' comparison: a starting model, fine-tuned on captions and on labels, in one table."""
 
 import json
+import shutil
+
+import pytest
 
 from medclip_jax import compare
+from medclip_jax.errors import UserError
 from medclip_jax.training import checkpointing
 
 
@@ -28,3 +32,10 @@ def test_three_models_one_table_and_a_chart(trained_run, tiny_config, tmp_path, 
     ckpt = checkpointing.Checkpointer(str(tmp_path / name), keep=3)
     assert ckpt.latest_step() == 2
     ckpt.close()
+
+  # Run again: complete, the same table; from another model: refused before anything runs.
+  assert compare.compare(config, str(init), str(tmp_path)) == rows
+  other = tmp_path.parent / 'other_model'
+  shutil.copytree(init / 'checkpoints', other / 'checkpoints')
+  with pytest.raises(UserError, match=f'holds a fine-tune of {init}, not of {other}'):
+    compare.compare(tiny_config(), str(other), str(tmp_path))
