@@ -20,7 +20,7 @@ Compressed transfer syntaxes (JPEG baseline / lossless, JPEG-LS, JPEG 2000,
 RLE) are decoded by pydicom's pylibjpeg plugins (requirements.txt).
 
 Captions: from --captions, a CSV with columns `file` (the path relative to
---input) and `caption`, where it has a non-empty caption for the file; else
+--input, or absolute; one matching no file is refused) and `caption`, where it has a non-empty caption for the file; else
 built from four describing tags as '<modality> of the <body part>. Study:
 <StudyDescription>. Series: <SeriesDescription>.' (e.g. 'CT scan of the
 chest. Study: CT thorax. Series: Axial 5mm.'; the modality noun is from
@@ -154,8 +154,9 @@ def _find_files(directory: str, exclude: str) -> list[str]:
   return [p for p in paths if os.path.abspath(p) != exclude]
 
 
-def _read_captions(path: str) -> dict[str, str]:
-  """The --captions CSV as {path relative to --input: caption}."""
+def _read_captions(path: str, input: str) -> dict[str, str]:  # pylint: disable=redefined-builtin
+  """The --captions CSV as {path relative to --input: caption}; its paths may also be
+  absolute, or start with --input's folder name."""
   if not os.path.isfile(path):
     raise base.OptionError(f'--captions={path!r} is not a file.')
   if os.path.splitext(path)[1].lower() != '.csv':
@@ -167,11 +168,18 @@ def _read_captions(path: str) -> dict[str, str]:
       f'--captions={path!r} needs the columns file (the DICOM file path relative to --input) '
       f'and caption; its columns are {", ".join(map(repr, columns)) or "none"}.'
     )
+  root, folder = os.path.abspath(input), os.path.basename(os.path.abspath(input))
   captions = {}
   for row in rows:
     name = base.text(row.get(column['file'])).replace('\\', '/')
-    if name:
-      captions[posixpath.normpath(name)] = row.get(column['caption']) or ''
+    if not name:
+      continue
+    if os.path.isabs(name):
+      name = os.path.relpath(name, root).replace(os.sep, '/')
+    name = posixpath.normpath(name)
+    if name.startswith(f'{folder}/') and not os.path.exists(os.path.join(root, name)):
+      name = name[len(folder) + 1 :]
+    captions[name] = row.get(column['caption']) or ''
   return captions
 
 
@@ -405,13 +413,23 @@ def source(
   base.check_real_options(
     'dicom', input, True, val_fraction, test_fraction, limit, max_side, max_bad_fraction
   )
-  side_captions = _read_captions(captions) if captions else {}
+  side_captions = _read_captions(captions, input) if captions else {}
   captions_path = os.path.abspath(captions) if captions else ''
   paths = _find_files(input, exclude=captions_path)
   caption_info = {'file': captions_path, 'matched': 0}
+  record_id_of = lambda path: os.path.relpath(path, input).replace(os.sep, '/')
+  if side_captions and not side_captions.keys() & set(map(record_id_of, paths)):
+    # Most likely paths relative to another folder: every file would silently fall back
+    # to captions made from its tags.
+    raise base.OptionError(
+      f'--captions={captions!r}: none of its {len(side_captions)} file paths names a file '
+      f'under --input={input!r} (e.g. {next(iter(side_captions))!r}'
+      + (f'; the files there are named like {record_id_of(paths[0])!r}' if paths else '')
+      + '). Give each path relative to --input, or absolute.'
+    )
 
   def entry(path: str) -> base.Entry | base.Skipped:
-    record_id = os.path.relpath(path, input).replace(os.sep, '/')
+    record_id = record_id_of(path)
     with _quiet():
       try:
         ds = _read(path)

@@ -208,6 +208,26 @@ def test_bad_options_are_reported(tmp_path):
     prepare.prepare('dicom', out, input=str(tmp_path / 'dicom'), captions=str(tmp_path / 'bad.csv'))
 
 
+def test_captions_paths_may_be_absolute_or_start_with_the_input_folder_but_must_match(tmp_path):
+  data = tmp_path / 'dicom'
+  write_dicom_fixture(str(data))
+  given = tmp_path / 'given.csv'
+  given.write_text(
+    f'file,caption\n{data / "p1" / "mono1.dcm"},Absolute.\ndicom/p3/mono2.dcm,Prefixed.\n'
+  )
+  out = tmp_path / 'out'
+  options = dict(input=str(data), max_side=MAX_SIDE, max_bad_fraction=0.5)
+  info = prepare.prepare('dicom', str(out), **options, captions=str(given))
+  assert info['captions']['matched'] == 2
+  converted = [r for recs in all_records(str(out)).values() for r in recs]
+  captions_of = {r['id']: r['caption'] for r in converted}
+  assert (captions_of['p1/mono1.dcm'], captions_of['p3/mono2.dcm']) == ('Absolute.', 'Prefixed.')
+  # Relative to another folder: every file would silently fall back to its tags' caption.
+  given.write_text('file,caption\nscans/p1/mono1.dcm,Nowhere.\n')
+  with pytest.raises(prepare.OptionError, match='none of its 1 file paths names a file under'):
+    prepare.prepare('dicom', str(tmp_path / 'out2'), input=str(data), captions=str(given))
+
+
 # ----------------------------------------------------------------------------
 # pydicom-data: the real test files pydicom ships on PyPI.
 
