@@ -11,7 +11,8 @@ name, so thousands of different images may share a name like
 view1_frontal.jpg). A record's id is its path or name, 'NAME (row N)' for a
 different image under a name an earlier row used (N: its first row), or
 'row N' for embedded bytes without a name; its group is --group_column's
-value, else its id. A caption cell may also hold a list of captions.
+value, else its id. A caption cell may also hold a list of captions. A path to
+a DICOM file is read by the dicom format's rules (its tags are not used).
 With --unpaired, a row with an image but no caption becomes an image-only
 record and a row with a caption but no image a text-only one (id 'row N'),
 which training can mix in (config.data.unpaired); otherwise both are skipped.
@@ -19,10 +20,13 @@ which training can mix in (config.data.unpaired); otherwise both are skipped.
 
 from __future__ import annotations
 
+import functools
 import os
 
+from medclip_jax.data import images
 from medclip_jax.data import ingest
 from medclip_jax.data.formats import base
+from medclip_jax.data.formats import dicom
 
 
 def source(
@@ -80,7 +84,10 @@ def source(
       name = name or f'row {number}'
       return (name, data), name, lambda max_side: ingest.load_image(data, max_side)
     if name:
-      return name, name, ingest.find_image(str(path).strip(), [root])
+      found = ingest.find_image(str(path).strip(), [root])
+      if os.path.isfile(found) and images.is_dicom(found):
+        return name, name, functools.partial(dicom.load_image, found)
+      return name, name, found
     return None, None, None
 
   def entries():

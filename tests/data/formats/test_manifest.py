@@ -23,6 +23,7 @@ from tests.helpers import png
 from tests.helpers import run_module
 from tests.helpers import write
 from tests.helpers import write_csv
+from tests.helpers import write_dicom_fixture
 from tests.helpers import write_manifest
 from tests.helpers import write_manifest_fixture
 
@@ -359,3 +360,19 @@ def test_manifest_refuses_label_columns_with_a_dot(tmp_path):
       'manifest', str(tmp_path / 'out'), input=str(tmp_path / 'm.csv'), label_columns='finding.type'
     )
   assert not (tmp_path / 'out').exists()
+
+
+def test_manifest_rows_may_name_dicom_files(tmp_path):
+  write_dicom_fixture(str(tmp_path / 'dicom'))
+  write_csv(
+    tmp_path / 'm.csv',
+    ['image', 'caption'],
+    [['dicom/p1/mono1.dcm', 'A radiograph.'], ['dicom/p2/rgb.dcm', 'An ultrasound.']],
+  )
+  info = prepare.prepare(
+    'manifest', str(tmp_path / 'out'), input=str(tmp_path / 'm.csv'), max_side=MAX_SIDE
+  )
+  assert info['converted'] == 2 and info['skipped'] == []
+  converted = {r['id']: r for recs in all_records(tmp_path / 'out').values() for r in recs}
+  for name, mode in (('dicom/p1/mono1.dcm', 'L'), ('dicom/p2/rgb.dcm', 'RGB')):
+    assert Image.open(io.BytesIO(converted[name]['image'])).mode == mode
