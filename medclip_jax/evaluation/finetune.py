@@ -9,18 +9,22 @@ with AdamW and cross-entropy on eval-cropped images (BatchNorm in training
 mode), then scored on the evaluated split: `<name>.<field>.<fraction>.{accuracy,
 balanced_accuracy,auroc,train_examples}`, as MMCLIP reports fine-tuned
 classification. The model being evaluated is not changed. It costs `steps`
-training steps per field and fraction, so configs leave it off (type 'off').
+training steps per field and fraction, so configs leave it off (type 'off'). A
+field the linear probe cannot score (one training class, no labels) is skipped
+with a logged warning.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 from flax import linen as nn
 from sklearn import metrics as sk_metrics
 
 from medclip_jax.data import pipeline
 from medclip_jax.evaluation.classification import macro_auroc
+from medclip_jax.evaluation import linear_probe
 from medclip_jax.evaluation.linear_probe import fraction_label
 from medclip_jax.evaluation.linear_probe import sample_labelled
 
@@ -124,8 +128,10 @@ class Evaluator:
     train = embedder.encode_split(variables, self.train_split, split.vocabs, texts=False)
     results, table = {}, {}
     for field in fields:
-      train_labels, test_labels = train.labels[field], split.labels[field]
-      if not np.any(train_labels >= 0) or not np.any(test_labels >= 0):
+      train_labels = train.labels[field]
+      reason = linear_probe.unscorable(field, train, split)
+      if reason:  # one class would give a head that is always right
+        logging.warning('fine-tuning: %r is not scored: %s', field, reason)
         continue
       classes = len(split.vocabs[field])
       init, step, logits = self._functions(embedder, classes)
@@ -140,7 +146,7 @@ class Evaluator:
           params, batch_stats, opt_state = step(
             params, batch_stats, opt_state, images[batch], labels[batch]
           )
-        scores = self._scores(logits, params, batch_stats, embedder, split, test_labels)
+        scores = self._scores(logits, params, batch_stats, embedder, split, split.labels[field])
         label = fraction_label(fraction)
         table[field][label] = {**scores, 'train_examples': len(rows)}
         for key, value in scores.items():
