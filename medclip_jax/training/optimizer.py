@@ -108,7 +108,8 @@ def create(config, params) -> optax.GradientTransformation:
   schedule = learning_rate_schedule(config)
   groups = list(dict(config.param_groups))
   multipliers = dict(config.lr_multipliers)
-  unknown = set(multipliers) - set(groups)
+  # The default's entries (1.0) may name groups a config's own param_groups leave out.
+  unknown = {g for g, mult in multipliers.items() if g not in groups and float(mult) != 1.0}
   if unknown:
     raise UserError(
       f'config.train.lr_multipliers has unknown groups {sorted(unknown)}; the groups '

@@ -80,7 +80,13 @@ def test_zero_multiplier_freezes_a_tower():
 
 def test_unknown_group_is_rejected():
   with pytest.raises(UserError, match="unknown groups \\['vision'\\]"):
-    optimizer.create(_train_config(vision=1.0), _params())
+    optimizer.create(_train_config(vision=0.5), _params())
+
+
+def test_the_default_multipliers_fit_a_config_with_groups_of_its_own():
+  config = _train_config(decoders=1.0)  # as configs/default.py has it
+  config.param_groups = {k: v for k, v in optimizer.DEFAULT_PARAM_GROUPS.items() if k != 'decoders'}
+  optimizer.create(config, _params())  # no 'decoders' group, and no error
 
 
 def test_groups_are_patterns_over_parameter_paths():
