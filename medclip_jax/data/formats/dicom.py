@@ -20,8 +20,8 @@ Compressed transfer syntaxes (JPEG baseline / lossless, JPEG-LS, JPEG 2000,
 RLE) are decoded by pydicom's pylibjpeg plugins (requirements.txt).
 
 Captions: from --captions, a CSV with columns `file` (the path relative to
---input, or absolute; one matching no file is refused) and `caption`, where it has a non-empty caption for the file; else
-built from four describing tags as '<modality> of the <body part>. Study:
+--input, or absolute; a file matching none is refused) and `caption`, where
+it has a non-empty caption for the file; else built from four describing tags as '<modality> of the <body part>. Study:
 <StudyDescription>. Series: <SeriesDescription>.' (e.g. 'CT scan of the
 chest. Study: CT thorax. Series: Axial 5mm.'; the modality noun is from
 _MODALITY_NOUNS), leaving out missing parts and a Series equal to the Study;
