@@ -129,7 +129,9 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
         f'above {latest}; to evaluate that model, run python -m medclip_jax.evaluate '
         f'--workdir={workdir}; to train a new model, use a fresh --workdir.'
       )
-    if latest == config.train.steps and results_lib.exists(workdir, latest, config.eval.split):
+    finished = results_lib.exists(workdir, latest, config.eval.split)
+    # Every process takes the same branch, even where only process 0 sees the results file.
+    if latest == config.train.steps and _all_processes(finished):
       results = results_lib.read(workdir, latest, config.eval.split)
       close()
       reporter.info(
