@@ -225,6 +225,11 @@ def all_records(data_dir):
   return {split: split_records(data_dir, split) for split in records.SPLITS}
 
 
+def records_by_id(data_dir):
+  """{id: decoded record} of every split of a prepared directory."""
+  return {r['id']: r for recs in all_records(data_dir).values() for r in recs}
+
+
 def assert_groups_in_one_split(by_split):
   """Asserts that no group of {split: records} has records in two splits."""
   split_of_group = collections.defaultdict(set)

@@ -19,7 +19,8 @@ def step_dir(workdir: str, step: int, name: str = '') -> Path:
 
 def path(workdir: str, step: int, name: str = '') -> Path:
   """The file of the flat results of the evaluation at `step` (under `name`)."""
-  return step_dir(workdir, step, name).with_name(step_dir(workdir, step, name).name + '.json')
+  folder = step_dir(workdir, step, name)
+  return folder.with_name(f'{folder.name}.json')
 
 
 # Keys of a results file beside the flat '<evaluator>.<key>' results (which all hold a dot).

@@ -24,6 +24,7 @@ from tests.helpers import FIXTURE_PHI
 from tests.helpers import FRAMES
 from tests.helpers import MAX_SIDE
 from tests.helpers import all_records
+from tests.helpers import records_by_id
 from tests.helpers import phi_strings
 from tests.helpers import run_module
 from tests.helpers import write_dicom_fixture
@@ -165,7 +166,7 @@ def test_fixture_without_captions_and_with_limit(tmp_path):
   )
   assert info['converted'] == len(good) and len(info['skipped']) == len(bad)
   assert info['captions'] == {'file': '', 'matched': 0}
-  recs = {r['id']: r for rs in all_records(tmp_path / 'out').values() for r in rs}
+  recs = records_by_id(tmp_path / 'out')
   assert recs['p1/mono1.dcm']['caption'] == 'X-ray of the chest.'
   # The first 4 files in path order: misc/burned_in, empty, mpeg2, notes.txt.
   with pytest.raises(prepare.TooManyBadRecords, match='4 of 4 dicom inputs'):
@@ -219,8 +220,7 @@ def test_captions_paths_may_be_absolute_or_start_with_the_input_folder_but_must_
   options = dict(input=str(data), max_side=MAX_SIDE, max_bad_fraction=0.5)
   info = prepare.prepare('dicom', str(out), **options, captions=str(given))
   assert info['captions']['matched'] == 2
-  converted = [r for recs in all_records(str(out)).values() for r in recs]
-  captions_of = {r['id']: r['caption'] for r in converted}
+  captions_of = {i: r['caption'] for i, r in records_by_id(str(out)).items()}
   assert (captions_of['p1/mono1.dcm'], captions_of['p3/mono2.dcm']) == ('Absolute.', 'Prefixed.')
   # Relative to another folder: every file would silently fall back to its tags' caption.
   given.write_text('file,caption\nscans/p1/mono1.dcm,Nowhere.\n')

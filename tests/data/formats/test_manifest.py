@@ -14,6 +14,7 @@ from medclip_jax.data import records
 from medclip_jax.data.formats import base
 from tests.helpers import MAX_SIDE
 from tests.helpers import all_records
+from tests.helpers import records_by_id
 from tests.helpers import assert_groups_in_one_split
 from tests.helpers import assert_nothing_written
 from tests.helpers import bad_images
@@ -235,7 +236,7 @@ def test_manifest_parquet_with_embedded_images(tmp_path):
     {'id': 'broken.png', 'reason': 'truncated or corrupt image'},
     {'id': 'row 4', 'reason': 'no image path'},
   ]
-  recs = {r['id']: r for rs in all_records(tmp_path / 'out').values() for r in rs}
+  recs = records_by_id(tmp_path / 'out')
   assert sorted(recs) == ['row 2', 'scan_a.png']
   assert Image.open(io.BytesIO(recs['row 2']['image'])).mode == 'RGB'  # CMYK converted
   assert recs['scan_a.png']['caption'] == 'Axial CT.'
@@ -319,7 +320,7 @@ def test_manifest_parquet_embedded_images_are_one_only_with_equal_name_and_bytes
     max_side=MAX_SIDE,
   )
   assert info['skipped'] == []
-  recs = {r['id']: r for rs in all_records(tmp_path / 'out').values() for r in rs}
+  recs = records_by_id(tmp_path / 'out')
   assert {i: (r['group'], r.get('captions', [r['caption']])) for i, r in recs.items()} == {
     'view1_frontal.jpg': ('p1', ['Report one.', 'Report one again.']),
     'view1_frontal.jpg (row 2)': ('p2', ['Report two.', 'Report two again.']),
@@ -347,7 +348,7 @@ def test_manifest_caption_cells_may_be_lists_numbers_or_blank(tmp_path):
     {'id': '3.png', 'reason': 'empty caption'},
     {'id': '4.png', 'reason': 'caption is a dict, not text'},
   ]
-  recs = {r['id']: r for rs in all_records(tmp_path / 'out').values() for r in rs}
+  recs = records_by_id(tmp_path / 'out')
   assert recs['0.png']['captions'] == ['First caption.', 'Second caption.']
   assert recs['1.png']['caption'] == '0' and 'captions' not in recs['1.png']
 
@@ -373,6 +374,6 @@ def test_manifest_rows_may_name_dicom_files(tmp_path):
     'manifest', str(tmp_path / 'out'), input=str(tmp_path / 'm.csv'), max_side=MAX_SIDE
   )
   assert info['converted'] == 2 and info['skipped'] == []
-  converted = {r['id']: r for recs in all_records(tmp_path / 'out').values() for r in recs}
+  converted = records_by_id(tmp_path / 'out')
   for name, mode in (('dicom/p1/mono1.dcm', 'L'), ('dicom/p2/rgb.dcm', 'RGB')):
     assert Image.open(io.BytesIO(converted[name]['image'])).mode == mode
