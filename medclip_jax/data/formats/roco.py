@@ -1,4 +1,5 @@
-"""`roco`: ROCO (v1 folder layout) or ROCOv2 (CSV), in their official splits."""
+"""`roco`: ROCO (v1 folder layout, images as its fetch.py names them or by ROCO id) or
+ROCOv2 (CSV), in their official splits."""
 
 from __future__ import annotations
 
@@ -20,11 +21,31 @@ def _images_by_stem(directory: str) -> dict[str, str]:
   return {os.path.splitext(e.name)[0]: e.path for e in os.scandir(directory) if e.is_file()}
 
 
+def _fetched_names(dlinks: str) -> dict[str, str]:
+  """ROCO id -> the image's file name as ROCO's scripts/fetch.py saves it,
+  `<PMC id>_<name in the article's package>`, from a dlinks.txt line
+  `ROCO_ID<TAB>wget -r ftp://.../PMC123.tar.gz -P /path<TAB>name.jpg`."""
+  names = {}
+  if not os.path.isfile(dlinks):
+    return names
+  with open(dlinks, encoding='utf-8', errors='surrogateescape') as f:
+    for line in f:
+      parts = line.rstrip('\r\n').split('\t')
+      package = [w for w in parts[1].split() if w.endswith('.tar.gz')] if len(parts) >= 3 else []
+      if package:
+        pmc_id = package[0].rsplit('/', 1)[-1][: -len('.tar.gz')]
+        names[base.text(parts[0])] = f'{pmc_id}_{parts[-1].strip()}'
+  return names
+
+
 def _roco_entries(
   captions: str, split: str, images_dir: str
 ) -> Iterator[base.Entry | base.Skipped]:
-  """The entries of ROCO (v1) captions.txt lines `ROCO_ID<TAB>caption`."""
+  """The entries of ROCO (v1) captions.txt lines `ROCO_ID<TAB>caption`. An image is found
+  under the name fetch.py gives it (from dlinks.txt beside captions.txt) or, as copies
+  of the dataset elsewhere name them, under its ROCO id."""
   images = _images_by_stem(images_dir)
+  fetched = _fetched_names(os.path.join(os.path.dirname(captions), 'dlinks.txt'))
   with open(captions, encoding='utf-8', errors='surrogateescape') as f:
     for number, line in enumerate(f, start=1):
       if not line.strip():
@@ -34,7 +55,10 @@ def _roco_entries(
         continue
       roco_id, caption = line.rstrip('\r\n').split('\t', 1)
       roco_id = base.text(roco_id)
-      path = images.get(roco_id, os.path.join(images_dir, roco_id + '.jpg'))
+      path = images.get(roco_id)
+      if path is None and roco_id in fetched:
+        path = os.path.join(images_dir, fetched[roco_id])
+      path = path or os.path.join(images_dir, roco_id + '.jpg')
       yield base.Entry(id=roco_id, group=roco_id, image=path, caption=caption, labels={})
 
 

@@ -48,3 +48,30 @@ def test_rocov2_csv_layout(tmp_path):
   assert {s: v['count'] for s, v in info['splits'].items()} == {'train': 1, 'val': 1, 'test': 1}
   by_split = all_records(tmp_path / 'out')
   assert by_split['val'][0]['id'] == 'ROCOv2_2023_valid_000001'
+
+
+def test_roco_images_named_as_its_fetch_script_saves_them(tmp_path):
+  # ROCO's scripts/fetch.py saves each image as <PMC id>_<name in the article's package>,
+  # which dlinks.txt beside captions.txt gives for every ROCO id.
+  radiology = tmp_path / 'train' / 'radiology'
+  captions, dlinks = [], []
+  for number, (pmc, name) in enumerate([('PMC3498864', 'jovr-04-256f2.jpg'), ('PMC42', 'gr3.jpg')]):
+    write(radiology / 'images', f'{pmc}_{name}', jpeg(noise('L', seed=number)))
+    captions.append(f'ROCO_{number:05d}\tcaption {number}')
+    dlinks.append(
+      f'ROCO_{number:05d}\twget -r ftp://ftp.ncbi.nlm.nih.gov/pub/pmc/oa_package/69/93/'
+      f'{pmc}.tar.gz -P /path/to/Dir\t{name}'
+    )
+  captions.append('ROCO_00002\tnot fetched')
+  dlinks.append('ROCO_00002\twget -r ftp://x/PMC7.tar.gz -P /path/to/Dir\tf1.jpg')
+  (radiology / 'captions.txt').write_text('\n'.join(captions) + '\n')
+  (radiology / 'dlinks.txt').write_text('\n'.join(dlinks) + '\n')
+  info = prepare.prepare(
+    'roco', str(tmp_path / 'out'), input=str(tmp_path), max_side=MAX_SIDE, max_bad_fraction=0.5
+  )
+  assert info['splits']['train']['count'] == 2
+  assert info['skipped'] == [{'id': 'ROCO_00002', 'reason': 'missing file'}]
+  assert [r['caption'] for r in all_records(tmp_path / 'out')['train']] == [
+    'caption 0',
+    'caption 1',
+  ]
