@@ -32,7 +32,14 @@ def create_mesh(mesh_config) -> Mesh:
     raise UserError(f'config.mesh may set at most one axis to -1, got {dict(mesh_config)}.')
   if -1 in sizes:
     known = math.prod(s for s in sizes if s != -1)
-    sizes[sizes.index(-1)] = n_devices // known if known else 0
+    if known < 1 or n_devices % known:
+      fixed = {n: s for n, s in zip(names, sizes) if s != -1}
+      raise UserError(
+        f'config.mesh {dict(mesh_config)}: the fixed axes {fixed} take {known} devices, '
+        f'which does not divide the {n_devices} visible ({jax.devices()[0].platform}), so '
+        'the -1 axis has no size. Set them to a divisor of the device count.'
+      )
+    sizes[sizes.index(-1)] = n_devices // known
   if math.prod(sizes) != n_devices:
     raise UserError(
       f'config.mesh {dict(mesh_config)} needs {math.prod(sizes)} devices but '

@@ -51,6 +51,10 @@ BAD = {
     {'mesh': {'data': 4, 'fsdp': 1}},
     r"config\.mesh \{'data': 4, 'fsdp': 1\} needs 4 devices but 1 are visible",
   ),
+  'fixed mesh axis that does not divide the devices': (
+    {'mesh': {'data': -1, 'fsdp': 2}},
+    r"the fixed axes \{'fsdp': 2\} take 2 devices, which does not divide the 1 visible",
+  ),
   'final evaluation on a split the dataset lacks': (
     {'eval.split': 'validation'},
     r"config\.eval\.split='validation': the dataset in .* has no records in that split "
