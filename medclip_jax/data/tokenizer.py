@@ -43,9 +43,23 @@ def load(spec: str):
   # process that tokenizes, grain's worker processes included (BENCHMARKS.md).
   named = _json(path / 'tokenizer_config.json').get('tokenizer_class', '')
   tokenizer_class = getattr(transformers, named, None) if named else None
-  if tokenizer_class is None or not hasattr(tokenizer_class, 'from_pretrained'):
-    tokenizer_class = transformers.AutoTokenizer
-  return tokenizer_class.from_pretrained(str(path))
+  if tokenizer_class is not None and hasattr(tokenizer_class, 'from_pretrained'):
+    return tokenizer_class.from_pretrained(str(path))
+  if not any(
+    (path / name).exists() for name in ('tokenizer.json', 'tokenizer_config.json', 'config.json')
+  ):
+    # A bare BERT vocabulary, which AutoTokenizer cannot place: WordPiece over it, lower-
+    # casing only where the vocabulary has no capitals (a cased vocabulary would lose them).
+    return transformers.BertTokenizer.from_pretrained(
+      str(path), do_lower_case=not _has_capitals(path / 'vocab.txt')
+    )
+  return transformers.AutoTokenizer.from_pretrained(str(path))
+
+
+def _has_capitals(vocab: Path) -> bool:
+  """Whether a vocab.txt holds word pieces with capitals ([CLS]-like tokens aside)."""
+  with open(vocab, encoding='utf-8') as f:
+    return any(not t.startswith('[') and t.lower() != t for t in f.read().split('\n'))
 
 
 def _json(path: Path) -> dict:

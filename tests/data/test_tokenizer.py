@@ -1,4 +1,5 @@
-"""Tests of medclip_jax.data.tokenizer: the bundled vocabulary, a missing one, no PyTorch import."""
+"""Tests of medclip_jax.data.tokenizer: the bundled vocabulary, a missing one, a bare
+vocab.txt, no PyTorch import."""
 
 import importlib.util
 import subprocess
@@ -23,6 +24,18 @@ def test_bundled_tokenizer_maps_ordinary_words_to_real_ids():
 def test_missing_tokenizer_directory_is_a_user_error(tmp_path):
   with pytest.raises(UserError, match='No tokenizer found'):
     tokenizer_lib.load(str(tmp_path))
+
+
+@pytest.mark.parametrize('cased', [False, True])
+def test_a_directory_holding_only_a_vocabulary_tokenizes_as_bert(tmp_path, cased):
+  # Some released checkpoints ship vocab.txt and nothing else about their tokenizer.
+  bundled = (tokenizer_lib.bundled_minilm_dir() / 'vocab.txt').read_text(encoding='utf-8')
+  extra = ['CT', 'MRI'] if cased else []
+  (tmp_path / 'vocab.txt').write_text(bundled.rstrip('\n') + '\n' + '\n'.join(extra) + '\n')
+  tok = tokenizer_lib.load(str(tmp_path))
+  ids = tok('CT of the brain', add_special_tokens=False)['input_ids']
+  want = ['CT', 'of', 'the', 'brain'] if cased else ['ct', 'of', 'the', 'brain']
+  assert tok.convert_ids_to_tokens(ids) == want
 
 
 def test_loading_a_tokenizer_leaves_pytorch_unimported():
