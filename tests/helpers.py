@@ -111,13 +111,15 @@ def training_rows(workdir):
   return {r['step']: r for r in rows}
 
 
+def xla_flags(devices: int) -> str:
+  """XLA_FLAGS for a process on `devices` simulated CPU devices, keeping the tests' own
+  (tests/conftest.py: compiled without LLVM's optimisations)."""
+  return f'{os.environ.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count={devices}'
+
+
 def run_on_devices(devices: int, code: str) -> str:
   """The stdout of `python -c code` on `devices` forced CPU devices; fails if it fails."""
-  env = {
-    **os.environ,
-    'JAX_PLATFORMS': 'cpu',
-    'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
-  }
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': xla_flags(devices)}
   result = subprocess.run(
     [sys.executable, '-c', code], env=env, cwd=REPO, capture_output=True, text=True, check=True
   )

@@ -141,7 +141,7 @@ def test_a_batch_that_does_not_divide_over_the_devices_is_one_paragraph_exit_2(
   proc = helpers.start_main(
     [f'--workdir={workdir}', *tiny_flags(train__batch_size=15)],
     log,
-    env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'},
+    env={'XLA_FLAGS': helpers.xla_flags(2)},
   )
   assert proc.wait(timeout=120) == 2
   out = log.read_text()

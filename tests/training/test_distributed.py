@@ -42,11 +42,7 @@ def _run(cmd, devices, workdir, *extra):
   env = {
     **os.environ,
     'JAX_PLATFORMS': 'cpu',
-    # Every run compared here compiles without LLVM's optimisations: the same losses
-    # to the digits logged, in about three quarters of the time (compiling is most
-    # of a 2-step run on 8 simulated devices).
-    'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices} '
-    '--xla_backend_optimization_level=0',
+    'XLA_FLAGS': helpers.xla_flags(devices),
   }
   if cmd == 'cluster':
     argv = ['bash', 'launch/local_cpu_cluster.sh', '2']

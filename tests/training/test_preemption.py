@@ -59,7 +59,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tiny_flags,
         *tiny_flags(**ENDLESS),
       ],
       logs[i],
-      env={'XLA_FLAGS': '--xla_force_host_platform_device_count=1'},
+      env={'XLA_FLAGS': helpers.xla_flags(1)},
     )
     for i in range(2)
   ]
