@@ -25,6 +25,7 @@ from PIL import Image
 from medclip_jax.data import images as image_lib
 from medclip_jax.data import records
 from medclip_jax.data import tokenizer as tokenizer_lib
+from medclip_jax.data import workers as workers_lib
 from medclip_jax.errors import UserError
 
 # Words whose meaning a left-right flip reverses.
@@ -447,7 +448,9 @@ class _Batches(grain.DatasetIterator):
           # grain's workers read its absl flags: outside an absl app (pytest, a
           # notebook) they keep their defaults.
           flags.FLAGS.mark_as_parsed()
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._workers))
+        ds = ds.mp_prefetch(
+          grain.MultiprocessingOptions(num_workers=self._workers), worker_init_fn=workers_lib.init
+        )
       self._iterator = iter(ds)
     return self._iterator
 

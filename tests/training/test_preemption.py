@@ -1,6 +1,8 @@
 """Stopping on request: SIGTERM checkpoints the step reached and exits 0, in one process or
-in both of a two-process run when only one is signalled; a second signal exits at once."""
+in both of a two-process run when only one is signalled, and with data workers when every
+process of the job is signalled; a second signal exits at once."""
 
+import os
 import re
 import signal
 import socket
@@ -40,6 +42,27 @@ def test_sigterm_checkpoints_the_step_reached_and_exits_0_and_a_busy_workdir_is_
   assert 'SIGTERM received: stopping after this step with a checkpoint' in log.read_text()
   assert checkpointing.Checkpointer(str(workdir), keep=3).latest_step() == step
   assert max(helpers.training_rows(workdir)) == step
+
+
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM], ids=['ctrl_c', 'scheduler'])
+def test_a_signal_to_every_process_of_the_job_stops_it_cleanly_with_data_workers(
+  tiny_flags, tmp_path, signum
+):
+  # Ctrl-C signals the terminal's process group, a scheduler every process of the job:
+  # the data workers as well, which must serve the trainer until it has checkpointed.
+  workdir, log = tmp_path / 'run', tmp_path / 'run.log'
+  proc = helpers.start_main(
+    [f'--workdir={workdir}', *tiny_flags(**ENDLESS, data__workers=2)],
+    log,
+    start_new_session=True,
+  )
+  helpers.wait_until(lambda: max(helpers.training_rows(workdir), default=0) >= 3, [proc], [log])
+  os.killpg(proc.pid, signum)
+  assert proc.wait(timeout=120) == 0, log.read_text()
+  step = _stopped_at(log)
+  assert checkpointing.Checkpointer(str(workdir), keep=3).latest_step() == step
+  out = log.read_text()
+  assert 'Traceback' not in out and 'leaked shared_memory' not in out, out
 
 
 def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tiny_flags, tmp_path):
