@@ -12,32 +12,36 @@ workers when it stops, well within it. A worker whose parent is gone (a trainer 
 outright) exits, since nothing else would stop it.
 """
 
+import multiprocessing
+from multiprocessing import connection
 import os
 import signal
 import threading
 import time
 
 _SIGTERM_GRACE_S = 30.0
-# How often a worker checks on its parent and on a SIGTERM's grace period.
+# How often a worker checks a SIGTERM's grace period (its parent's exit wakes it at once).
 _POLL_S = 0.5
 
 
 def init(index: int, count: int) -> None:
   """grain's `worker_init_fn`: called in each worker process before it reads anything."""
   del index, count
-  parent = os.getppid()
   terminated = threading.Event()
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   signal.signal(signal.SIGTERM, lambda signum, frame: terminated.set())
-  threading.Thread(
-    target=_watch, args=(parent, terminated), name='worker-watch', daemon=True
-  ).start()
+  threading.Thread(target=_watch, args=(terminated,), name='worker-watch', daemon=True).start()
 
 
-def _watch(parent: int, terminated: threading.Event) -> None:
+def _watch(terminated: threading.Event) -> None:
+  # Readable once the parent has exited, however it ended, even before this thread began.
+  parent = multiprocessing.parent_process().sentinel
   deadline = None
-  while os.getppid() == parent and (deadline is None or time.monotonic() < deadline):
+  while not connection.wait([parent], timeout=_POLL_S):
     if deadline is None and terminated.is_set():
       deadline = time.monotonic() + _SIGTERM_GRACE_S
-    time.sleep(_POLL_S)
-  os._exit(0)  # pylint: disable=protected-access (nothing of the worker's is kept)
+    if deadline is not None and time.monotonic() >= deadline:
+      # As the SIGTERM itself would have: grain then reports a worker that ended, where
+      # a clean exit would leave the trainer waiting for its batches.
+      os._exit(128 + signal.SIGTERM)  # pylint: disable=protected-access
+  os._exit(0)  # pylint: disable=protected-access (no parent: nothing of the worker's is kept)

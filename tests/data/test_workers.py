@@ -23,9 +23,9 @@ if __name__ == '__main__':
   ready = context.Event()
   child = context.Process(target=work, args=(ready,), daemon=True)
   child.start()
-  ready.wait(60)
-  with open(sys.argv[1], 'w') as f:
-    f.write(str(child.pid))
+  if ready.wait(60) and child.is_alive():
+    with open(sys.argv[1], 'w') as f:
+      f.write(str(child.pid))
   os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -50,6 +50,7 @@ def test_a_worker_whose_trainer_was_killed_exits(tmp_path):
     stderr=subprocess.DEVNULL,
     timeout=120,
   )
+  assert pid.exists(), 'the worker did not start'
   child = int(pid.read_text())
   deadline = time.time() + 10
   while _alive(child) and time.time() < deadline:
