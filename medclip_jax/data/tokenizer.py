@@ -41,25 +41,34 @@ def load(spec: str):
   # The class the directory names, which AutoTokenizer would pick too: AutoTokenizer's
   # config classes import PyTorch where it is installed, about 280 MB and 1.2 s in every
   # process that tokenizes, grain's worker processes included (BENCHMARKS.md).
-  named = _json(path / 'tokenizer_config.json').get('tokenizer_class', '')
+  settings = _json(path / 'tokenizer_config.json')
+  named = settings.get('tokenizer_class', '')
   tokenizer_class = getattr(transformers, named, None) if named else None
   if tokenizer_class is not None and hasattr(tokenizer_class, 'from_pretrained'):
     return tokenizer_class.from_pretrained(str(path))
-  if not any(
-    (path / name).exists() for name in ('tokenizer.json', 'tokenizer_config.json', 'config.json')
-  ):
-    # A bare BERT vocabulary, which AutoTokenizer cannot place: WordPiece over it, lower-
-    # casing only where the vocabulary has no capitals (a cased vocabulary would lose them).
-    return transformers.BertTokenizer.from_pretrained(
-      str(path), do_lower_case=not _has_capitals(path / 'vocab.txt')
-    )
+  if not (path / 'tokenizer.json').exists():
+    # A BERT vocabulary alone or beside the model's config.json, as BERT checkpoints such
+    # as Bio_ClinicalBERT ship: WordPiece over it. AutoTokenizer fails on a bare
+    # vocabulary and lower-cases whatever it is given (losing a cased vocabulary's
+    # capitals), so the case follows the settings, or else the vocabulary itself.
+    lower = settings.get('do_lower_case')
+    if lower is None:
+      lower = not _has_capitals(path / 'vocab.txt', spec)
+    return transformers.BertTokenizer.from_pretrained(str(path), do_lower_case=lower)
   return transformers.AutoTokenizer.from_pretrained(str(path))
 
 
-def _has_capitals(vocab: Path) -> bool:
-  """Whether a vocab.txt holds word pieces with capitals ([CLS]-like tokens aside)."""
-  with open(vocab, encoding='utf-8') as f:
-    return any(not t.startswith('[') and t.lower() != t for t in f.read().split('\n'))
+def _has_capitals(vocab: Path, spec: str) -> bool:
+  """Whether a vocab.txt holds word pieces with capitals, special tokens ([CLS], <s>)
+  aside."""
+  try:
+    tokens = vocab.read_text(encoding='utf-8-sig').splitlines()
+  except UnicodeDecodeError as e:
+    raise UserError(
+      f'{vocab} (config.data.tokenizer = {spec!r}) is not UTF-8 text ({e}); a BERT '
+      'vocabulary lists one UTF-8 word piece per line.'
+    ) from e
+  return any(t.lower() != t for t in tokens if not (t[:1] in '[<' and t[-1:] in ']>'))
 
 
 def _json(path: Path) -> dict:

@@ -1,5 +1,5 @@
-"""Tests of medclip_jax.data.tokenizer: the bundled vocabulary, a missing one, a bare
-vocab.txt, no PyTorch import."""
+"""Tests of medclip_jax.data.tokenizer: the bundled vocabulary, a missing one, a BERT
+vocab.txt without tokenizer.json, no PyTorch import."""
 
 import importlib.util
 import subprocess
@@ -26,16 +26,35 @@ def test_missing_tokenizer_directory_is_a_user_error(tmp_path):
     tokenizer_lib.load(str(tmp_path))
 
 
-@pytest.mark.parametrize('cased', [False, True])
-def test_a_directory_holding_only_a_vocabulary_tokenizes_as_bert(tmp_path, cased):
-  # Some released checkpoints ship vocab.txt and nothing else about their tokenizer.
+@pytest.mark.parametrize(
+  'extra_tokens, beside, want',
+  [
+    ([], {}, ['ct', 'of', 'the', 'brain']),
+    (['CT', 'MRI'], {}, ['CT', 'of', 'the', 'brain']),
+    # As Bio_ClinicalBERT ships: the model's config.json, no tokenizer files.
+    (['CT'], {'config.json': '{"model_type": "bert"}'}, ['CT', 'of', 'the', 'brain']),
+    (['CT'], {'tokenizer_config.json': '{"do_lower_case": true}'}, ['ct', 'of', 'the', 'brain']),
+  ],
+  ids=['uncased', 'cased', 'cased beside config.json', 'lower-cased as its settings say'],
+)
+def test_a_bert_vocabulary_without_tokenizer_json_keeps_its_case(
+  tmp_path, extra_tokens, beside, want
+):
   bundled = (tokenizer_lib.bundled_minilm_dir() / 'vocab.txt').read_text(encoding='utf-8')
-  extra = ['CT', 'MRI'] if cased else []
-  (tmp_path / 'vocab.txt').write_text(bundled.rstrip('\n') + '\n' + '\n'.join(extra) + '\n')
+  # Written with a byte-order mark, as some editors save: not a capital.
+  vocab = '\ufeff' + bundled.rstrip('\n') + '\n' + ''.join(t + '\n' for t in extra_tokens)
+  (tmp_path / 'vocab.txt').write_text(vocab, encoding='utf-8')
+  for name, text in beside.items():
+    (tmp_path / name).write_text(text)
   tok = tokenizer_lib.load(str(tmp_path))
   ids = tok('CT of the brain', add_special_tokens=False)['input_ids']
-  want = ['CT', 'of', 'the', 'brain'] if cased else ['ct', 'of', 'the', 'brain']
   assert tok.convert_ids_to_tokens(ids) == want
+
+
+def test_a_vocabulary_that_is_not_utf8_is_a_user_error(tmp_path):
+  (tmp_path / 'vocab.txt').write_bytes('[PAD]\nr\xe9sum\xe9\n'.encode('latin-1'))
+  with pytest.raises(UserError, match='vocab.txt .* is not UTF-8 text'):
+    tokenizer_lib.load(str(tmp_path))
 
 
 def test_loading_a_tokenizer_leaves_pytorch_unimported():
