@@ -28,8 +28,11 @@ def create_mesh(mesh_config) -> Mesh:
   names = MESH_AXES
   sizes = [int(mesh_config.get(n, 1)) for n in names]
   n_devices = jax.device_count()
-  if sizes.count(-1) > 1:
-    raise UserError(f'config.mesh may set at most one axis to -1, got {dict(mesh_config)}.')
+  if sizes.count(-1) > 1 or any(s < 1 and s != -1 for s in sizes):
+    raise UserError(
+      f'config.mesh {dict(mesh_config)}: each axis size is a number of devices (at least '
+      '1), or -1 for all that remain, which at most one axis may be.'
+    )
   if -1 in sizes:
     known = math.prod(s for s in sizes if s != -1)
     if known < 1 or n_devices % known:

@@ -51,6 +51,10 @@ BAD = {
     {'mesh': {'data': 4, 'fsdp': 1}},
     r"config\.mesh \{'data': 4, 'fsdp': 1\} needs 4 devices but 1 are visible",
   ),
+  'mesh axis of size 0': (
+    {'mesh': {'data': -1, 'fsdp': 0}},
+    r"config\.mesh \{'data': -1, 'fsdp': 0\}: each axis size is a number of devices",
+  ),
   'fixed mesh axis that does not divide the devices': (
     {'mesh': {'data': -1, 'fsdp': 2}},
     r"the fixed axes \{'fsdp': 2\} take 2 devices, which does not divide the 1 visible",
