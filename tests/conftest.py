@@ -17,9 +17,10 @@ if _OWN_CACHE:
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 # Tests compile far more than they run (tiny towers, a few steps): without LLVM's
-# optimisations XLA compiles about a third faster, to the same IEEE arithmetic (no fast
-# math either way). Processes the tests start inherit it. Speed is measured by the
-# benchmarks, never here.
+# optimisations XLA compiles about a third faster. Results differ from an optimised
+# build's in the last bits (elementwise code is generated differently), so every
+# process a test compares must compile alike: those the tests start inherit these
+# flags (helpers.xla_flags). Speed is measured by the benchmarks, never here.
 if 'xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (
     f'{os.environ.get("XLA_FLAGS", "")} --xla_backend_optimization_level=0 '

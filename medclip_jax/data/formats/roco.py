@@ -1,5 +1,5 @@
-"""`roco`: ROCO (v1 folder layout, images as its fetch.py names them or by ROCO id) or
-ROCOv2 (CSV), in their official splits."""
+"""`roco`: ROCO (v1 folder layout, images named as any version of its fetch.py names them)
+or ROCOv2 (CSV), in their official splits."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _images_by_stem(directory: str) -> dict[str, str]:
 
 
 def _fetched_names(dlinks: str) -> dict[str, str]:
-  """ROCO id -> the image's file name as ROCO's scripts/fetch.py saves it,
+  """ROCO id -> the image's file name as ROCO's scripts/fetch.py saved it before 2022,
   `<PMC id>_<name in the article's package>`, from a dlinks.txt line
   `ROCO_ID<TAB>wget -r ftp://.../PMC123.tar.gz -P /path<TAB>name.jpg`."""
   names = {}
@@ -42,8 +42,8 @@ def _roco_entries(
   captions: str, split: str, images_dir: str
 ) -> Iterator[base.Entry | base.Skipped]:
   """The entries of ROCO (v1) captions.txt lines `ROCO_ID<TAB>caption`. An image is found
-  under the name fetch.py gives it (from dlinks.txt beside captions.txt) or, as copies
-  of the dataset elsewhere name them, under its ROCO id."""
+  under its ROCO id (as ROCO's scripts/fetch.py names it since 2022) or under the name
+  earlier versions of fetch.py gave it (through dlinks.txt beside captions.txt)."""
   images = _images_by_stem(images_dir)
   fetched = _fetched_names(os.path.join(os.path.dirname(captions), 'dlinks.txt'))
   with open(captions, encoding='utf-8', errors='surrogateescape') as f:

@@ -50,9 +50,9 @@ def test_rocov2_csv_layout(tmp_path):
   assert by_split['val'][0]['id'] == 'ROCOv2_2023_valid_000001'
 
 
-def test_roco_images_named_as_its_fetch_script_saves_them(tmp_path):
-  # ROCO's scripts/fetch.py saves each image as <PMC id>_<name in the article's package>,
-  # which dlinks.txt beside captions.txt gives for every ROCO id.
+def test_roco_images_named_as_its_fetch_script_saved_them_before_2022(tmp_path):
+  # <PMC id>_<name in the article's package>, which dlinks.txt beside captions.txt gives
+  # for every ROCO id (since 2022 fetch.py names them by ROCO id, as the test above).
   radiology = tmp_path / 'train' / 'radiology'
   captions, dlinks = [], []
   for number, (pmc, name) in enumerate([('PMC3498864', 'jovr-04-256f2.jpg'), ('PMC42', 'gr3.jpg')]):
