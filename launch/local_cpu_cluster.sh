@@ -7,8 +7,8 @@
 #   DEVICES_PER_PROCESS=2 launch/local_cpu_cluster.sh 2 --config=configs/demo.py --workdir=runs/cluster
 #
 # Process 0 prints to the terminal; process i>0 writes $LOG_DIR/process_<i>.log
-# (LOG_DIR defaults to a fresh temporary directory). Exits non-zero if any
-# process fails.
+# (LOG_DIR defaults to a fresh temporary directory). Ctrl-C or SIGTERM stops every
+# process at one checkpoint (exit 0). Exits non-zero if any process fails.
 set -euo pipefail
 if [[ $# -lt 1 || ! "$1" =~ ^[1-9][0-9]*$ ]]; then
   echo "usage: $0 N [medclip_jax.main flags...]" >&2
@@ -25,6 +25,12 @@ mkdir -p "$log_dir"
 export JAX_PLATFORMS=cpu
 export XLA_FLAGS="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS:-1} ${XLA_FLAGS:-}"
 
+echo "processes 1..$((n - 1)) write their logs to $log_dir" >&2
+
+# Each process in a process group of its own (job control), so that Ctrl-C reaches this
+# script alone, which passes the processes one SIGTERM: they stop together at a
+# checkpoint, as a preempted cluster job does. A second Ctrl-C passes a second: at once.
+set -m
 pids=()
 for ((i = 0; i < n; i++)); do
   cmd=("$python" -m medclip_jax.main --distributed "--coordinator_address=127.0.0.1:$port"
@@ -36,11 +42,22 @@ for ((i = 0; i < n; i++)); do
   fi
   pids+=($!)
 done
-trap 'kill "${pids[@]}" 2>/dev/null || true' INT TERM
+set +m
+trap 'kill -TERM "${pids[@]}" 2>/dev/null || true' INT TERM
 status=0
 for i in "${!pids[@]}"; do
-  if ! wait "${pids[$i]}"; then
-    echo "process $i failed; see ${log_dir}/process_$i.log" >&2
+  # A trapped signal interrupts `wait` (status above 128) while the process runs on.
+  while true; do
+    code=0
+    wait "${pids[$i]}" || code=$?
+    kill -0 "${pids[$i]}" 2>/dev/null || break
+  done
+  if ((code != 0)); then
+    if ((i == 0)); then
+      echo "process 0 failed (exit status $code; its output is above)" >&2
+    else
+      echo "process $i failed (exit status $code); see $log_dir/process_$i.log" >&2
+    fi
     status=1
   fi
 done

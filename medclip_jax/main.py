@@ -12,6 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from medclip_jax import cli
+from medclip_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config', None, 'Path to a config file.', lock_config=True
@@ -31,7 +32,15 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index, 0..num_processes-1.')
+_LOCAL_DEVICE_IDS = flags.DEFINE_list(
+  'local_device_ids',
+  None,
+  'The local accelerators this process drives, e.g. 0,1,2,3. Needed under SLURM with one '
+  'process per node (launch/slurm_gpu.sbatch sets it): JAX would give each process only '
+  'the GPU numbered by its local task id.',
+)
 flags.mark_flags_as_required(['config'])
+_DISTRIBUTED_ONLY = (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID, _LOCAL_DEVICE_IDS)
 
 
 def initialize_distributed() -> None:
@@ -45,13 +54,37 @@ def initialize_distributed() -> None:
     coordinator_address=_COORDINATOR.value,
     num_processes=_NUM_PROCESSES.value,
     process_id=_PROCESS_ID.value,
+    local_device_ids=local_device_ids(_LOCAL_DEVICE_IDS.value),
   )
+
+
+def local_device_ids(values: list[str] | None) -> list[int] | None:
+  """--local_device_ids as numbers."""
+  if values is None:
+    return None
+  if not all(v.strip().isdigit() for v in values):
+    raise UserError(f'--local_device_ids={",".join(values)}: give device numbers, e.g. 0,1')
+  return [int(v) for v in values]
+
+
+def check_flags(workdir: str) -> None:
+  """Refuses flags that would start a run other than the one meant."""
+  given = [f'--{f.name}' for f in _DISTRIBUTED_ONLY if f.present]
+  if given and not _DISTRIBUTED.value:
+    # Each process would train alone, all of them in the same workdir.
+    raise UserError(f'{", ".join(given)} take effect only with --distributed: add it.')
+  if '://' in workdir:
+    raise UserError(
+      f'--workdir={workdir}: the workdir is a file system path. For a bucket, mount it on '
+      'every host at the same path (e.g. with gcsfuse) and give that path.'
+    )
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   workdir = _WORKDIR.value or str(Path('runs') / Path(flags.FLAGS['config'].config_filename).stem)
+  check_flags(workdir)
   if _DISTRIBUTED.value:
     initialize_distributed()
   # Imported after flag parsing so that `--help` answers quickly.

@@ -55,6 +55,27 @@ def test_warmup_longer_than_the_run_is_refused_before_anything_is_written(tmp_pa
   assert not workdir.exists()
 
 
+@pytest.mark.parametrize(
+  'flags, message',
+  [
+    # Each process would train alone, all of them in one workdir.
+    (['--num_processes=2', '--process_id=1'], '--num_processes, --process_id take effect only '),
+    (['--distributed', '--local_device_ids=0,a'], '--local_device_ids=0,a: give device numbers'),
+    (['--workdir=gs://bucket/runs/x'], '--workdir=gs://bucket/runs/x: the workdir is a file'),
+  ],
+  ids=['multi-process flags without --distributed', 'device ids', 'bucket workdir'],
+)
+def test_launch_flags_that_would_start_another_run_than_meant_are_refused(
+  tmp_path, tiny_flags, flags, message
+):
+  result = helpers.run_module(
+    'medclip_jax.main', *tiny_flags(), f'--workdir={tmp_path}/run', *flags, timeout=60
+  )
+  assert result.returncode == 2, result.stdout + result.stderr
+  assert message in result.stderr and 'Traceback' not in result.stderr
+  assert not (tmp_path / 'run').exists()
+
+
 def test_own_data_with_other_label_columns_trains_with_the_manifest_config(tmp_path, tiny_flags):
   raw, data, workdir = tmp_path / 'raw', tmp_path / 'mine', tmp_path / 'run'
   csv = helpers.write_labelled_manifest(raw, captions_per_image=2)  # two rows per image

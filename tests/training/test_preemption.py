@@ -1,6 +1,7 @@
 """Stopping on request: SIGTERM checkpoints the step reached and exits 0, in one process or
 in both of a two-process run when only one is signalled, and with data workers when every
-process of the job is signalled; a second signal exits at once."""
+process of the job is signalled; Ctrl-C to the local cluster script; a second signal exits
+at once."""
 
 import os
 import re
@@ -91,6 +92,27 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tiny_flags,
   for proc, log in zip(procs, logs):
     assert proc.wait(timeout=180) == 0, log.read_text()
   steps = [_stopped_at(log) for log in logs]
+  assert steps[0] == steps[1], steps
+  assert checkpointing.Checkpointer(str(workdir), keep=3).latest_step() == steps[0]
+
+
+def test_ctrl_c_to_the_local_cluster_stops_every_process_at_one_checkpoint(tiny_flags, tmp_path):
+  # The terminal's SIGINT reaches the script alone, which passes one SIGTERM to each process
+  # (before, each got the SIGINT and then the SIGTERM: a second signal, no checkpoint).
+  workdir, log = tmp_path / 'run', tmp_path / 'cluster.log'
+  with open(log, 'w', encoding='utf-8') as out:
+    script = subprocess.Popen(
+      ['bash', 'launch/local_cpu_cluster.sh', '2', f'--workdir={workdir}', *tiny_flags(**ENDLESS)],
+      cwd=helpers.REPO,
+      env={**os.environ, 'PYTHON': sys.executable, 'LOG_DIR': str(tmp_path / 'logs')},
+      stdout=out,
+      stderr=subprocess.STDOUT,
+      start_new_session=True,
+    )
+  helpers.wait_until(lambda: max(helpers.training_rows(workdir), default=0) >= 3, [script], [log])
+  os.killpg(script.pid, signal.SIGINT)
+  assert script.wait(timeout=180) == 0, log.read_text()
+  steps = [_stopped_at(path) for path in (log, tmp_path / 'logs' / 'process_1.log')]
   assert steps[0] == steps[1], steps
   assert checkpointing.Checkpointer(str(workdir), keep=3).latest_step() == steps[0]
 
