@@ -1,6 +1,7 @@
 """Tests of medclip_jax.data.workers: a data worker does not outlive its trainer (signals to
 every process of the job: tests/training/test_preemption.py)."""
 
+import os
 import subprocess
 import sys
 import time
@@ -46,6 +47,8 @@ def test_a_worker_whose_trainer_was_killed_exits(tmp_path):
     [sys.executable, str(parent), str(pid)],
     check=False,  # the parent ends killed
     cwd=helpers.REPO,
+    # A script's own folder heads sys.path, not the working directory.
+    env={**os.environ, 'PYTHONPATH': str(helpers.REPO)},
     stdout=subprocess.DEVNULL,
     stderr=subprocess.DEVNULL,
     timeout=120,
