@@ -35,7 +35,7 @@ def create_mesh(mesh_config) -> Mesh:
     )
   if -1 in sizes:
     known = math.prod(s for s in sizes if s != -1)
-    if known < 1 or n_devices % known:
+    if n_devices % known:  # the sizes are checked above: known is at least 1
       fixed = {n: s for n, s in zip(names, sizes) if s != -1}
       raise UserError(
         f'config.mesh {dict(mesh_config)}: the fixed axes {fixed} take {known} devices, '
