@@ -20,7 +20,7 @@ def read_bank_file(path) -> list[str]:
         reader = csv.DictReader(f)
         if 'caption' not in (reader.fieldnames or []):
           raise UserError(f'{path} has no "caption" column (its columns: {reader.fieldnames}).')
-        texts = [row['caption'].strip() for row in reader]
+        texts = [_caption(row, reader, path) for row in reader]
     else:
       texts = [line.strip() for line in path.read_text(encoding='utf-8-sig').splitlines()]
   except UnicodeDecodeError as e:
@@ -32,3 +32,14 @@ def read_bank_file(path) -> list[str]:
   if not texts:
     raise UserError(f'The caption bank {path} holds no captions.')
   return texts
+
+
+def _caption(row: dict, reader: csv.DictReader, path: Path) -> str:
+  # DictReader files extra cells under None and fills missing ones with None.
+  if None in row or None in row.values():
+    raise UserError(
+      f'{path}, line {reader.line_num}: the row has more or fewer cells than the header '
+      f'({", ".join(reader.fieldnames)}): an unquoted comma, or a quote left open. Quote '
+      'captions that hold commas ("like, this").'
+    )
+  return row['caption'].strip()

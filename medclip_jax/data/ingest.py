@@ -188,9 +188,11 @@ def find_image(name: str, directories: list[str]) -> str:
   """The path of image `name` in the first of `directories` that has it.
 
   An absolute `name` is used as is; a missing file gives the first candidate,
-  so that loading it reports 'missing file'.
+  so that loading it reports 'missing file'. A path written on Windows
+  ('images\\a.png') is found too.
   """
   if os.path.isabs(name):
     return name
-  candidates = [os.path.join(d, name) for d in directories]
+  spellings = [name, name.replace('\\', '/')] if os.sep == '/' and '\\' in name else [name]
+  candidates = [os.path.join(d, n) for n in spellings for d in directories]
   return next((c for c in candidates if os.path.isfile(c)), candidates[0])

@@ -58,6 +58,7 @@ def _check_bad_fraction(
   converted: int,
   skipped: list[dict],
   max_bad_fraction: float,
+  input: str = '',  # pylint: disable=redefined-builtin
 ) -> None:
   """Raises TooManyBadRecords (or OptionError for no inputs at all)."""
   total = converted + len(skipped)
@@ -72,11 +73,17 @@ def _check_bad_fraction(
     f'{reason}: {len(ids)} (e.g. {", ".join(map(repr, ids[:3]))})'
     for reason, ids in sorted(by_reason.items(), key=lambda kv: -len(kv[1]))
   )
+  where = ''
+  if 'missing file' in by_reason and os.path.isfile(input):
+    where = (
+      f' Image paths in a table are read relative to its folder, {os.path.dirname(input)} '
+      '(or absolute).'
+    )
   raise TooManyBadRecords(
     f'{len(skipped)} of {total} {format} inputs ({len(skipped) / total:.1%}) could not be '
     f'converted, more than --max_bad_fraction={max_bad_fraction}, so nothing was written. '
-    f'Reasons: {reasons}. Fix the inputs (or the column flags), or raise --max_bad_fraction '
-    'to keep only the good ones.'
+    f'Reasons: {reasons}.{where} Fix the inputs (or the column flags), or raise '
+    '--max_bad_fraction to keep only the good ones.'
   )
 
 
@@ -113,6 +120,12 @@ def prepare(
   except TypeError as e:
     raise OptionError(f'format {format!r}: {e}') from e
   source = builder(**options)
+  try:
+    os.makedirs(output, exist_ok=True)
+  except OSError as e:
+    raise OptionError(f'--output={output!r} cannot be created: {e.strerror}.') from e
+  if not os.access(output, os.W_OK | os.X_OK):
+    raise OptionError(f'--output={output!r} is not a directory you can write to.')
 
   writers = {split: records.SplitWriter(output, split, num_shards) for split in records.SPLITS}
   skipped: list[dict] = []
@@ -164,7 +177,28 @@ def prepare(
     if progress:
       progress(len(seen_ids), len(skipped))
     if source.max_bad_fraction is not None:
-      _check_bad_fraction(format, len(seen_ids), skipped, source.max_bad_fraction)
+      _check_bad_fraction(
+        format, len(seen_ids), skipped, source.max_bad_fraction, source.info.get('input', '')
+      )
+    info = {
+      'format': format,
+      'skipped': skipped,
+      **({'unpaired_outside_train': dict(left_out)} if left_out else {}),
+      'labels': {name: sorted(values) for name, values in labels.items()},
+      # Records per class and split: class balance, and how many records lack a label.
+      'label_counts': {
+        split: {name: dict(sorted(counts.items())) for name, counts in sorted(by_name.items())}
+        for split, by_name in label_counts.items()
+      },
+      'caption_length': {
+        'min': min(caption_words, default=0),
+        'mean': round(sum(caption_words) / max(1, len(caption_words)), 2),
+        'max': max(caption_words, default=0),
+      },
+      **source.info,
+    }
+    # Before any shard is committed: an info that cannot be written leaves `output` as it was.
+    records.dataset_info_text(info)
   except BaseException:
     for writer in writers.values():
       writer.abort()
@@ -183,25 +217,7 @@ def prepare(
       'captions': captions_in[split],
       'files': [os.path.basename(p) for p in paths],
     }
-  info = {
-    'format': format,
-    'splits': splits,
-    'converted': sum(s['count'] for s in splits.values()),
-    'skipped': skipped,
-    **({'unpaired_outside_train': dict(left_out)} if left_out else {}),
-    'labels': {name: sorted(values) for name, values in labels.items()},
-    # Records per class and split: class balance, and how many records lack a label.
-    'label_counts': {
-      split: {name: dict(sorted(counts.items())) for name, counts in sorted(by_name.items())}
-      for split, by_name in label_counts.items()
-    },
-    'caption_length': {
-      'min': min(caption_words, default=0),
-      'mean': round(sum(caption_words) / max(1, len(caption_words)), 2),
-      'max': max(caption_words, default=0),
-    },
-    **source.info,
-  }
+  info.update(splits=splits, converted=sum(s['count'] for s in splits.values()))
   records.write_dataset_info(output, info)
   return info
 
@@ -345,6 +361,8 @@ def main(argv: Sequence[str]) -> None:
     f'{skip_summary(info["skipped"])}{left_out}{repair_summary(info.get("repaired", []))}; '
     f'{seconds:.1f} s.'
   )
+  for warning in info.get('warnings', []):
+    print(f'warning: {warning}')
 
 
 def console_main() -> None:

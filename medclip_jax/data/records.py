@@ -282,17 +282,24 @@ def write_dataset_info(output_dir: str, info: dict) -> str:
   {'count', 'files' (basenames)}}), 'converted', 'skipped' ([{'id',
   'reason'}]), 'labels' ({name: sorted classes}), 'label_counts' ({split:
   {name: {class: records}}}), 'caption_length' ({'min', 'mean', 'max'} in
-  words), and what the format adds (e.g. 'image_size', 'seed'). The
+  words), 'warnings' (what prepare printed about inputs it read but could not use
+  fully), and what the format adds (e.g. 'image_size', 'seed'). The
   formatting is stable (sorted keys) so equal infos give equal files.
   """
+  text = dataset_info_text(info)
   os.makedirs(output_dir, exist_ok=True)
   path = os.path.join(output_dir, DATASET_INFO)
   tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(info, f, indent=2, sort_keys=True, ensure_ascii=False)
-    f.write('\n')
+  with open(tmp, 'wb') as f:
+    f.write(text)
   os.replace(tmp, path)
   return path
+
+
+def dataset_info_text(info: dict) -> bytes:
+  """dataset_info.json's bytes for `info`; raises UnicodeEncodeError for a string that holds
+  undecodable bytes (surrogate escapes), which prepare cleans first."""
+  return (json.dumps(info, indent=2, sort_keys=True, ensure_ascii=False) + '\n').encode('utf-8')
 
 
 def read_dataset_info(data_dir: str) -> dict:

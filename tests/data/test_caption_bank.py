@@ -26,3 +26,11 @@ def test_a_bank_that_is_not_utf8_is_a_user_error_saying_what_to_do(tmp_path, nam
   with pytest.raises(UserError, match=r'is not UTF-8 text .*Re-save it as UTF-8') as e:
     caption_bank.read_bank_file(path)
   assert str(path) in str(e.value) and '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize('row', ['2', '2,Chest X-ray, PA view'])
+def test_a_csv_bank_row_whose_cells_do_not_match_the_header_is_a_user_error(tmp_path, row):
+  path = tmp_path / 'bank.csv'
+  path.write_text(f'id,caption\n1,A chest X-ray.\n{row}\n3,Axial CT.\n')
+  with pytest.raises(UserError, match=r'bank\.csv, line 3: the row has more or fewer cells'):
+    caption_bank.read_bank_file(path)

@@ -155,3 +155,26 @@ def test_cli_says_how_many_captions_had_invalid_utf8_replaced_and_what_to_do(tmp
   assert 'invalid UTF-8 replaced (by U+FFFD) in the captions of 1 record (' in result.stdout
   assert 'probably not UTF-8 (e.g. a CSV saved by Excel as cp1252)' in result.stdout
   assert 're-save it as UTF-8' in result.stdout
+
+
+def test_prepare_refuses_an_output_it_cannot_create(tmp_path):
+  (tmp_path / 'm.csv').write_text('image,caption\n')
+  with pytest.raises(prepare.OptionError, match=r'm\.csv/prepared\' cannot be created: Not a dir'):
+    prepare.prepare('synthetic', str(tmp_path / 'm.csv' / 'prepared'), num_train=1)
+
+
+def test_an_info_that_cannot_be_written_leaves_the_earlier_dataset_as_it_was(tmp_path, monkeypatch):
+  out = tmp_path / 'out'
+  prepare.prepare('synthetic', str(out), num_train=2, num_val=1, num_test=1, image_size=32)
+  before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+  def fake_format():
+    # A format that forgot to clean a file name read from a Latin-1 file system.
+    return prepare.Source(
+      records=[make_record()], split_of=lambda r: 'train', info={'x': 'caf\udce9'}
+    )
+
+  monkeypatch.setitem(prepare.FORMATS, 'fake', fake_format)
+  with pytest.raises(UnicodeEncodeError):
+    prepare.prepare('fake', str(out))
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -220,7 +220,7 @@ def real_source(
     records=convert(entries, max_side, repaired, stored_as, unpaired),
     split_of=split_of,
     info={
-      'input': os.path.abspath(input),
+      'input': path_text(input),
       'max_side': max_side,
       'repaired': repaired,
       'images_stored_as': stored_as,
@@ -254,8 +254,19 @@ def grouped_source(
   )
 
 
+def path_text(path: str) -> str:
+  """`path`, absolute, as dataset_info.json records it (undecodable bytes replaced)."""
+  return ingest.repair_text(os.path.abspath(path))[0]
+
+
 def text(value: Any) -> str:
-  """A table cell as clean text ('' for a missing one)."""
+  """A table cell as clean text ('' for a missing one: None, or pandas' NaN; a whole float
+  without its '.0', as pandas stores an integer column with blanks)."""
+  if isinstance(value, float):
+    if math.isnan(value):
+      return ''
+    if value.is_integer():
+      value = int(value)
   if value is None:
     return ''
   return ingest.repair_text(str(value))[0].strip()
@@ -353,12 +364,34 @@ def _read_parquet(path: str) -> tuple[list[str], list[dict]]:
   return table.column_names, table.to_pylist()
 
 
-def read_table(path: str) -> tuple[list[str], list[dict | None]]:
+@dataclasses.dataclass(frozen=True)
+class BadRow:
+  """A table row that cannot be read; formats skip it with this reason."""
+
+  reason: str
+
+
+def _csv_rows(reader: csv.DictReader, width: int) -> Iterator[dict | BadRow]:
+  for row in reader:
+    # DictReader files extra cells under None and fills missing ones with None. Either way
+    # the cells no longer line up with the header: an unquoted comma shifts the labels, and
+    # a quote left open swallows the rows after it into one cell.
+    cells = width + len(row.get(None, ())) - sum(v is None for k, v in row.items() if k)
+    if cells != width:
+      yield BadRow(
+        f'{"more" if cells > width else "fewer"} cells than the header '
+        '(an unquoted comma, or a quote left open)'
+      )
+    else:
+      yield row
+
+
+def read_table(path: str) -> tuple[list[str], list[dict | BadRow]]:
   """The columns and rows of a .csv, .json (a list of objects), .jsonl or .parquet file.
 
-  Undecodable bytes are kept as surrogate escapes (see ingest.clean_caption);
-  a row that is not an object (a bad JSON line) is None. Parquet cells keep
-  their types (binary captions stay bytes).
+  Undecodable bytes are kept as surrogate escapes (see ingest.clean_caption); a row that
+  cannot be read (a bad JSON line, a CSV row with more or fewer cells than its header) is
+  a `BadRow`. Parquet cells keep their types (binary captions stay bytes).
   """
   ext = os.path.splitext(path)[1].lower()
   if ext == '.parquet':
@@ -366,10 +399,10 @@ def read_table(path: str) -> tuple[list[str], list[dict | None]]:
   if ext == '.csv':
     with open(path, encoding='utf-8-sig', errors='surrogateescape', newline='') as f:
       reader = csv.DictReader(f)
-      rows = list(reader)
-      return list(reader.fieldnames or []), rows
+      columns = list(reader.fieldnames or [])
+      return columns, list(_csv_rows(reader, len(columns)))
   if ext not in ('.json', '.jsonl'):
     raise OptionError(f'{path!r}: expected a .csv, .json, .jsonl or .parquet file.')
-  rows = list(iter_json(path))
-  columns = list(dict.fromkeys(key for row in rows if row for key in row))
+  rows = [BadRow('bad JSON line') if row is None else row for row in iter_json(path)]
+  columns = list(dict.fromkeys(key for row in rows if isinstance(row, dict) for key in row))
   return columns, rows

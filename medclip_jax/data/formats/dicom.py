@@ -1,6 +1,7 @@
 """`dicom`: a folder of DICOM files (searched recursively), split by patient.
 
-Every file under --input is one input: it becomes a record or is skipped
+Every file under --input (but a folder holding a prepared dataset, such as an
+earlier --output) is one input: it becomes a record or is skipped
 with a reason ('empty file', 'not a DICOM file', 'truncated or corrupt
 DICOM', 'no pixel data' for DICOMDIRs, reports and other non-image objects,
 'not a picture (SEG: segmentation)' for segmentations, dose grids and the like,
@@ -66,6 +67,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.multival import MultiValue
 
 from medclip_jax.data import ingest
+from medclip_jax.data import records
 from medclip_jax.data.formats import base
 
 # Tags whose values identify a patient. They are never output; a describing
@@ -146,17 +148,21 @@ def _quiet() -> Iterator[None]:
 
 
 def _find_files(directory: str, exclude: str) -> list[str]:
-  """Every file under `directory` (but `exclude`), in a stable order."""
+  """Every file under `directory` (but `exclude`, and prepared datasets: an earlier --output
+  inside --input), in a stable order."""
   paths = []
   for root, dirs, files in os.walk(directory):
-    dirs.sort()
+    dirs[:] = sorted(
+      d for d in dirs if not os.path.isfile(os.path.join(root, d, records.DATASET_INFO))
+    )
     paths += [os.path.join(root, name) for name in sorted(files)]
   return [p for p in paths if os.path.abspath(p) != exclude]
 
 
-def _read_captions(path: str, input: str) -> dict[str, str]:  # pylint: disable=redefined-builtin
-  """The --captions CSV as {path relative to --input: caption}; its paths may also be
-  absolute, or start with --input's folder name."""
+def _read_captions(path: str, input: str) -> tuple[dict[str, str], int]:  # pylint: disable=redefined-builtin
+  """The --captions CSV as {path relative to --input: caption} (its paths may also be
+  absolute, or start with --input's folder name), and how many of its rows could not be
+  read."""
   if not os.path.isfile(path):
     raise base.OptionError(f'--captions={path!r} is not a file.')
   if os.path.splitext(path)[1].lower() != '.csv':
@@ -169,8 +175,11 @@ def _read_captions(path: str, input: str) -> dict[str, str]:  # pylint: disable=
       f'and caption; its columns are {", ".join(map(repr, columns)) or "none"}.'
     )
   root, folder = os.path.abspath(input), os.path.basename(os.path.abspath(input))
-  captions = {}
+  captions, bad_rows = {}, 0
   for row in rows:
+    if isinstance(row, base.BadRow):
+      bad_rows += 1
+      continue
     name = base.text(row.get(column['file'])).replace('\\', '/')
     if not name:
       continue
@@ -180,7 +189,7 @@ def _read_captions(path: str, input: str) -> dict[str, str]:  # pylint: disable=
     if name.startswith(f'{folder}/') and not os.path.exists(os.path.join(root, name)):
       name = name[len(folder) + 1 :]
     captions[name] = row.get(column['caption']) or ''
-  return captions
+  return captions, bad_rows
 
 
 def _digest(value: str) -> str:
@@ -413,12 +422,13 @@ def source(
   base.check_real_options(
     'dicom', input, True, val_fraction, test_fraction, limit, max_side, max_bad_fraction
   )
-  side_captions = _read_captions(captions, input) if captions else {}
+  side_captions, bad_rows = _read_captions(captions, input) if captions else ({}, 0)
   captions_path = os.path.abspath(captions) if captions else ''
   paths = _find_files(input, exclude=captions_path)
-  caption_info = {'file': captions_path, 'matched': 0}
-  record_id_of = lambda path: os.path.relpath(path, input).replace(os.sep, '/')
-  if side_captions and not side_captions.keys() & set(map(record_id_of, paths)):
+  caption_info = {'file': base.path_text(captions) if captions else '', 'matched': 0}
+  record_id_of = lambda path: base.text(os.path.relpath(path, input).replace(os.sep, '/'))
+  unmatched = sorted(side_captions.keys() - set(map(record_id_of, paths)))
+  if side_captions and len(unmatched) == len(side_captions):
     # Most likely paths relative to another folder: every file would silently fall back
     # to captions made from its tags.
     raise base.OptionError(
@@ -426,6 +436,21 @@ def source(
       f'under --input={input!r} (e.g. {next(iter(side_captions))!r}'
       + (f'; the files there are named like {record_id_of(paths[0])!r}' if paths else '')
       + '). Give each path relative to --input, or absolute.'
+    )
+  notes = []
+  if unmatched:
+    caption_info['unmatched'] = unmatched
+    notes.append(
+      f'--captions: {len(unmatched)} of its {len(side_captions)} file paths name no file '
+      f'under --input (e.g. {", ".join(map(repr, unmatched[:3]))}; all listed in '
+      'dataset_info.json): the files they were meant for, if any, are captioned from their '
+      'tags. Paths are case-sensitive.'
+    )
+  if bad_rows:
+    caption_info['unreadable_rows'] = bad_rows
+    notes.append(
+      f'--captions: {bad_rows} row(s) have more or fewer cells than the header (an unquoted '
+      'comma, or a quote left open) and were not read.'
     )
 
   def entry(path: str) -> base.Entry | base.Skipped:
@@ -460,4 +485,5 @@ def source(
     max_side=max_side,
     max_bad_fraction=max_bad_fraction,
     captions=caption_info,
+    warnings=notes,
   )

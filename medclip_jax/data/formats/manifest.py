@@ -1,11 +1,12 @@
 """`manifest`: a generic table of images, captions and optional labels.
 
-The image column holds paths (relative to the table's folder, or absolute),
-or, in Parquet tables, the image file's bytes: a binary cell, or a Hugging
+The image column holds paths (relative to the table's folder, or absolute;
+Windows' backslashes work too), or, in Parquet tables, the image file's bytes: a binary cell, or a Hugging
 Face `datasets` Image struct {'bytes', 'path'} (as in datasets saved to or
 downloaded as Parquet). Rows of the same image are one record with several
 captions (in row order, repeats dropped), taking its group and labels from
-the first of them: rows naming the same path, or for embedded bytes rows
+the first of them (prepare warns where later rows disagree): rows naming the
+same file (however its path is spelled), or for embedded bytes rows
 with the same name and the same bytes (`datasets` keeps only a file's base
 name, so thousands of different images may share a name like
 view1_frontal.jpg). A record's id is its path or name, 'NAME (row N)' for a
@@ -16,6 +17,8 @@ a DICOM file is read by the dicom format's rules (its tags are not used).
 With --unpaired, a row with an image but no caption becomes an image-only
 record and a row with a caption but no image a text-only one (id 'row N'),
 which training can mix in (config.data.unpaired); otherwise both are skipped.
+A CSV row with more or fewer cells than the header (an unquoted comma, a quote
+left open) is skipped and counted, not read shifted.
 """
 
 from __future__ import annotations
@@ -85,10 +88,24 @@ def source(
       return (name, data), name, lambda max_side: ingest.load_image(data, max_side)
     if name:
       found = ingest.find_image(str(path).strip(), [root])
-      if os.path.isfile(found) and images.is_dicom(found):
-        return name, name, functools.partial(dicom.load_image, found)
-      return name, name, found
+      if not os.path.isfile(found):
+        return name, name, found  # loading it reports the missing file
+      # Rows naming one file in different ways ('a.png', './a.png', an absolute path) are
+      # one image, whose rows must not be split apart.
+      key = os.path.realpath(found)
+      if images.is_dicom(found):
+        return key, name, functools.partial(dicom.load_image, found)
+      return key, name, found
     return None, None, None
+
+  def labels_of(row) -> dict:
+    return {c: base.text(row.get(c)) for c in labels if base.text(row.get(c))}
+
+  def group_of(row) -> str:
+    return base.text(row.get(group_column)) if group_column else ''
+
+  disagreeing = []  # images whose later rows give other labels or another group
+  notes = []  # filled once the entries are read (dataset_info.json's 'warnings')
 
   def entries():
     read = []  # (row number, row, image key, image) of every row
@@ -96,7 +113,9 @@ def source(
     id_of = {}  # image key -> record id
     names = set()  # the names of the images found so far
     for number, row in enumerate(rows, start=1):
-      key, name, image = (None,) * 3 if row is None else image_of(row.get(image_column), number)
+      key, name, image = (
+        (None,) * 3 if isinstance(row, base.BadRow) else image_of(row.get(image_column), number)
+      )
       read.append((number, row, key, image))
       if key is None:
         continue
@@ -106,17 +125,17 @@ def source(
       rows_of.setdefault(key, []).append(row)
     # Each image at its first row, with the captions of all its rows.
     for number, row, key, image in read:
-      if row is None:
-        yield base.Skipped(f'row {number}', 'bad JSON line')
+      if isinstance(row, base.BadRow):
+        yield base.Skipped(f'row {number}', row.reason)
         continue
       if key is None:
         if unpaired:  # a text without an image
           yield base.Entry(
             id=f'row {number}',
-            group=(base.text(row.get(group_column)) if group_column else '') or f'row {number}',
+            group=group_of(row) or f'row {number}',
             image=None,
             caption=row.get(caption_column),
-            labels={c: base.text(row.get(c)) for c in labels if base.text(row.get(c))},
+            labels=labels_of(row),
           )
         else:
           yield base.Skipped(f'row {number}', 'no image path')
@@ -125,14 +144,23 @@ def source(
       if image_rows[0] is not row:
         continue  # a later row of an image already given
       record_id = id_of[key]
-      group = base.text(row.get(group_column)) if group_column else record_id
+      if any(
+        (labels_of(other), group_of(other)) != (labels_of(row), group_of(row))
+        for other in image_rows[1:]
+      ):
+        disagreeing.append(record_id)
       yield base.Entry(
         id=record_id,
-        group=group or record_id,
+        group=group_of(row) or record_id,
         image=image,
         caption=row.get(caption_column),
-        labels={c: base.text(row.get(c)) for c in labels if base.text(row.get(c))},
+        labels=labels_of(row),
         more_captions=tuple(other.get(caption_column) for other in image_rows[1:]),
+      )
+    if disagreeing:
+      notes.append(
+        f'{len(disagreeing)} image(s) have rows that disagree on their labels or group (e.g. '
+        f'{", ".join(map(repr, disagreeing[:3]))}): each record took them from its first row.'
       )
 
   return base.grouped_source(
@@ -145,4 +173,5 @@ def source(
     max_side=max_side,
     max_bad_fraction=max_bad_fraction,
     unpaired=unpaired,
+    warnings=notes,
   )

@@ -1,4 +1,5 @@
-"""`medpix`: a MedPix CSV / JSON export, split by case."""
+"""`medpix`: a MedPix CSV / JSON export, split by case (its case_id or uid column; without
+one, by image, with a warning: images of one case may then land in different splits)."""
 
 from __future__ import annotations
 
@@ -44,10 +45,17 @@ def source(
   root = os.path.dirname(os.path.abspath(input))
   directories = [root, os.path.join(root, 'images')]
 
+  notes = []
+  if not case_column:
+    notes.append(
+      f'{input} has no case column (case_id or uid), so it was split by image: images of one '
+      'case may be in different splits, which inflates evaluation figures.'
+    )
+
   def entries():
     for number, row in enumerate(rows, start=1):
-      if row is None:
-        yield base.Skipped(f'row {number}', 'bad JSON line')
+      if isinstance(row, base.BadRow):
+        yield base.Skipped(f'row {number}', row.reason)
         continue
       name = base.text(row.get(column['filename']))
       if not name:
@@ -71,4 +79,5 @@ def source(
     limit=limit,
     max_side=max_side,
     max_bad_fraction=max_bad_fraction,
+    warnings=notes,
   )

@@ -172,6 +172,6 @@ def source(
     limit=limit,
     max_side=max_side,
     max_bad_fraction=max_bad_fraction,
-    images=os.path.abspath(images),
+    images=base.path_text(images),
     sections=names,
   )

@@ -71,6 +71,9 @@ def _roco2_entries(
   if 'ID' not in columns or 'Caption' not in columns:
     raise base.OptionError(f'{captions!r} must have columns ID and Caption, has {columns}.')
   for number, row in enumerate(rows, start=2):
+    if isinstance(row, base.BadRow):
+      yield base.Skipped(f'{split} line {number}', row.reason)
+      continue
     roco_id = base.text(row['ID'])
     if not roco_id:
       yield base.Skipped(f'{split} line {number}', 'malformed line')

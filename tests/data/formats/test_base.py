@@ -71,3 +71,25 @@ def test_caption_cells_of_any_type_give_their_captions():
 def test_with_unpaired_a_blank_caption_cell_keeps_its_image_but_a_non_text_one_is_skipped():
   out = _converted({'nan': float('nan'), 'dict': {'en': 'x'}}, unpaired=True)
   assert out == {'nan': [''], 'dict': 'caption is a dict, not text'}
+
+
+def test_csv_rows_whose_cells_do_not_line_up_with_the_header_are_bad_rows(tmp_path):
+  path = tmp_path / 'm.csv'
+  path.write_text(
+    'image,caption,modality\n'
+    'a.png,Axial CT, contrast enhanced,CT\n'  # an unquoted comma: the labels would shift
+    'b.png,Normal chest,XR\n'
+    'c.png,"5 mm nodule,CT\n'  # a quote left open swallows the rows after it
+    'd.png,Brain MRI,MR\n'
+  )
+  columns, rows = base.read_table(str(path))
+  assert columns == ['image', 'caption', 'modality']
+  assert rows[1] == {'image': 'b.png', 'caption': 'Normal chest', 'modality': 'XR'}
+  assert len(rows) == 3
+  assert isinstance(rows[0], base.BadRow) and rows[0].reason.startswith('more cells')
+  assert isinstance(rows[2], base.BadRow) and rows[2].reason.startswith('fewer cells')
+
+
+def test_blank_and_whole_number_cells_read_as_pandas_writes_them():
+  assert base.text(float('nan')) == '' and base.text(None) == ''
+  assert base.text(1001.0) == '1001' and base.text(2.5) == '2.5' and base.text(7) == '7'

@@ -87,7 +87,16 @@ def test_fixture_converts_good_files_and_reports_bad_ones(tmp_path, caplog, caps
   assert {s['id']: s['reason'] for s in info['skipped']} == bad
   assert len(info['skipped']) == len(bad) == 7
   assert sum(s['count'] for s in info['splits'].values()) == info['converted']
-  assert info['captions'] == {'file': str(captions), 'matched': 2}
+  assert info['captions'] == {
+    'file': str(captions),
+    'matched': 2,
+    'unmatched': ['gone/missing.dcm'],
+  }
+  assert info['warnings'] == [
+    "--captions: 1 of its 4 file paths name no file under --input (e.g. 'gone/missing.dcm'; "
+    'all listed in dataset_info.json): the files they were meant for, if any, are captioned '
+    'from their tags. Paths are case-sensitive.'
+  ]
   assert info['labels'] == {
     'body_part': ['abdomen', 'chest', 'head', 'knee'],
     'modality': ['CR', 'CT', 'DX', 'MR', 'US'],
@@ -226,6 +235,29 @@ def test_captions_paths_may_be_absolute_or_start_with_the_input_folder_but_must_
   given.write_text('file,caption\nscans/p1/mono1.dcm,Nowhere.\n')
   with pytest.raises(prepare.OptionError, match='none of its 1 file paths names a file under'):
     prepare.prepare('dicom', str(tmp_path / 'out2'), input=str(data), captions=str(given))
+
+
+def test_file_names_that_are_not_utf8_and_an_output_inside_the_input_prepare_again(tmp_path):
+  data = tmp_path / 'dicom'
+  write_dicom_fixture(str(data))
+  # Names from a Latin-1 file system: a folder, an image and a note beside them.
+  latin = os.fsencode(data) + b'/r\xe9sultats'
+  os.makedirs(latin)
+  with open(data / 'p1' / 'mono1.dcm', 'rb') as f:
+    image = f.read()
+  with open(latin + b'/caf\xe9.dcm', 'wb') as f:
+    f.write(image)
+  with open(latin + b'/Lisez-moi \xe9t\xe9.txt', 'wb') as f:
+    f.write(b'notes')
+  out = data / 'prepared'  # inside --input: the second run must not read the first's output
+  options = dict(input=str(data), max_side=MAX_SIDE, max_bad_fraction=0.6)
+  first = prepare.prepare('dicom', str(out), **options)
+  second = prepare.prepare('dicom', str(out), **options)
+  assert first == second == records.read_dataset_info(str(out))
+  assert 'r\ufffdsultats/caf\ufffd.dcm' in records_by_id(str(out))
+  assert {'id': 'r\ufffdsultats/Lisez-moi \ufffdt\ufffd.txt', 'reason': 'not a DICOM file'} in (
+    second['skipped']
+  )
 
 
 # ----------------------------------------------------------------------------

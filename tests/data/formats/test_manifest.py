@@ -377,3 +377,120 @@ def test_manifest_rows_may_name_dicom_files(tmp_path):
   converted = records_by_id(tmp_path / 'out')
   for name, mode in (('dicom/p1/mono1.dcm', 'L'), ('dicom/p2/rgb.dcm', 'RGB')):
     assert Image.open(io.BytesIO(converted[name]['image'])).mode == mode
+
+
+def _three_images(directory):
+  for i in range(3):
+    write(directory / 'imgs', f'{i}.png', png(noise('L', seed=i)))
+
+
+def test_a_csv_row_with_an_unquoted_comma_is_skipped_and_counted_not_read_shifted(tmp_path):
+  _three_images(tmp_path)
+  (tmp_path / 'm.csv').write_text(
+    'image,caption,modality\n'
+    'imgs/0.png,Axial CT, contrast enhanced,CT\n'
+    'imgs/1.png,Normal chest,XR\n'
+    'imgs/2.png,Brain MRI,MR\n'
+  )
+  options = dict(input=str(tmp_path / 'm.csv'), label_columns='modality', max_side=MAX_SIDE)
+  out = tmp_path / 'out'
+  with pytest.raises(prepare.TooManyBadRecords, match=r"more cells than the header .*'row 1'"):
+    prepare.prepare('manifest', str(out), **options)
+  assert_nothing_written(out)
+  info = prepare.prepare('manifest', str(out), **options, max_bad_fraction=0.5)
+  assert info['converted'] == 2 and [s['id'] for s in info['skipped']] == ['row 1']
+  assert info['labels'] == {'modality': ['MR', 'XR']}
+
+
+def test_rows_naming_one_file_in_different_ways_are_one_record(tmp_path):
+  _three_images(tmp_path)
+  write_csv(
+    tmp_path / 'm.csv',
+    ['image', 'caption'],
+    [
+      ['imgs/0.png', 'First.'],
+      ['./imgs/0.png', 'Second.'],
+      [str(tmp_path / 'imgs' / '0.png'), 'Third.'],
+      ['imgs\\0.png', 'Fourth, from a table written on Windows.'],
+      ['imgs\\1.png', 'Another image.'],
+    ],
+  )
+  info = prepare.prepare(
+    'manifest', str(tmp_path / 'out'), input=str(tmp_path / 'm.csv'), max_side=MAX_SIDE
+  )
+  assert info['converted'] == 2 and info['skipped'] == []
+  recs = records_by_id(tmp_path / 'out')
+  assert recs['imgs/0.png']['captions'] == [
+    'First.',
+    'Second.',
+    'Third.',
+    'Fourth, from a table written on Windows.',
+  ]
+  assert recs['imgs\\1.png']['caption'] == 'Another image.'
+
+
+def test_rows_of_one_image_that_disagree_on_labels_or_group_are_reported(tmp_path):
+  _three_images(tmp_path)
+  write_csv(
+    tmp_path / 'm.csv',
+    ['image', 'caption', 'finding', 'patient'],
+    [
+      ['imgs/0.png', 'Nodule.', 'nodule', 'P1'],
+      ['imgs/0.png', 'Effusion.', 'effusion', 'P1'],
+      ['imgs/1.png', 'Normal.', 'normal', 'P2'],
+      ['imgs/1.png', 'Normal again.', 'normal', 'P2'],
+      ['imgs/2.png', 'Normal.', 'normal', 'P3'],
+      ['imgs/2.png', 'Normal.', 'normal', 'P4'],
+    ],
+  )
+  out = tmp_path / 'out'
+  result = run_module(
+    'medclip_jax.data.prepare',
+    '--format=manifest',
+    f'--input={tmp_path / "m.csv"}',
+    f'--output={out}',
+    '--label_columns=finding',
+    '--group_column=patient',
+    f'--max_side={MAX_SIDE}',
+  )
+  assert result.returncode == 0, result.stderr
+  warning = (
+    "2 image(s) have rows that disagree on their labels or group (e.g. 'imgs/0.png', "
+    "'imgs/2.png'): each record took them from its first row."
+  )
+  assert f'warning: {warning}' in result.stdout
+  info = records.read_dataset_info(str(out))
+  assert info['warnings'] == [warning]
+  assert records_by_id(out)['imgs/0.png']['labels'] == {'finding': 'nodule'}
+
+
+def test_blank_cells_of_a_json_table_are_no_label_and_no_group(tmp_path):
+  _three_images(tmp_path)
+  # pandas' DataFrame.to_json writes null, but json.dump of its records writes NaN.
+  (tmp_path / 'm.json').write_text(
+    '[{"image": "imgs/0.png", "caption": "A.", "finding": NaN, "patient": NaN},'
+    ' {"image": "imgs/1.png", "caption": "B.", "finding": "nodule", "patient": 1001.0},'
+    ' {"image": "imgs/2.png", "caption": "C.", "finding": NaN, "patient": NaN}]'
+  )
+  prepare.prepare(
+    'manifest',
+    str(tmp_path / 'out'),
+    input=str(tmp_path / 'm.json'),
+    label_columns='finding',
+    group_column='patient',
+    max_side=MAX_SIDE,
+  )
+  recs = records_by_id(tmp_path / 'out')
+  assert {i: (r['labels'], r['group']) for i, r in recs.items()} == {
+    'imgs/0.png': ({}, 'imgs/0.png'),
+    'imgs/1.png': ({'finding': 'nodule'}, '1001'),
+    'imgs/2.png': ({}, 'imgs/2.png'),
+  }
+
+
+def test_missing_images_say_where_relative_paths_are_read_from(tmp_path):
+  (tmp_path / 'tables').mkdir()
+  write_csv(tmp_path / 'tables' / 'm.csv', ['image', 'caption'], [['imgs/0.png', 'A.']])
+  with pytest.raises(prepare.TooManyBadRecords, match='relative to its folder, ') as e:
+    prepare.prepare('manifest', str(tmp_path / 'out'), input=str(tmp_path / 'tables' / 'm.csv'))
+  assert str(tmp_path / 'tables') in str(e.value)

@@ -61,5 +61,6 @@ def test_medpix_csv_without_case_column_groups_by_file_stem(tmp_path):
   write_csv(tmp_path / 'export.csv', ['filename', 'Caption', 'Plane'], [['a.jpg', 'x', 'Sagittal']])
   info = prepare.prepare('medpix', str(tmp_path / 'out'), input=str(tmp_path / 'export.csv'))
   assert info['converted'] == 1 and info['labels'] == {'plane': ['Sagittal']}
+  assert 'has no case column (case_id or uid), so it was split by image' in info['warnings'][0]
   (rec,) = [r for rs in all_records(tmp_path / 'out').values() for r in rs]
   assert rec['group'] == 'a' and rec['labels'] == {'plane': 'Sagittal'}
