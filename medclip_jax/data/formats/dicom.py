@@ -22,7 +22,8 @@ RLE) are decoded by pydicom's pylibjpeg plugins (requirements.txt).
 
 Captions: from --captions, a CSV with columns `file` (the path relative to
 --input, or absolute; a file matching none is refused) and `caption`, where
-it has a non-empty caption for the file; else built from four describing tags as '<modality> of the <body part>. Study:
+it has a non-empty caption for the file; else built from four describing tags
+as '<modality> of the <body part>. Study:
 <StudyDescription>. Series: <SeriesDescription>.' (e.g. 'CT scan of the
 chest. Study: CT thorax. Series: Axial 5mm.'; the modality noun is from
 _MODALITY_NOUNS), leaving out missing parts and a Series equal to the Study;
@@ -159,7 +160,10 @@ def _find_files(directory: str, exclude: str) -> list[str]:
   return [p for p in paths if os.path.abspath(p) != exclude]
 
 
-def _read_captions(path: str, input: str) -> tuple[dict[str, str], int]:  # pylint: disable=redefined-builtin
+def _read_captions(
+  path: str,
+  input: str,  # pylint: disable=redefined-builtin
+) -> tuple[dict[str, str], int]:
   """The --captions CSV as {path relative to --input: caption} (its paths may also be
   absolute, or start with --input's folder name), and how many of its rows could not be
   read."""

@@ -1,24 +1,23 @@
 """`manifest`: a generic table of images, captions and optional labels.
 
 The image column holds paths (relative to the table's folder, or absolute;
-Windows' backslashes work too), or, in Parquet tables, the image file's bytes: a binary cell, or a Hugging
-Face `datasets` Image struct {'bytes', 'path'} (as in datasets saved to or
-downloaded as Parquet). Rows of the same image are one record with several
-captions (in row order, repeats dropped), taking its group and labels from
-the first of them (prepare warns where later rows disagree): rows naming the
-same file (however its path is spelled), or for embedded bytes rows
-with the same name and the same bytes (`datasets` keeps only a file's base
-name, so thousands of different images may share a name like
-view1_frontal.jpg). A record's id is its path or name, 'NAME (row N)' for a
-different image under a name an earlier row used (N: its first row), or
-'row N' for embedded bytes without a name; its group is --group_column's
-value, else its id. A caption cell may also hold a list of captions. A path to
-a DICOM file is read by the dicom format's rules (its tags are not used).
-With --unpaired, a row with an image but no caption becomes an image-only
-record and a row with a caption but no image a text-only one (id 'row N'),
-which training can mix in (config.data.unpaired); otherwise both are skipped.
-A CSV row with more or fewer cells than the header (an unquoted comma, a quote
-left open) is skipped and counted, not read shifted.
+Windows' backslashes work too), or, in Parquet tables, the image file's bytes: a
+binary cell, or a Hugging Face `datasets` Image struct {'bytes', 'path'} (as in
+datasets saved to or downloaded as Parquet). Rows of the same image are one
+record with several captions (in row order, repeats dropped), taking its group
+and labels from the first of them (prepare warns where later rows disagree):
+rows naming the same file (however its path is spelled), or for embedded bytes
+rows with the same name and the same bytes (`datasets` keeps only a file's base
+name, so thousands of different images may share a name like view1_frontal.jpg).
+A record's id is its path or name, 'NAME (row N)' for a different image under a
+name an earlier row used (N: its first row), or 'row N' for embedded bytes
+without a name; its group is --group_column's value, else its id. A caption cell
+may also hold a list of captions. A path to a DICOM file is read by the dicom
+format's rules (its tags are not used). With --unpaired, a row with an image but
+no caption becomes an image-only record and a row with a caption but no image a
+text-only one (id 'row N'), which training can mix in (config.data.unpaired);
+otherwise both are skipped. A CSV row with more or fewer cells than the header
+(an unquoted comma, a quote left open) is skipped and counted, not read shifted.
 """
 
 from __future__ import annotations
