@@ -75,13 +75,20 @@ def read_image(image, size: int, max_side: int) -> np.ndarray:
     ) from e
 
 
+def _is_image_file(path: Path) -> bool:
+  if path.suffix.lower() in ('.png', '.jpg', '.jpeg', '.dcm', '.dicom'):
+    return True
+  # PACS exports name DICOM files without a suffix (IM0001); their DICOMDIR index is no image.
+  return not path.suffix and path.name != 'DICOMDIR' and image_lib.is_dicom(path)
+
+
 def image_files(directory) -> list[Path]:
-  """The image files (PNG, JPEG, DICOM) below `directory`, sorted; a UserError if none."""
+  """The image files below `directory` (PNG, JPEG, DICOM: by suffix, or without one by the
+  DICOM mark), sorted; a UserError if none."""
   directory = Path(directory)
   if not directory.is_dir():
     raise UserError(f'No directory {directory} to read images from.')
-  suffixes = {'.png', '.jpg', '.jpeg', '.dcm', '.dicom'}
-  files = sorted(p for p in directory.rglob('*') if p.is_file() and p.suffix.lower() in suffixes)
+  files = sorted(p for p in directory.rglob('*') if p.is_file() and _is_image_file(p))
   if not files:
     raise UserError(f'{directory} holds no PNG, JPEG or DICOM files.')
   return files
@@ -113,6 +120,28 @@ def check_templates(templates) -> list[str]:
         "'{{' or '}}')."
       )
   return templates
+
+
+def check_classes(class_names) -> list[str]:
+  """The zero-shot class names as a list, or a UserError for none, a blank or a repeated one
+  (its probability would be split between its copies), or one string given for a list."""
+  if isinstance(class_names, str):
+    raise UserError(
+      f'zero_shot takes a list of class names, not one string ({class_names!r}): e.g. '
+      "['CT', 'MRI']."
+    )
+  class_names = list(class_names or [])
+  if not class_names:
+    raise UserError('zero_shot needs at least one class name.')
+  if any(not str(c).strip() for c in class_names):
+    raise UserError(f'The class names {class_names} hold a blank one (a trailing comma?).')
+  repeated = sorted({c for c in class_names if class_names.count(c) > 1})
+  if repeated:
+    raise UserError(
+      f'The class names repeat {", ".join(map(repr, repeated))}: give each class once (a '
+      'repeated class would share its probability between its copies).'
+    )
+  return class_names
 
 
 def check_top_k(top_k: int) -> int:
@@ -272,9 +301,7 @@ class Retrieval:
     """Class probabilities [N, C] ([C] for one image): softmax of the scaled similarities to
     each class's prompt ensemble (templates with '{}', default the class name itself)."""
     images, single = as_list(images)
-    class_names, templates = list(class_names), check_templates(templates)
-    if not class_names:
-      raise UserError('zero_shot needs at least one class name.')
+    class_names, templates = check_classes(class_names), check_templates(templates)
     prompts = [t.format(c) for c in class_names for t in templates]
     emb = self.encode_texts(prompts).reshape(len(class_names), len(templates), -1).mean(axis=1)
     emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
@@ -307,6 +334,11 @@ class Retrieval:
     if sources is None:
       sources = [str(i) if isinstance(i, (str, Path)) else '' for i in images]
     ids = list(ids) if ids is not None else [s or str(n) for n, s in enumerate(sources)]
+    if not len(ids) == len(sources) == len(images):
+      raise UserError(
+        f'index: {len(images)} images, {len(ids)} ids and {len(sources)} sources; give one id '
+        'and one source for each image (or leave them out).'
+      )
     embeddings = self._encode_in_batches(images, progress)
     return Index(embeddings, ids, sources, self.fingerprint, str(self.path), self.step)
 
@@ -319,7 +351,7 @@ class Retrieval:
     return index
 
   def _bank_embeddings(self, texts: list[str]) -> np.ndarray:
-    key = hashlib.sha256('\n'.join(texts).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps(texts).encode()).hexdigest()  # captions may hold newlines
     cache = self.__dict__.setdefault('_banks', {})
     if key not in cache:
       cache.clear()  # one bank at a time: banks can be large

@@ -51,9 +51,13 @@ def _define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_string('bank_split', 'train', 'The split of --bank_data.', flag_values=f)
   flags.DEFINE_string('text', None, 'search: the query.', flag_values=f)
   flags.DEFINE_string('index', None, 'search: an index directory written by embed.', flag_values=f)
-  flags.DEFINE_list('classes', None, 'zeroshot: the class names.', flag_values=f)
+  flags.DEFINE_list('classes', None, 'zeroshot: the class names, comma-separated.', flag_values=f)
   flags.DEFINE_list(
-    'templates', None, "zeroshot: prompt templates with '{}' (default: the name).", flag_values=f
+    'templates',
+    None,
+    "zeroshot: prompt templates with '{}' (default: the name), comma-separated; put one that "
+    'holds a comma in double quotes: --templates=\'"{} of the head, axial.",{} scan\'.',
+    flag_values=f,
   )
   flags.DEFINE_integer('top_k', 5, 'How many results.', flag_values=f)
   flags.DEFINE_integer(
@@ -127,7 +131,7 @@ def _inputs(command: str, FLAGS, inference) -> dict:
     return {'text': text, 'images': [str(p) for p in inference.image_files(folder)]}
   return {
     'names': list(_require(FLAGS.image, 'image', command)),
-    'classes': _require(FLAGS.classes, 'classes', command),
+    'classes': inference.check_classes(_require(FLAGS.classes, 'classes', command)),
     'templates': inference.check_templates(FLAGS.templates),
   }
 

@@ -5,7 +5,7 @@ parts of medclip_jax (`interop.tables`, `inference`'s shared methods,
 `data.images`), so an export can be used wherever PyTorch is:
 
   from medclip_jax.torch_model import MedCLIP
-  model = MedCLIP.from_export('exported/demo').eval()
+  model = MedCLIP.from_export('exported/demo')        # in eval mode
   image = model.preprocess('scan.png').unsqueeze(0)   # a path, PIL image or array
   tokens = model.tokenize(['Axial CT of the brain showing a left frontal mass.'])
   with torch.no_grad():
@@ -16,6 +16,7 @@ It also has the JAX model's methods on NumPy (`medclip_jax.inference`):
 `index` and `search`, which rank as the JAX model ranks.
 """
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -148,7 +149,7 @@ class MedCLIP(nn.Module, inference.Retrieval):
       AutoTokenizer.from_pretrained(str(text_dir)),
     )
     model.path = directory
-    return model
+    return model.eval()  # as transformers' from_pretrained: BatchNorm uses its running statistics
 
   def describe(self) -> str:
     return f'{self.path} (export, step {self.step})'
@@ -191,8 +192,20 @@ class MedCLIP(nn.Module, inference.Retrieval):
       pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
     return F.normalize(self.text_projection(pooled), dim=-1)
 
+  @contextlib.contextmanager
+  def _inferring(self):
+    """Eval mode without gradients for the NumPy methods, even on a model being fine-tuned:
+    in training mode BatchNorm would normalise by each batch and update its statistics."""
+    training = self.training
+    self.eval()
+    try:
+      with torch.no_grad():
+        yield
+    finally:
+      self.train(training)
+
   def _embed_pixels(self, pixels: list) -> np.ndarray:
-    with torch.no_grad():
+    with self._inferring():
       return self.encode_image(torch.stack(pixels)).numpy()
 
   def encode_texts(self, texts) -> np.ndarray:
@@ -200,7 +213,7 @@ class MedCLIP(nn.Module, inference.Retrieval):
     texts, single = inference.as_list(texts)
     out = [np.zeros((0, self.embed_dim), np.float32)]
     size = self.batch_size
-    with torch.no_grad():
+    with self._inferring():
       for start in range(0, len(texts), size):
         out.append(self.encode_text(**self.tokenize(texts[start : start + size])).numpy())
     emb = np.concatenate(out)

@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 from medclip_jax import inference
 from medclip_jax import torch_model
@@ -24,7 +25,7 @@ def models(trained_run, tmp_path_factory):
   return {
     'workdir': inference.MedCLIP.load(workdir),
     'export': inference.MedCLIP.load(exported),
-    'torch': torch_model.MedCLIP.from_export(exported).eval(),
+    'torch': torch_model.MedCLIP.from_export(exported),  # as the README loads it
   }
 
 
@@ -102,6 +103,23 @@ def test_jax_and_pytorch_return_the_same_top_5(models, test_split):
     ]
 
 
+def test_the_pytorch_methods_infer_in_eval_mode_even_on_a_model_being_trained(models, test_split):
+  files, captions, _ = test_split
+  model, paths = models['torch'], [str(f) for f in files[:8]]
+  assert not model.training  # from_export, as from_pretrained, gives a model in eval mode
+  before = {k: v.clone() for k, v in model.state_dict().items()}
+  expected = model.encode_images(paths), model.encode_texts(captions[:8])
+  model.train()
+  try:
+    np.testing.assert_allclose(model.encode_images(paths), expected[0], atol=1e-6)
+    np.testing.assert_allclose(model.encode_texts(captions[:8]), expected[1], atol=1e-6)
+    assert model.training and model.image_encoder.training  # given back as it was
+  finally:
+    model.eval()
+  for key, value in model.state_dict().items():  # BatchNorm's running statistics untouched
+    assert torch.equal(value, before[key]), key
+
+
 def test_zero_shot_gives_class_probabilities_alike_in_jax_and_pytorch(models, test_split):
   files, _, _ = test_split
   classes = ['CT', 'MRI', 'X-ray', 'ultrasound']
@@ -166,6 +184,19 @@ def test_a_missing_or_unreadable_image_is_a_user_error(models, tmp_path, name, d
     models['torch'].encode_images(str(tmp_path / name))
 
 
+def test_a_folder_of_images_includes_dicom_files_without_a_suffix(tmp_path):
+  scan = helpers.dicom_dataset('p1', helpers.ramp(np.uint8, 0, 255), 'MONOCHROME2')
+  helpers.write(
+    tmp_path / 'study', 'IM0001', helpers.dicom_file_bytes(scan, enforce_file_format=True)
+  )
+  helpers.write(
+    tmp_path / 'study', 'DICOMDIR', helpers.dicom_file_bytes(scan, enforce_file_format=True)
+  )
+  helpers.write(tmp_path / 'study', 'README', b'notes')
+  helpers.write(tmp_path, 'a.png', helpers.png(helpers.noise('L')))
+  assert inference.image_files(tmp_path) == [tmp_path / 'a.png', tmp_path / 'study' / 'IM0001']
+
+
 def test_empty_banks_folders_and_no_model_are_user_errors(models, tmp_path):
   with pytest.raises(UserError, match='bank is empty'):
     models['workdir'].caption('x.png', [' ', ''])
@@ -191,6 +222,42 @@ def test_a_template_without_one_class_placeholder_is_a_user_error(models, templa
   for model in (models['workdir'], models['torch']):
     with pytest.raises(UserError, match=r"template .* must hold '\{\}' once, where each class"):
       model.zero_shot('scan.png', ['CT', 'MRI'], ['{} image.', template])
+
+
+@pytest.mark.parametrize(
+  'classes, problem',
+  [
+    ('CT', 'not one string'),
+    (['CT', 'MRI', ''], 'hold a blank one'),
+    (['CT', 'MRI', 'CT'], "repeat 'CT'"),
+    ([], 'at least one class name'),
+  ],
+)
+def test_class_names_that_would_mislead_are_a_user_error(models, classes, problem):
+  for model in (models['workdir'], models['torch']):
+    with pytest.raises(UserError, match=problem):
+      model.zero_shot('scan.png', classes)
+
+
+def test_a_bank_is_embedded_anew_when_its_captions_change(models, test_split):
+  files, _, _ = test_split
+  model = models['workdir']
+  joined = model.caption(str(files[0]), ['CT of the chest.\nMRI of the brain.'], top_k=2)
+  apart = model.caption(str(files[0]), ['CT of the chest.', 'MRI of the brain.'], top_k=2)
+  assert len(joined) == 1 and len(apart) == 2
+  assert {c: s for c, s in apart} == pytest.approx(
+    {
+      c: float(model.encode(str(files[0]), c)[0] @ model.encode(str(files[0]), c)[1])
+      for c, _ in apart
+    },
+    abs=1e-5,
+  )
+
+
+def test_an_index_needs_an_id_and_a_source_for_each_image(models, test_split):
+  files, _, _ = test_split
+  with pytest.raises(UserError, match='3 images, 2 ids and 3 sources'):
+    models['workdir'].index([str(f) for f in files[:3]], ids=['a', 'b'])
 
 
 def test_top_k_below_one_is_a_user_error(models, test_split):

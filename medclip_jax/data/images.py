@@ -53,6 +53,10 @@ def read(image, max_side: int = ingest.DEFAULT_MAX_SIDE) -> Image.Image:
     return ingest.open_image(image, max_side)
   if isinstance(image, np.ndarray):
     array = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+    if array.size == 0:
+      raise ingest.BadRecord(f'an array of shape {array.shape} is empty')
+    if array.dtype.kind in 'fc' and not np.isfinite(array).all():
+      raise ingest.BadRecord('the array holds NaN or infinite values')
     if array.dtype != np.uint8:  # stretched by its min and max, as prepare does 16-bit images
       low, high = float(array.min()), float(array.max())
       array = ((array - low) / (high - low or 1.0) * 255).round().astype(np.uint8)
@@ -61,7 +65,12 @@ def read(image, max_side: int = ingest.DEFAULT_MAX_SIDE) -> Image.Image:
     except TypeError as e:
       raise ingest.BadRecord(f'an array of shape {array.shape} is no image') from e
   if isinstance(image, Image.Image):
-    # TIFF holds every PIL mode (CMYK, 16-bit, float) losslessly, for open_image to convert.
+    if 0 in image.size:
+      raise ingest.BadRecord(f'the image is empty ({image.width}x{image.height})')
+    # TIFF holds the file modes (CMYK, 16-bit, float) losslessly, for open_image to convert;
+    # not the in-memory ones (HSV, premultiplied alpha), whose nearest file mode it gets.
+    file_mode = {'HSV': 'RGB', 'RGBa': 'RGBA', 'La': 'LA'}.get(image.mode)
+    image = image.convert(file_mode) if file_mode else image
     out = io.BytesIO()
     image.save(out, 'TIFF')
     return ingest.open_image(out.getvalue(), max_side)

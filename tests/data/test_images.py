@@ -94,6 +94,18 @@ def test_float_and_one_channel_arrays_are_stretched_to_the_full_range():
   assert pixels.min() <= 8 and pixels.max() >= 247
 
 
+def test_pil_images_in_modes_only_memory_holds_read_as_their_file_mode():
+  rgb = helpers.noise('RGB', (40, 30))
+  expected = images.model_input(rgb, SIZE)
+  hsv = images.model_input(rgb.convert('HSV'), SIZE).astype(int)
+  assert np.abs(hsv - expected).max() <= 8  # HSV holds hue in 8 bits: not exact
+  np.testing.assert_array_equal(images.model_input(rgb.convert('RGBa'), SIZE), expected)
+  grey = helpers.noise('L', (40, 30))
+  np.testing.assert_array_equal(
+    images.model_input(grey.convert('LA').convert('La'), SIZE), images.model_input(grey, SIZE)
+  )
+
+
 def test_the_longest_side_is_capped_as_prepare_caps_it():
   tall = PIL.Image.new('L', (100, 400), 90)
   assert images.read(tall, max_side=64).size == (16, 64)
@@ -119,6 +131,12 @@ def test_an_unreadable_dicom_is_refused_with_its_reason(tmp_path):
 def test_what_is_no_image_is_refused():
   with pytest.raises(ingest.BadRecord, match='no image'):
     images.read(np.zeros((2, 3, 4, 5)))
+  with pytest.raises(ingest.BadRecord, match='is empty'):
+    images.read(np.zeros((0, 3)))
+  with pytest.raises(ingest.BadRecord, match='the image is empty'):
+    images.read(PIL.Image.new('L', (0, 5)))
+  with pytest.raises(ingest.BadRecord, match='NaN or infinite'):
+    images.read(np.full((4, 4), np.nan, np.float32))
   with pytest.raises(TypeError, match='file path, image bytes, a PIL image or a numpy array'):
     images.read(42)
 
