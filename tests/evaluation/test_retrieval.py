@@ -70,3 +70,26 @@ def test_a_fixed_gallery_is_sampled_with_its_seed():
   one = retrieval.Evaluator(ks=(1,), gallery_size=20, seed=1)(None, split, None)
   assert one['gallery_size'] == 20 and one['i2t.R@1'] == 1.0
   assert one == retrieval.Evaluator(ks=(1,), gallery_size=20, seed=1)(None, split, None)
+
+
+def test_a_collapsed_or_non_finite_model_ranks_at_chance_not_first():
+  rng = np.random.default_rng(0)
+  spread = rng.normal(size=(40, 8)).astype(np.float32)
+  spread /= np.linalg.norm(spread, axis=1, keepdims=True)
+  same = np.tile(spread[:1], (40, 1))
+  for image, text in ((same, spread), (spread, same), (np.zeros_like(spread), spread)):
+    r = retrieval.retrieval_metrics(image, text, ks=(1,))
+    assert r['i2t.R@1'] <= 0.1 and r['t2i.R@1'] <= 0.1, r
+  nan = np.full_like(spread, np.nan)
+  r = retrieval.retrieval_metrics(nan, spread, ks=(1,))
+  assert r['i2t.R@1'] == r['t2i.R@1'] == 0 and r['i2t.mean_rank'] == 40
+
+
+def test_another_records_caption_of_the_same_text_is_as_right_as_its_own():
+  # Records 0 and 1 are two images captioned alike: their caption embeddings are equal.
+  image = np.array([[1, 0, 0], [0.9, 0.43, 0], [0, 0, 1]], np.float32)
+  text = np.array([[1, 0, 0], [1, 0, 0], [0, 0, 1]], np.float32)
+  alike = retrieval.retrieval_metrics(image, text, ks=(1,), text_keys=['normal', 'normal', 'x'])
+  assert alike['i2t.R@1'] == 1.0
+  apart = retrieval.retrieval_metrics(image, text, ks=(1,))
+  assert apart['i2t.R@1'] == 1 / 3  # as different texts, each tie counts against
