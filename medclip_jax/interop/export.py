@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from medclip_jax.data import tokenizer as tokenizer_lib
+from medclip_jax.errors import UserError
 from medclip_jax.interop import convert
 from medclip_jax.interop import load
 from medclip_jax.interop import tables
@@ -47,12 +48,12 @@ def hf_bert_config(text_config: ml_collections.ConfigDict):
 
 def export(workdir: str, out: str, step: int | None = None) -> Path:
   """Writes the export of `step` (default: the latest) of `workdir` to `out`."""
+  out = _check_out(workdir, Path(out))
   # The model's variables only: neither the optimizer state nor MMCLIP's decoders are read.
   loaded = load.from_workdir(workdir, step)
   config = loaded.config
   params, batch_stats = loaded.variables['params'], loaded.variables['batch_stats']
 
-  out = Path(out)
   text_dir = out / tables.EXPORT_FILES['text_encoder']
   text_dir.mkdir(parents=True, exist_ok=True)
   _save_safetensors(
@@ -93,6 +94,23 @@ def export(workdir: str, out: str, step: int | None = None) -> Path:
     json.dumps(metadata, indent=2, default=list) + '\n'
   )
   _make_readable(out)
+  return out
+
+
+def _check_out(workdir: str, out: Path) -> Path:
+  """`out`, or a UserError where a file stands or where the export would go into a workdir
+  (whose export file would then make `load` read it as that export, not its checkpoints)."""
+  existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+  if not existing.is_dir():
+    raise UserError(
+      f'Cannot export to {out}: {existing} is a file. Give a new directory, or an export '
+      'directory to replace.'
+    )
+  if (out / 'checkpoints').exists() or out.resolve() == Path(workdir).resolve():
+    raise UserError(
+      f'Cannot export into {out}: it is a training workdir, which would then load as this '
+      'export and no longer as its checkpoints. Give another directory (e.g. exported/NAME).'
+    )
   return out
 
 

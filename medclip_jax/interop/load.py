@@ -70,11 +70,13 @@ def from_workdir(path, step: int | None = None, decoders: bool = False) -> Loade
       raise UserError(
         f'No checkpoint for step {step} in {checkpointer.directory}; there are {steps}.'
       )
-    config = ml_collections.ConfigDict(checkpointer.restore_config(step))
-    wanted = setup_lib.shapes(config).abstract_state.variables()
-    if not decoders:  # the rest is not read (Orbax restores part of a tree)
-      wanted['params'] = {k: v for k, v in wanted['params'].items() if k in tables.EXPORTED_PARAMS}
     try:
+      config = ml_collections.ConfigDict(checkpointer.restore_config(step))
+      wanted = setup_lib.shapes(config).abstract_state.variables()
+      if not decoders:  # the rest is not read (Orbax restores part of a tree)
+        wanted['params'] = {
+          k: v for k, v in wanted['params'].items() if k in tables.EXPORTED_PARAMS
+        }
       variables = checkpointer.restore_variables(step, wanted)
     except checkpointing.CorruptCheckpoint as e:
       older = [s for s in steps if s < step]
@@ -96,9 +98,20 @@ def from_workdir(path, step: int | None = None, decoders: bool = False) -> Loade
 
 
 def _from_export(path: Path, step: int | None) -> Loaded:
-  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-
-  metadata = json.loads((path / tables.EXPORT_FILES['metadata']).read_text())
+  metadata_file = path / tables.EXPORT_FILES['metadata']
+  try:
+    metadata = json.loads(metadata_file.read_text())
+  except ValueError as e:
+    metadata, problem = {}, f'it is not JSON ({e})'
+  else:
+    wanted = ('step', 'config', 'image')
+    missing = [k for k in wanted if k not in metadata] if isinstance(metadata, dict) else wanted
+    problem = f'it lacks {", ".join(missing)}' if missing else ''
+  if problem:
+    raise UserError(
+      f'{metadata_file} cannot be read: {problem}. The export is damaged: export the training '
+      'workdir again (python -m medclip_jax.export --workdir=... --out=...).'
+    )
   if step is not None and step != metadata['step']:
     raise UserError(f'{path} is an export of step {metadata["step"]}, not of step {step}.')
   config = ml_collections.ConfigDict(checkpointing.upgrade_config(metadata['config']))
@@ -114,10 +127,13 @@ def _from_export(path: Path, step: int | None) -> Loaded:
   params['text_encoder'] = convert.bert_from_hf(
     convert.read_tensors(text_dir / tables.HF_WEIGHT_FILES[0]), abstract.params['text_encoder']
   )
-  heads = load_file(str(path / tables.EXPORT_FILES['heads']))
+  heads_file = path / tables.EXPORT_FILES['heads']
+  heads = convert.read_tensors(heads_file)
   for key, name in tables.HEADS.items():
     if key not in abstract.params:
       continue
+    if name not in heads:
+      raise UserError(f'{heads_file} has no {name}: the export is damaged; export it again.')
     value = heads[name]
     # Projections were written as torch's [out, in] Linear weights; scalars with shape (1,).
     params[key] = {'kernel': value.T} if value.ndim == 2 else np.asarray(value.reshape(()))

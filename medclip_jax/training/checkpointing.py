@@ -173,8 +173,14 @@ class Checkpointer:
       raise CorruptCheckpoint(saved[0], f'the data position cannot be read ({e})') from e
 
   def restore_config(self, step: int) -> dict:
-    """The config saved with `step`, as a dict in today's layout (see `upgrade_config`)."""
-    saved = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    """The config saved with `step`, as a dict in today's layout (see `upgrade_config`);
+    `CorruptCheckpoint` if it is missing or cannot be read."""
+    try:
+      saved = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    except (ValueError, KeyError, OSError) as e:  # unparsable JSON, no config item, no file
+      raise CorruptCheckpoint(
+        self.directory / str(step) / 'config', f'the saved config cannot be read ({e})'
+      ) from e
     return upgrade_config(saved['config'])
 
   def restore_state(self, step: int, abstract_state):

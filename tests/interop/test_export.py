@@ -127,3 +127,58 @@ def test_export_of_a_damaged_checkpoint_is_a_user_error_naming_the_one_before(
   with pytest.raises(UserError, match=r'step 12 .* is damaged: .*CRC32 differs.*--step=6'):
     export.export(str(tmp_path / 'run'), str(tmp_path / 'out'))
   assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('damage', ['garbled', 'missing'])
+def test_a_checkpoint_whose_saved_config_is_damaged_is_a_user_error(trained_run, tmp_path, damage):
+  import shutil  # pylint: disable=import-outside-toplevel
+
+  _, workdir, _ = trained_run  # checkpoints 6 and 12
+  shutil.copytree(workdir / 'checkpoints', tmp_path / 'run' / 'checkpoints')
+  config = tmp_path / 'run' / 'checkpoints' / '12' / 'config'
+  if damage == 'garbled':
+    (config / 'metadata').write_text('{garbage')
+  else:
+    shutil.rmtree(config)
+  with pytest.raises(UserError, match=r'step 12 .* is damaged: .*config: the saved config cannot'):
+    export.export(str(tmp_path / 'run'), str(tmp_path / 'out'))
+
+
+def test_export_refuses_a_file_or_the_workdir_as_its_output(trained_run, tmp_path):
+  _, workdir, _ = trained_run
+  (tmp_path / 'afile').write_text('')
+  with pytest.raises(UserError, match=r'Cannot export to .*afile is a file'):
+    export.export(str(workdir), str(tmp_path / 'afile'))
+  with pytest.raises(UserError, match='it is a training workdir, which would then load as'):
+    export.export(str(workdir), str(workdir))
+  assert not list(workdir.glob('medclip.json'))
+
+
+@pytest.mark.parametrize(
+  'damage, problem',
+  [
+    ('no heads', r'No weights file at .*heads\.safetensors'),
+    ('truncated heads', r'heads\.safetensors is not a PyTorch or safetensors checkpoint'),
+    ('garbled metadata', r'medclip\.json cannot be read: it is not JSON'),
+    ('metadata without step', r'medclip\.json cannot be read: it lacks step'),
+  ],
+)
+def test_a_damaged_export_is_a_user_error(exported, tmp_path, damage, problem):
+  import shutil  # pylint: disable=import-outside-toplevel
+
+  from medclip_jax.interop import load  # pylint: disable=import-outside-toplevel
+
+  copy = shutil.copytree(exported, tmp_path / 'export')
+  heads, metadata = copy / 'heads.safetensors', copy / 'medclip.json'
+  if damage == 'no heads':
+    heads.unlink()
+  elif damage == 'truncated heads':
+    heads.write_bytes(heads.read_bytes()[:100])
+  elif damage == 'garbled metadata':
+    metadata.write_text('{"step": 12')
+  else:
+    metadata.write_text(
+      json.dumps({k: v for k, v in json.loads(metadata.read_text()).items() if k != 'step'})
+    )
+  with pytest.raises(UserError, match=problem):
+    load.load(copy)
