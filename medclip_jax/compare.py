@@ -106,6 +106,7 @@ def compare(config, init: str, workdir: str) -> dict:
     _check_earlier_run(workdir / name, config.init_from)
 
   evaluation = setup.evaluation(config, info.get('labels', {}))
+  evaluation.check_data()
   rows = {'start': evaluation(evaluation.place(loaded.variables))[0]}
   for name, text in (('captions', 'caption'), ('labels', label_text)):
     run = config.copy_and_resolve_references()

@@ -5,16 +5,22 @@
 
 --workdir is a training workdir (its latest checkpoint, or --step) or an
 export directory. The evaluators are the run's own `config.evals`, or those of
---config (whose fields can be overridden as in training, e.g.
---config.evals.caption.top_k=5); --only keeps some of them by name. The data
+--config (whose evals can be overridden as in training, e.g.
+--config.evals.caption.top_k=5; of the rest of --config only
+eval.batch_size is read); --only keeps some of them by name. The data
 is the run's (`config.data`), or the prepared directory --data. Writes
 WORKDIR/eval/step_<N>.json (flat keys, as training does),
 WORKDIR/eval/step_<N>/report.html and the evaluators' files beside it
 (e.g. captions.jsonl), and prints the table. Another split than the run's
-`config.eval.split`, or --data, is written beside them, not over them:
+`config.eval.split` (or than the one an intermediate step was evaluated on
+during training), or --data, is written beside them, not over them:
 step_<N>.<split>.json and step_<N>.<split>/ (with --data,
-`<split>-<the data directory's name>`).
+`<split>-<the data directory's name>`). With --only, the other evaluators'
+results of that step are kept and the report of those run goes to
+report.<names>.html.
 """
+
+import sys
 
 from pathlib import Path
 
@@ -26,7 +32,9 @@ from medclip_jax import cli
 from medclip_jax.errors import UserError
 
 
-def evaluate(workdir, step=None, split=None, data=None, evals=None, only=None) -> tuple:
+def evaluate(
+  workdir, step=None, split=None, data=None, evals=None, only=None, batch_size=None
+) -> tuple:
   """Evaluates the model in `workdir`; returns (loaded model, results, report path, notes)."""
   # Imported here so that --help answers quickly.
   from medclip_jax.data import pipeline  # pylint: disable=import-outside-toplevel
@@ -49,11 +57,25 @@ def evaluate(workdir, step=None, split=None, data=None, evals=None, only=None) -
       raise UserError(
         f'--only names {unknown}, which config.evals has not: {sorted(config.evals)}.'
       )
+    off = [n for n in only if dict(config.evals[n]).get('type') == 'off']
+    if off:
+      raise UserError(
+        f'--only names {off}, which config.evals switches off (type off). Switch it on: '
+        f'--config=CONFIG_FILE --config.evals.{off[0]}.type=<its type, e.g. {off[0]}>.'
+      )
     config.evals = {name: config.evals[name] for name in only}
   if data:
     config.data.dir, config.data.tfds_name = str(data), ''
   if split:
     config.eval.split = split
+  if batch_size:
+    config.eval.batch_size = batch_size
+  # An intermediate step's file may hold training's periodic results on another split.
+  if not name and results_lib.recorded_split(str(workdir), loaded.step) not in (
+    None,
+    config.eval.split,
+  ):
+    name = config.eval.split
   info = pipeline.dataset_info(config.data)
   splits = info.get('splits', {})
   if not splits.get(config.eval.split, {}).get('count'):
@@ -64,16 +86,20 @@ def evaluate(workdir, step=None, split=None, data=None, evals=None, only=None) -
       'with --split.'
     )
   evaluation = setup.evaluation(config, info.get('labels', {}))
+  evaluation.check_data()
   results, details = evaluation(evaluation.place(loaded.variables))
-  if only:  # the other evaluators' results of this step stay
-    results = {**results_lib.read(str(workdir), loaded.step, config.eval.split, name), **results}
+  report_name, reported = 'report.html', results
+  if only:  # the other evaluators' results of this step stay; their report is left as it was
+    saved = results_lib.read(str(workdir), loaded.step, config.eval.split, name)
+    results = {**{k: v for k, v in saved.items() if k.split('.', 1)[0] not in only}, **results}
+    report_name = f'report.{"+".join(only)}.html'
   results_lib.write(str(workdir), loaded.step, config.eval.split, results, details, name)
   path = report.write(
-    results_lib.step_dir(str(workdir), loaded.step, name) / 'report.html',
+    results_lib.step_dir(str(workdir), loaded.step, name) / report_name,
     step=loaded.step,
     split=config.eval.split,
     model=loaded.describe(),
-    results=results,
+    results=reported,
     details=details,
   )
   notes = [f'warning: {w}' for w in evaluation.warnings] + [
@@ -89,7 +115,9 @@ def _define_flags():
   flags.DEFINE_string('split', None, 'Split to evaluate (default: config.eval.split).')
   flags.DEFINE_string('data', None, "A prepared dataset directory (default: the run's).")
   flags.DEFINE_list('only', None, 'Run only these config.evals entries, by name.')
-  config_flags.DEFINE_config_file('config', None, "A config file whose evals replace the run's.")
+  config_flags.DEFINE_config_file(
+    'config', None, "A config file whose evals (and eval.batch_size, if given) replace the run's."
+  )
   flags.mark_flags_as_required(['workdir'])
 
 
@@ -97,6 +125,18 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   FLAGS = flags.FLAGS
+  ignored = [
+    a.split('=')[0]
+    for a in sys.argv[1:]
+    if a.startswith('--config.')
+    and not a.startswith(('--config.evals.', '--config.eval.batch_size'))
+  ]
+  if ignored:
+    raise UserError(
+      f'evaluate reads only config.evals and config.eval.batch_size of --config, so '
+      f'{", ".join(ignored)} would be ignored: the model, its data and preprocessing are the '
+      "trained run's. Give another prepared dataset with --data and another split with --split."
+    )
   loaded, results, path, notes = evaluate(
     FLAGS.workdir,
     FLAGS.step,
@@ -104,6 +144,10 @@ def main(argv):
     FLAGS.data,
     None if FLAGS.config is None else FLAGS.config.evals,
     FLAGS.only,
+    # Only when given: the config file's own value was not chosen for this machine.
+    FLAGS.config.eval.batch_size
+    if any(a.startswith('--config.eval.batch_size') for a in sys.argv)
+    else None,
   )
   from medclip_jax.evaluation import results as results_lib  # pylint: disable=import-outside-toplevel
 

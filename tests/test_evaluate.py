@@ -56,11 +56,69 @@ def test_an_export_evaluates_like_its_workdir(evaluated):
 
 
 def test_only_keeps_the_other_results_of_the_step(evaluated):
-  copy, results, _, _, _ = evaluated
-  _, again, _, _ = evaluate.evaluate(copy, only=['retrieval'])
+  copy, results, report, _, _ = evaluated
+  full_report = report.read_text()
+  _, again, partial, _ = evaluate.evaluate(copy, only=['retrieval'])
   assert again == results  # retrieval recomputed, the rest kept from the file
+  assert report.read_text() == full_report  # the full report is kept too
+  assert partial == report.with_name('report.retrieval.html') and 'retrieval.i2t' in (
+    partial.read_text()
+  )
   with pytest.raises(UserError, match=r"--only names \['bleu'\]"):
     evaluate.evaluate(copy, only=['bleu'])
+
+
+def test_only_drops_the_rerun_evaluators_earlier_keys(evaluated):
+  copy, results, _, _, _ = evaluated
+  evals = demo.get_config().evals
+  evals.retrieval.ks = (1, 2)
+  _, again, _, _ = evaluate.evaluate(copy, evals=evals, only=['retrieval'])
+  assert 'retrieval.i2t.R@2' in again and 'retrieval.i2t.R@10' not in again  # no stale R@10
+  assert {k: v for k, v in again.items() if not k.startswith('retrieval.')} == {
+    k: v for k, v in results.items() if not k.startswith('retrieval.')
+  }
+  evaluate.evaluate(copy, only=['retrieval'])  # as it was, for the other tests
+
+
+def test_only_refuses_an_evaluator_the_config_switches_off(evaluated):
+  copy, _, _, _, _ = evaluated
+  evals = demo.get_config().evals
+  assert evals.finetune.type == 'off'
+  with pytest.raises(UserError, match=r"--only names \['finetune'\], which config.evals switches"):
+    evaluate.evaluate(copy, evals=evals, only=['finetune'])
+
+
+def test_an_evaluator_missing_its_training_split_is_a_user_error_before_embedding(evaluated):
+  copy, _, _, _, _ = evaluated
+  evals = demo.get_config().evals
+  evals.linear_probe.train_split = 'training'
+  with pytest.raises(UserError, match="The linear probe trains on the 'training' split, which"):
+    evaluate.evaluate(copy, evals=evals, only=['linear_probe'])
+
+
+def test_an_intermediate_steps_periodic_results_are_not_overwritten(evaluated):
+  from medclip_jax.evaluation import results as results_lib  # pylint: disable=import-outside-toplevel
+
+  copy, _, _, _, _ = evaluated
+  periodic = results_lib.write(str(copy), 6, 'val', {'retrieval.i2t.R@1': 0.5})
+  before = periodic.read_text()
+  _, _, report, _ = evaluate.evaluate(copy, step=6, only=['retrieval'])
+  assert periodic.read_text() == before
+  assert json.loads((copy / 'eval' / 'step_6.test.json').read_text())['split'] == 'test'
+  assert report.parent == copy / 'eval' / 'step_6.test'
+
+
+def test_config_fields_evaluate_does_not_read_are_refused(trained_run):
+  _, workdir, _ = trained_run
+  result = helpers.run_module(
+    'medclip_jax.evaluate',
+    f'--workdir={workdir}',
+    '--config=configs/demo.py',
+    '--config.data.dir=/elsewhere',
+    '--config.eval.split=val',
+  )
+  assert result.returncode == 2 and 'Traceback' not in result.stderr
+  assert 'so --config.data.dir, --config.eval.split would be ignored' in result.stderr
 
 
 def test_another_split_is_written_beside_the_runs_own_results_not_over_them(evaluated):
@@ -71,7 +129,7 @@ def test_another_split_is_written_beside_the_runs_own_results_not_over_them(eval
   saved = json.loads((copy / 'eval' / 'step_12.val.json').read_text())
   assert saved == {**val, 'split': 'val', 'step': 12}
   assert val['retrieval.gallery_size'] == 8 != results['retrieval.gallery_size']
-  assert report == copy / 'eval' / 'step_12.val' / 'report.html' and report.is_file()
+  assert report == copy / 'eval' / 'step_12.val' / 'report.retrieval.html' and report.is_file()
 
 
 def test_a_path_that_is_no_model_is_one_paragraph_and_exit_2(tmp_path):

@@ -11,7 +11,10 @@ embedded (`embedding.EncodedSplit`) and `embedder` the shared jitted encoders
 (`embedding.Embedder`: prompts, other splits). Its float keys are reported as
 `<name>.<key>`; the optional 'details' dict holds what is not a number
 (confusion matrices, example retrievals, per-image rows under 'files') for the
-report (`report.py`) and the files beside the results (`results.py`). A new
+report (`report.py`) and the files beside the results (`results.py`). It may
+also define `check(embedder)`, raising a UserError for what it needs and the
+dataset lacks (`Evaluation.check_data`, before anything is embedded), and `unmatched(label_vocabs)`,
+warnings for the label fields it names and the dataset lacks. A new
 evaluator is one new file here plus one entry in `config.evals`.
 An entry whose type is 'off' is skipped, so the command line can switch off
 an evaluator a config names (`--config.evals.caption.type=off`). `config.eval`
@@ -93,6 +96,13 @@ class Evaluation:
       if hasattr(evaluator, 'unmatched')
       for message in evaluator.unmatched(self.label_vocabs)
     ]
+
+  def check_data(self) -> None:
+    """Each evaluator's `check`: a UserError for what it needs of the dataset (a split, a bank
+    file) and lacks, before anything is embedded."""
+    for _, evaluator in self.evaluators.values():
+      if hasattr(evaluator, 'check'):
+        evaluator.check(self.embedder)
 
   def place(self, variables):
     """Host variables (a loaded model's) replicated on this evaluation's devices, once."""

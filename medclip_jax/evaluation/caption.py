@@ -44,17 +44,23 @@ class Evaluator:
       int(examples),
       int(seed),
     )
+    if self.top_k < 1:
+      raise ValueError(f'top_k must be 1 or more (the captions shown per image), got {top_k}')
+
+  def check(self, embedder) -> None:
+    if Path(self.bank).suffix.lower() in ('.txt', '.csv'):
+      read_bank_file(self.bank)
+    elif not embedder.split_size(self.bank):
+      raise UserError(
+        f'The caption bank is the {self.bank!r} split, which has no records; set the caption '
+        "evaluator's bank to a split that has some, or to a .txt/.csv file of captions."
+      )
 
   def _bank(self, variables, split, embedder):
     """(texts, embeddings [M, D], record ids or None, groups or None, description)."""
     if Path(self.bank).suffix.lower() in ('.txt', '.csv'):
       texts = read_bank_file(self.bank)
       return texts, embedder.encode_strings(variables, texts), None, None, f'{self.bank}'
-    if not embedder.split_size(self.bank):
-      raise UserError(
-        f'The caption bank is the {self.bank!r} split, which has no records; set the caption '
-        "evaluator's bank to a split that has some, or to a .txt/.csv file of captions."
-      )
     bank = embedder.encode_split(variables, self.bank, split.vocabs, images=False)
     emb, record, texts = bank.all_captions()
     ids, groups = (np.asarray(bank.meta[k])[record] for k in ('id', 'group'))

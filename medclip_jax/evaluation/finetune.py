@@ -123,6 +123,12 @@ class Evaluator:
       'auroc': macro_auroc(y, probabilities),
     }
 
+  def unmatched(self, label_vocabs: dict) -> list[str]:
+    return linear_probe.unmatched_fields(self.fields, label_vocabs)
+
+  def check(self, embedder) -> None:
+    linear_probe.training_split(embedder, self.train_split, 'fine-tuning')
+
   def __call__(self, variables, split, embedder) -> dict:
     fields = [f for f in (self.fields or split.vocabs) if f in split.vocabs]
     train = embedder.encode_split(variables, self.train_split, split.vocabs, texts=False)

@@ -21,6 +21,7 @@ from sklearn import exceptions as sk_exceptions
 from sklearn import linear_model
 from sklearn import metrics as sk_metrics
 
+from medclip_jax.errors import UserError
 from medclip_jax.evaluation.classification import macro_auroc
 
 
@@ -97,6 +98,25 @@ def unscorable(field: str, train, split) -> str | None:
   return None
 
 
+def training_split(embedder, name: str, evaluator: str) -> None:
+  """A UserError, before anything is embedded for it, if split `name` has no records."""
+  if not embedder.split_size(name):
+    raise UserError(
+      f'The {evaluator} trains on the {name!r} split, which this dataset does not have (or '
+      f"which has no records); set the evaluator's train_split to a split that has some, or "
+      f'leave the {evaluator} out (--only, or its type off).'
+    )
+
+
+def unmatched_fields(fields, label_vocabs: dict) -> list[str]:
+  """A warning for configured label `fields` the dataset does not have (not scored)."""
+  missing = sorted(set(fields) - set(label_vocabs))
+  if not missing:
+    return []
+  have = ', '.join(sorted(label_vocabs)) or 'none'
+  return [f'fields {missing} match no label of the dataset (its label fields: {have}); not scored']
+
+
 class Evaluator:
   """Linear probes of the frozen image tower, per label field and share of training labels."""
 
@@ -115,6 +135,12 @@ class Evaluator:
       raise ValueError(f'fractions must lie in (0, 1], got {self.fractions}')
     self.Cs = tuple(float(c) for c in Cs)
     self.train_split, self.val_split, self.seed = train_split, val_split, int(seed)
+
+  def unmatched(self, label_vocabs: dict) -> list[str]:
+    return unmatched_fields(self.fields, label_vocabs)
+
+  def check(self, embedder) -> None:
+    training_split(embedder, self.train_split, 'linear probe')
 
   def __call__(self, variables, split, embedder) -> dict:
     fields = [f for f in (self.fields or split.vocabs) if f in split.vocabs]

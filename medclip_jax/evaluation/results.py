@@ -53,6 +53,13 @@ def _saved(workdir: str, step: int, split: str, name: str = '') -> dict | None:
   return saved
 
 
+def recorded_split(workdir: str, step: int, name: str = '') -> str | None:
+  """The split the results written for `step` (under `name`) are of; None if there are none
+  (or they predate recording it)."""
+  file = path(workdir, step, name)
+  return json.loads(file.read_text()).get('split') if file.is_file() else None
+
+
 def exists(workdir: str, step: int, split: str) -> bool:
   """Whether results were written for `step` on `split`."""
   return _saved(workdir, step, split) is not None

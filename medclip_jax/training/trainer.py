@@ -47,6 +47,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   setup = Setup.create(config)
   mix = pipeline.describe_unpaired(config.data, info)  # the shares were checked with the config
   evaluation = setup.evaluation(info.get('labels', {}))
+  evaluation.check_data()
   precise_bn = setup.precise_bn()
 
   # ---- The workdir lock: one trainer per workdir ----

@@ -93,7 +93,7 @@ def test_bad_banks_are_user_errors(tmp_path):
   with pytest.raises(UserError, match='holds no captions'):
     caption.Evaluator(bank=str(tmp_path / 'empty.txt'))(None, test, embedder)
   with pytest.raises(UserError, match="'val' split, which has no records"):
-    caption.Evaluator(bank='val')(None, test, embedder)
+    caption.Evaluator(bank='val').check(embedder)  # run before anything is embedded
 
 
 def test_without_java_the_scores_are_unavailable_with_the_reason(monkeypatch):
@@ -106,3 +106,8 @@ def test_without_java_the_scores_are_unavailable_with_the_reason(monkeypatch):
     caption.caption_metrics.java_unavailable.cache_clear()
   assert 'java' in out['details']['unavailable'].lower()
   assert 'cider_d' not in out and out['details']['files']['captions.jsonl']
+
+
+def test_top_k_below_one_is_refused_when_the_evaluator_is_built():
+  with pytest.raises(ValueError, match='top_k must be 1 or more'):
+    caption.Evaluator(top_k=0)

@@ -87,3 +87,16 @@ def test_a_field_the_evaluated_split_does_not_label_is_skipped_with_a_warning(ca
   out = linear_probe.Evaluator(fractions=(1.0,))(None, test, helpers.FakeEmbedder({'train': train}))
   assert out == {'details': {'table': {}}}
   assert "'region' is not scored: no record of the 'test' split is labelled with it" in caplog.text
+
+
+def test_a_field_the_dataset_lacks_is_warned_of_not_dropped_silently():
+  from medclip_jax.evaluation import finetune  # pylint: disable=import-outside-toplevel
+
+  vocabs = {'finding': ['mass', 'normal'], 'modality': ['CT', 'MR']}
+  for evaluator in (
+    linear_probe.Evaluator(fields=('findings',)),
+    finetune.Evaluator(fields=('findings',)),
+  ):
+    (warning,) = evaluator.unmatched(vocabs)
+    assert "fields ['findings'] match no label" in warning and 'finding, modality' in warning
+  assert linear_probe.Evaluator(fields=('finding',)).unmatched(vocabs) == []
