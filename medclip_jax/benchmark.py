@@ -198,6 +198,13 @@ def run(
 ) -> dict:
   """Every figure of the module docstring, by its JSON name; with `reference='torch'`
   PyTorch's step on the same batch, with `towers` each tower alone."""
+  for flag, value, least in (
+    ('steps', steps, 1),
+    ('warmup', warmup, 0),
+    ('input_batches', input_batches, 1),
+  ):
+    if value < least:
+      raise UserError(f'--{flag}={value}: give {least} or more.')
   info = pipeline.dataset_info(config.data)  # or a UserError saying how to prepare the data
   if reference not in ('', 'torch'):
     raise UserError(f"--reference={reference!r}: the reference can only be 'torch'.")

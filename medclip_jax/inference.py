@@ -95,13 +95,15 @@ def image_files(directory) -> list[Path]:
 
 
 def read_bank(bank) -> list[str]:
-  """Captions: a list of strings, or a .txt (one a line) / .csv ('caption' column) file."""
+  """Captions, each once (a report bank repeats its commonest sentences, which would fill the
+  top k): a list of strings, or a .txt (one a line) / .csv ('caption' column) file."""
   if isinstance(bank, (str, Path)):
-    return caption_bank.read_bank_file(bank)
-  texts = [str(t).strip() for t in bank if str(t).strip()]
+    texts = caption_bank.read_bank_file(bank)
+  else:
+    texts = [str(t).strip() for t in bank if str(t).strip()]
   if not texts:
     raise UserError('The caption bank is empty: give it at least one caption.')
-  return texts
+  return list(dict.fromkeys(texts))
 
 
 def check_templates(templates) -> list[str]:

@@ -75,14 +75,33 @@ def _require(value, flag: str, command: str):
   return value
 
 
+def _split_files(data: str, split: str, flag: str) -> list[str]:
+  """The shards of a prepared split, or a UserError naming the splits `data` has."""
+  from medclip_jax.data import records  # pylint: disable=import-outside-toplevel
+
+  try:
+    return records.split_files(data, split)
+  except FileNotFoundError:
+    pass
+  try:
+    splits = records.read_dataset_info(data).get('splits', {})
+  except (OSError, ValueError):
+    raise UserError(
+      f'{data} holds no prepared dataset (no dataset_info.json); give a directory '
+      'python -m medclip_jax.data.prepare wrote.'
+    ) from None
+  have = ', '.join(sorted(s for s, v in splits.items() if v.get('count'))) or 'none'
+  raise UserError(
+    f'The prepared dataset {data} has no {split!r} split (its splits with records: {have}); '
+    f'give one of them with --{flag}.'
+  )
+
+
 def split_images(data: str, split: str, limit: int = 0) -> tuple[list[bytes], list[str], list[str]]:
   """(image bytes, record ids, sources 'DIR:split:index') of a prepared split."""
   from medclip_jax.data import records  # pylint: disable=import-outside-toplevel
 
-  try:
-    rows = list(records.read_records(records.split_files(data, split)))
-  except FileNotFoundError as e:
-    raise UserError(f'No prepared {split!r} split in {data}: {e}') from e
+  rows = list(records.read_records(_split_files(data, split, 'split')))
   rows = rows[:limit] if limit else rows
   if not rows:
     raise UserError(f'The {split!r} split of {data} has no records.')
@@ -99,10 +118,7 @@ def _bank(FLAGS) -> list[str] | str:
   from medclip_jax.data import records  # pylint: disable=import-outside-toplevel
 
   data = _require(FLAGS.bank_data, 'bank or --bank_data', 'caption')
-  try:
-    files = records.split_files(data, FLAGS.bank_split)
-  except FileNotFoundError as e:
-    raise UserError(f'No prepared {FLAGS.bank_split!r} split in {data} for the bank: {e}') from e
+  files = _split_files(data, FLAGS.bank_split, 'bank_split')
   return [c for r in records.read_records(files) for c in records.captions(r)]
 
 

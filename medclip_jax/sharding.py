@@ -101,6 +101,11 @@ def from_host_copy(tree, mesh: Mesh):
 
 def check_batch_size(global_batch_size: int, mesh: Mesh, what: str) -> int:
   """Returns the per-process batch size, or explains why it does not divide."""
+  if global_batch_size < 1:
+    raise UserError(
+      f'{what} = {global_batch_size}: give a positive number of examples per step, a '
+      f'multiple of the number of devices ({mesh.size}).'
+    )
   if global_batch_size % mesh.size:
     fit = max(mesh.size, global_batch_size // mesh.size * mesh.size)
     raise UserError(

@@ -121,6 +121,21 @@ def test_benchmark_without_data_is_a_user_error(tmp_path):
     benchmark.run(config)
 
 
+@pytest.mark.parametrize(
+  'counts, message',
+  [
+    ({'steps': 0}, '--steps=0: give 1 or more'),
+    ({'warmup': -1}, '--warmup=-1: give 0 or more'),
+    ({'input_batches': 0}, '--input_batches=0: give 1 or more'),
+  ],
+)
+def test_counts_that_time_nothing_are_refused_before_any_set_up(tmp_path, counts, message):
+  config = demo.get_config()
+  config.data.dir = str(tmp_path / 'nothing')  # refused before the data is even looked for
+  with pytest.raises(UserError, match=message):
+    benchmark.run(config, **counts)
+
+
 def test_a_step_time_is_the_median_of_steps_timed_alone_after_the_warm_up():
   # The warm-up (where the step compiles) and one slow step do not move the figure.
   durations = iter([0.3, 0.01, 0.2, 0.01])

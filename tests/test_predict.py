@@ -127,6 +127,18 @@ def test_zeroshot_prints_each_class_probability(paths, capsys):
   assert status == 0 and out.splitlines()[1].startswith(f'{image}: {best} ')
 
 
+def test_a_bank_repeating_a_caption_lists_it_once(paths, capsys):
+  bank = paths['root'] / 'repeats.txt'
+  bank.write_text('No acute findings.\n' * 3 + 'Axial CT of the brain.\nMRI of the knee.\n')
+  image = f'--image={paths["images"]}/nested/00.png'
+  status, out, _ = predict_cli(
+    capsys, 'caption', f'--model={paths["export"]}', image, f'--bank={bank}', '--top_k=3', '--json'
+  )
+  assert status == 0
+  found = [c['caption'] for c in json.loads(out)['images'][0]['captions']]
+  assert sorted(found) == ['Axial CT of the brain.', 'MRI of the knee.', 'No acute findings.']
+
+
 def _bad_file(paths, name, data):
   helpers.write(paths['root'] / 'bad', name, data)
   return str(paths['root'] / 'bad' / name)
@@ -150,6 +162,8 @@ def _bad_file(paths, name, data):
     ('top_k below 1', 'top_k is -1: ask for 1 or more results'),
     ('index where a file stands', r'Cannot write an index to .*taken: .*taken is a file'),
     ('incomplete index', r'The embedding index in .*no_items is incomplete \(no items\.jsonl\)'),
+    ('split the data lacks', r"has no 'valid' split \(its splits with records: test, train, val\)"),
+    ('repeated class', r"The class names repeat 'CT'"),
   ],
 )
 def test_a_user_error_is_one_paragraph_and_exit_2(paths, capsys, case, expected):
@@ -203,6 +217,16 @@ def test_a_user_error_is_one_paragraph_and_exit_2(paths, capsys, case, expected)
     )
     assert status == 0
     args = ['search', f'--model={paths["other"]}', '--text=CT', f'--index={index}']
+  elif case == 'split the data lacks':
+    args = [
+      'embed',
+      no_model,
+      f'--data={paths["data"]}',
+      '--split=valid',
+      f'--out={paths["root"]}/y',
+    ]
+  elif case == 'repeated class':
+    args = ['zeroshot', no_model, image, '--classes=CT,MRI,CT']
   else:
     args = ['caption', model, image]
   status, out, err = predict_cli(capsys, *args)

@@ -74,6 +74,13 @@ def check(config) -> None:
       'feature maps are padded at their edges.',
       stacklevel=2,
     )
+  low, high = (float(x) for x in config.data.crop_scale)
+  if not 0 < low <= high <= 1:
+    raise UserError(
+      f'config.data.crop_scale={tuple(config.data.crop_scale)} must be (low, high) with '
+      '0 < low <= high <= 1: the share of the image area a random training crop keeps '
+      '(e.g. (0.8, 1.0)).'
+    )
   positions = config.model.text.max_position_embeddings
   if config.data.max_text_length > positions:
     raise UserError(

@@ -23,6 +23,18 @@ BAD = {
     {'data.workers': -2},
     r'config\.data\.workers=-2 is not a number of worker processes',
   ),
+  'crop scale above the whole image': (
+    {'data.crop_scale': (1.5, 2.0)},
+    r'config\.data\.crop_scale=\(1\.5, 2\.0\) must be \(low, high\) with 0 < low <= high <= 1',
+  ),
+  'no examples per step': (
+    {'train.batch_size': 0},
+    r'train\.batch_size = 0: give a positive number of examples per step',
+  ),
+  'no examples per evaluation batch': (
+    {'eval.batch_size': -4},
+    r'eval\.batch_size = -4: give a positive number',
+  ),
   'image size below the tower': (
     {'data.image_size': 16},
     r'config\.data\.image_size=16 .* at least 32',
