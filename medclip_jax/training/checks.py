@@ -74,6 +74,11 @@ def check(config) -> None:
       'feature maps are padded at their edges.',
       stacklevel=2,
     )
+  if config.train.learning_rate < 0:
+    raise UserError(
+      f'config.train.learning_rate={config.train.learning_rate} is negative, which would climb '
+      'the loss instead of descending it: give a positive rate (e.g. 5e-4).'
+    )
   low, high = (float(x) for x in config.data.crop_scale)
   if not 0 < low <= high <= 1:
     raise UserError(

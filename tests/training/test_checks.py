@@ -23,6 +23,10 @@ BAD = {
     {'data.workers': -2},
     r'config\.data\.workers=-2 is not a number of worker processes',
   ),
+  'a negative learning rate': (
+    {'train.learning_rate': -0.1},
+    r'config\.train\.learning_rate=-0\.1 is negative',
+  ),
   'crop scale above the whole image': (
     {'data.crop_scale': (1.5, 2.0)},
     r'config\.data\.crop_scale=\(1\.5, 2\.0\) must be \(low, high\) with 0 < low <= high <= 1',
