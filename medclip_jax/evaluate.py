@@ -21,7 +21,6 @@ report.<names>.html.
 """
 
 import sys
-
 from pathlib import Path
 
 from absl import app

@@ -9,6 +9,7 @@ import pytest
 from configs import demo
 from medclip_jax import evaluate
 from medclip_jax.errors import UserError
+from medclip_jax.evaluation import results as results_lib
 from medclip_jax.interop import export
 from tests import helpers
 
@@ -97,8 +98,6 @@ def test_an_evaluator_missing_its_training_split_is_a_user_error_before_embeddin
 
 
 def test_an_intermediate_steps_periodic_results_are_not_overwritten(evaluated):
-  from medclip_jax.evaluation import results as results_lib  # pylint: disable=import-outside-toplevel
-
   copy, _, _, _, _ = evaluated
   periodic = results_lib.write(str(copy), 6, 'val', {'retrieval.i2t.R@1': 0.5})
   before = periodic.read_text()

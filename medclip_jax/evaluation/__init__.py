@@ -13,8 +13,9 @@ embedded (`embedding.EncodedSplit`) and `embedder` the shared jitted encoders
 (confusion matrices, example retrievals, per-image rows under 'files') for the
 report (`report.py`) and the files beside the results (`results.py`). It may
 also define `check(embedder)`, raising a UserError for what it needs and the
-dataset lacks (`Evaluation.check_data`, before anything is embedded), and `unmatched(label_vocabs)`,
-warnings for the label fields it names and the dataset lacks. A new
+dataset lacks (`Evaluation.check_data`, before anything is embedded), and
+`unmatched(label_vocabs)`, warnings for the label fields it names and the
+dataset lacks. A new
 evaluator is one new file here plus one entry in `config.evals`.
 An entry whose type is 'off' is skipped, so the command line can switch off
 an evaluator a config names (`--config.evals.caption.type=off`). `config.eval`

@@ -24,12 +24,12 @@ Captions: from --captions, a CSV with columns `file` (the path relative to
 --input, or absolute; a CSV whose paths match no file is refused, and the rows
 that match none are listed in dataset_info.json and warned of) and `caption`,
 where it has a non-empty caption for the file; else built from four describing
-tags as '<modality> of the <body part>. Study: <StudyDescription>. Series: <SeriesDescription>.' (e.g. 'CT scan of the
-chest. Study: CT thorax. Series: Axial 5mm.'; the modality noun is from
-_MODALITY_NOUNS), leaving out missing parts and a Series equal to the Study;
-files with none of them are skipped ('no caption'). Labels: `modality` (the
-Modality code, e.g. 'CT', 'MR') and `body_part` (BodyPartExamined in lower
-case, e.g. 'chest') where present.
+tags as '<modality> of the <body part>. Study: <StudyDescription>. Series:
+<SeriesDescription>.' (e.g. 'CT scan of the chest. Study: CT thorax. Series:
+Axial 5mm.'; the modality noun is from _MODALITY_NOUNS), leaving out missing
+parts and a Series equal to the Study; files with none of them are skipped ('no
+caption'). Labels: `modality` (the Modality code, e.g. 'CT', 'MR') and
+`body_part` (BodyPartExamined in lower case, e.g. 'chest') where present.
 
 PHI: no value of a patient-identifying tag (names, IDs, birth date, address,
 physicians, institution, accession number, ...) is copied into a caption,
