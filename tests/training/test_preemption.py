@@ -108,10 +108,18 @@ def test_ctrl_c_to_the_local_cluster_stops_every_process_at_one_checkpoint(tiny_
       stdout=out,
       stderr=subprocess.STDOUT,
       start_new_session=True,
+      # As from a terminal: a shell started where SIGINT is ignored (a job put in the
+      # background without job control, as some CI runners do) cannot trap it.
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-  helpers.wait_until(lambda: max(helpers.training_rows(workdir), default=0) >= 3, [script], [log])
-  os.killpg(script.pid, signal.SIGINT)
-  assert script.wait(timeout=180) == 0, log.read_text()
+  try:
+    helpers.wait_until(lambda: max(helpers.training_rows(workdir), default=0) >= 3, [script], [log])
+    os.killpg(script.pid, signal.SIGINT)
+    assert script.wait(timeout=180) == 0, log.read_text()
+  finally:
+    if script.poll() is None:  # the script passes a SIGTERM on to each process
+      script.terminate()
+      script.wait(timeout=120)
   steps = [_stopped_at(path) for path in (log, tmp_path / 'logs' / 'process_1.log')]
   assert steps[0] == steps[1], steps
   assert checkpointing.Checkpointer(str(workdir), keep=3).latest_step() == steps[0]
