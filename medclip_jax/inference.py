@@ -47,13 +47,25 @@ BATCH_SIZE = 128
 INDEX_FILES = {'embeddings': 'embeddings.npy', 'items': 'items.jsonl', 'meta': 'index.json'}
 
 
-def fingerprint(image_projection: np.ndarray, text_projection: np.ndarray, logit_scale) -> str:
-  """A short digest of a model's heads ([in, out] kernels): equal for a workdir and its export."""
+# Marks digests that cover the towers too; an index without it predates them.
+FINGERPRINT_VERSION = 'v2-'
+
+
+def fingerprint(
+  image_projection: np.ndarray, text_projection: np.ndarray, logit_scale, towers: dict
+) -> str:
+  """A short digest of a model: its heads ([in, out] kernels) and the first values of each
+  tensor of its towers (`towers`: their PyTorch state dicts, 'image.'/'text.' prefixed, as
+  the export holds them; floating tensors only), so that a model fine-tuned with frozen
+  heads differs too. Equal for a workdir, its export and the PyTorch class."""
   digest = hashlib.sha256()
   for array in (image_projection, text_projection, np.asarray(logit_scale).reshape(1)):
     array = np.ascontiguousarray(array, np.float32)
     digest.update(str(array.shape).encode() + array.tobytes())
-  return digest.hexdigest()[:16]
+  for name in sorted(towers):
+    array = np.asarray(towers[name])
+    digest.update(f'{name}{array.shape}'.encode() + np.float32(array.flat[:16]).tobytes())
+  return FINGERPRINT_VERSION + digest.hexdigest()[:16]
 
 
 def as_list(items) -> tuple[list, bool]:
@@ -232,6 +244,12 @@ class Index:
     return index
 
   def check_model(self, model: str, describe: str) -> None:
+    if not self.model.startswith(FINGERPRINT_VERSION):
+      raise UserError(
+        f'This index was made by an earlier version of medclip_jax, whose model fingerprint '
+        "cannot be compared with today's: make the index again (python -m "
+        'medclip_jax.predict embed --model=...).'
+      )
     if model != self.model:
       raise UserError(
         f'This index was made by another model ({self.model_path}, step {self.step}); the model '
@@ -376,10 +394,20 @@ class MedCLIP(Retrieval):
     self.batch_size = max(batch_size, self._devices)
     params = loaded.variables['params']
     self._scale = float(np.exp(params['logit_scale']))
+    from medclip_jax.interop import convert  # pylint: disable=import-outside-toplevel
+
+    stats = loaded.variables['batch_stats']['image_encoder']
     self.fingerprint = fingerprint(
       params['image_projection']['kernel'],
       params['text_projection']['kernel'],
       params['logit_scale'],
+      {
+        **{
+          f'image.{k}': v
+          for k, v in convert.resnet_to_torchvision(params['image_encoder'], stats).items()
+        },
+        **{f'text.{k}': v for k, v in convert.bert_to_hf(params['text_encoder']).items()},
+      },
     )
 
   @classmethod

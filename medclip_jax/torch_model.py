@@ -108,10 +108,17 @@ class MedCLIP(nn.Module, inference.Retrieval):
     self.tokenizer = tokenizer
     self.path, self.step = None, metadata['step']
     self.embed_dim = image_projection.out_features
+    towers = {
+      f'{prefix}.{k}': v.detach().numpy()
+      for prefix, module in (('image', image_encoder_module), ('text', text_encoder))
+      for k, v in module.state_dict().items()
+      if v.is_floating_point()
+    }
     self.fingerprint = inference.fingerprint(
       image_projection.weight.detach().numpy().T,
       text_projection.weight.detach().numpy().T,
       logit_scale.detach().numpy(),
+      towers,
     )
 
   @classmethod

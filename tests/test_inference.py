@@ -2,8 +2,10 @@
 evaluation's, zero-shot, captions, search over an index, the PyTorch class ranking alike, and
 the errors a user can cause."""
 
+import dataclasses
 import re
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -163,9 +165,28 @@ def test_an_index_saves_loads_and_searches_alike(models, test_split, tmp_path):
 def test_an_index_from_another_model_is_refused(models, test_split):
   files, _, _ = test_split
   index = models['workdir'].index([str(f) for f in files[:4]])
-  other = inference.Index(index.embeddings, index.ids, index.sources, 'f' * 16, '/runs/b', 7)
+  model = inference.FINGERPRINT_VERSION + 'f' * 16
+  other = inference.Index(index.embeddings, index.ids, index.sources, model, '/runs/b', 7)
   with pytest.raises(UserError, match=r'made by another model \(/runs/b, step 7\)'):
     models['workdir'].search('CT', other)
+  older = inference.Index(index.embeddings, index.ids, index.sources, 'f' * 16, '/runs/b', 7)
+  with pytest.raises(UserError, match='made by an earlier version of medclip_jax'):
+    models['workdir'].search('CT', older)
+
+
+def test_a_model_whose_towers_differ_under_the_same_heads_is_another_model(
+  trained_run, models, test_split
+):
+  """As after fine-tuning with the heads frozen (train.lr_multipliers.heads = 0)."""
+  files, _, _ = test_split
+  loaded = load.load(trained_run[1])
+  variables = jax.tree.map(np.array, loaded.variables)
+  embeddings = variables['params']['text_encoder']['embeddings']['word_embeddings']
+  embeddings['embedding'][0, 0] += 1.0
+  other = inference.MedCLIP(dataclasses.replace(loaded, variables=variables))
+  index = models['workdir'].index([str(f) for f in files[:4]])
+  with pytest.raises(UserError, match='made by another model'):
+    other.search('CT', index)
 
 
 @pytest.mark.parametrize(
