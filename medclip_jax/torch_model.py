@@ -203,13 +203,14 @@ class MedCLIP(nn.Module, inference.Retrieval):
   def _inferring(self):
     """Eval mode without gradients for the NumPy methods, even on a model being fine-tuned:
     in training mode BatchNorm would normalise by each batch and update its statistics."""
-    training = self.training
+    modes = [(module, module.training) for module in self.modules()]
     self.eval()
     try:
       with torch.no_grad():
         yield
     finally:
-      self.train(training)
+      for module, training in modes:  # each as it was (a fine-tune may freeze some in eval)
+        module.training = training
 
   def _embed_pixels(self, pixels: list) -> np.ndarray:
     with self._inferring():

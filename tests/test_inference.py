@@ -112,10 +112,12 @@ def test_the_pytorch_methods_infer_in_eval_mode_even_on_a_model_being_trained(mo
   before = {k: v.clone() for k, v in model.state_dict().items()}
   expected = model.encode_images(paths), model.encode_texts(captions[:8])
   model.train()
+  model.image_encoder.bn1.eval()  # a fine-tune that freezes a BatchNorm
   try:
     np.testing.assert_allclose(model.encode_images(paths), expected[0], atol=1e-6)
     np.testing.assert_allclose(model.encode_texts(captions[:8]), expected[1], atol=1e-6)
-    assert model.training and model.image_encoder.training  # given back as it was
+    # Each module given back as it was.
+    assert model.training and model.image_encoder.training and not model.image_encoder.bn1.training
   finally:
     model.eval()
   for key, value in model.state_dict().items():  # BatchNorm's running statistics untouched
