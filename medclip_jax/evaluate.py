@@ -37,6 +37,7 @@ def evaluate(
   """Evaluates the model in `workdir`; returns (loaded model, results, report path, notes)."""
   # Imported here so that --help answers quickly.
   from medclip_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from medclip_jax.data import records  # pylint: disable=import-outside-toplevel
   from medclip_jax.evaluation import report  # pylint: disable=import-outside-toplevel
   from medclip_jax.evaluation import results as results_lib  # pylint: disable=import-outside-toplevel
   from medclip_jax.interop import load  # pylint: disable=import-outside-toplevel
@@ -76,13 +77,11 @@ def evaluate(
   ):
     name = config.eval.split
   info = pipeline.dataset_info(config.data)
-  splits = info.get('splits', {})
-  if not splits.get(config.eval.split, {}).get('count'):
-    have = ', '.join(sorted(s for s, v in splits.items() if v.get('count'))) or 'none'
+  if not info.get('splits', {}).get(config.eval.split, {}).get('count'):
     raise UserError(
       f'The dataset {config.data.tfds_name or config.data.dir} has no records in a '
-      f'{config.eval.split!r} split (its splits with records: {have}); give one of them '
-      'with --split.'
+      f'{config.eval.split!r} split (its splits with records: '
+      f'{records.splits_with_records(info)}); give one of them with --split.'
     )
   evaluation = setup.evaluation(config, info.get('labels', {}))
   evaluation.check_data()

@@ -84,16 +84,15 @@ def _split_files(data: str, split: str, flag: str) -> list[str]:
   except FileNotFoundError:
     pass
   try:
-    splits = records.read_dataset_info(data).get('splits', {})
+    info = records.read_dataset_info(data)
   except (OSError, ValueError):
     raise UserError(
       f'{data} holds no prepared dataset (no dataset_info.json); give a directory '
       'python -m medclip_jax.data.prepare wrote.'
     ) from None
-  have = ', '.join(sorted(s for s, v in splits.items() if v.get('count'))) or 'none'
   raise UserError(
-    f'The prepared dataset {data} has no {split!r} split (its splits with records: {have}); '
-    f'give one of them with --{flag}.'
+    f'The prepared dataset {data} has no {split!r} split (its splits with records: '
+    f'{records.splits_with_records(info)}); give one of them with --{flag}.'
   )
 
 

@@ -3,6 +3,7 @@
 import csv
 from pathlib import Path
 
+from medclip_jax.data import ingest
 from medclip_jax.errors import UserError
 
 
@@ -35,8 +36,7 @@ def read_bank_file(path) -> list[str]:
 
 
 def _caption(row: dict, reader: csv.DictReader, path: Path) -> str:
-  # DictReader files extra cells under None and fills missing ones with None.
-  if None in row or None in row.values():
+  if ingest.misaligned(row):
     raise UserError(
       f'{path}, line {reader.line_num}: the row has more or fewer cells than the header '
       f'({", ".join(reader.fieldnames)}): an unquoted comma, or a quote left open. Quote '

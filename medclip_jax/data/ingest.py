@@ -184,6 +184,12 @@ def split_by_group(group: str, seed: int, val_fraction: float, test_fraction: fl
   return 'train'
 
 
+def misaligned(row: dict) -> str:
+  """'more' or 'fewer' for a csv.DictReader row with more or fewer cells than its header,
+  else '': DictReader files extra cells under None and fills missing ones with None."""
+  return 'more' if None in row else 'fewer' if None in row.values() else ''
+
+
 def find_image(name: str, directories: list[str]) -> str:
   """The path of image `name` in the first of `directories` that has it.
 

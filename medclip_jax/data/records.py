@@ -302,6 +302,12 @@ def dataset_info_text(info: dict) -> bytes:
   return (json.dumps(info, indent=2, sort_keys=True, ensure_ascii=False) + '\n').encode('utf-8')
 
 
+def splits_with_records(info: dict) -> str:
+  """'test, train, val': the splits of a dataset info that hold records ('none' if none), for
+  messages that name the splits a user can give."""
+  return ', '.join(sorted(s for s, v in info.get('splits', {}).items() if v.get('count'))) or 'none'
+
+
 def read_dataset_info(data_dir: str) -> dict:
   """Reads DIR/dataset_info.json."""
   path = os.path.join(data_dir, DATASET_INFO)

@@ -15,6 +15,7 @@ import jax
 from medclip_jax import model as model_lib
 from medclip_jax import objectives as objectives_lib
 from medclip_jax.data import pipeline
+from medclip_jax.data import records
 from medclip_jax.data import tokenizer
 from medclip_jax.data import entities
 from medclip_jax.errors import UserError
@@ -377,9 +378,8 @@ def check_eval_splits(config, info: dict) -> None:
   for field in ('split', 'every_split') if config.eval.every else ('split',):
     name = config.eval[field]
     if not splits.get(name, {}).get('count'):
-      have = sorted(k for k, v in splits.items() if v.get('count'))
       raise UserError(
         f'config.eval.{field}={name!r}: the dataset in {config.data.dir} has no records in '
-        f'that split (splits with records: {", ".join(have) or "none"}); set '
+        f'that split (splits with records: {records.splits_with_records(info)}); set '
         f'--config.eval.{field} to one of them.'
       )

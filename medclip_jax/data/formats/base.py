@@ -371,19 +371,13 @@ class BadRow:
   reason: str
 
 
-def _csv_rows(reader: csv.DictReader, width: int) -> Iterator[dict | BadRow]:
-  for row in reader:
-    # DictReader files extra cells under None and fills missing ones with None. Either way
-    # the cells no longer line up with the header: an unquoted comma shifts the labels, and
-    # a quote left open swallows the rows after it into one cell.
-    cells = width + len(row.get(None, ())) - sum(v is None for k, v in row.items() if k)
-    if cells != width:
-      yield BadRow(
-        f'{"more" if cells > width else "fewer"} cells than the header '
-        '(an unquoted comma, or a quote left open)'
-      )
-    else:
-      yield row
+def _csv_row(row: dict) -> dict | BadRow:
+  # Cells out of line with the header: an unquoted comma shifts the labels, and a quote
+  # left open swallows the rows after it into one cell.
+  off = ingest.misaligned(row)
+  return (
+    BadRow(f'{off} cells than the header (an unquoted comma, or a quote left open)') if off else row
+  )
 
 
 def read_table(path: str) -> tuple[list[str], list[dict | BadRow]]:
@@ -399,8 +393,7 @@ def read_table(path: str) -> tuple[list[str], list[dict | BadRow]]:
   if ext == '.csv':
     with open(path, encoding='utf-8-sig', errors='surrogateescape', newline='') as f:
       reader = csv.DictReader(f)
-      columns = list(reader.fieldnames or [])
-      return columns, list(_csv_rows(reader, len(columns)))
+      return list(reader.fieldnames or []), [_csv_row(row) for row in reader]
   if ext not in ('.json', '.jsonl'):
     raise OptionError(f'{path!r}: expected a .csv, .json, .jsonl or .parquet file.')
   rows = [BadRow('bad JSON line') if row is None else row for row in iter_json(path)]
