@@ -280,28 +280,45 @@ class Retrieval:
     emb = self._encode_in_batches(images)
     return emb[0] if single else emb
 
-  def _encode_in_batches(self, images: list, progress=None) -> np.ndarray:
+  def _encode_in_batches(self, images: list, progress=None, on_unreadable=None) -> np.ndarray:
     """Embeddings of `images` in batches of `batch_size`, each batch read while the one before
-    is embedded (`_start_embedding` returns before the embedding is done)."""
+    is embedded (`_start_embedding` returns before the embedding is done). With
+    `on_unreadable(position, error)`, an image that cannot be read is reported to it and left
+    out instead of raising its UserError."""
     out, pending = [np.zeros((0, self.embed_dim), np.float32)], None
 
-    def finish(started):
-      out.append(self._finish_embedding(started))
+    def finish(started, done):
+      if started is not None:
+        out.append(self._finish_embedding(started))
       if progress:
-        progress(sum(map(len, out)), len(images))
+        progress(done, len(images))
+
+    def read_one(image):
+      try:
+        return self.preprocess(image)
+      except UserError as e:
+        if on_unreadable is None:
+          raise
+        return e
 
     with contextlib.ExitStack() as stack:
-      read = lambda chunk: [self.preprocess(image) for image in chunk]
+      read = lambda chunk: [read_one(image) for image in chunk]
       if READ_THREADS and len(images) > 1:
         readers = stack.enter_context(futures.ThreadPoolExecutor(READ_THREADS))
-        read = lambda chunk: list(readers.map(self.preprocess, chunk))
+        read = lambda chunk: list(readers.map(read_one, chunk))
       for start in range(0, len(images), self.batch_size):
-        started = self._start_embedding(read(images[start : start + self.batch_size]))
+        pixels = []
+        for position, item in enumerate(read(images[start : start + self.batch_size]), start):
+          if isinstance(item, UserError):
+            on_unreadable(position, item)
+          else:
+            pixels.append(item)
+        started = self._start_embedding(pixels) if pixels else None
         if pending is not None:
-          finish(pending)
-        pending = started
+          finish(*pending)
+        pending = started, min(start + self.batch_size, len(images))
       if pending is not None:
-        finish(pending)
+        finish(*pending)
     return np.concatenate(out)
 
   def _start_embedding(self, pixels: list):
@@ -347,9 +364,11 @@ class Retrieval:
     scores = index.embeddings @ self.encode_texts([text])[0]
     return [(index.ids[j], index.sources[j], float(scores[j])) for j in best(scores, top_k)]
 
-  def index(self, images, ids=None, sources=None, progress=None) -> Index:
+  def index(self, images, ids=None, sources=None, progress=None, on_unreadable=None) -> Index:
     """An Index of `images`; ids and sources default to their paths (or positions);
-    `progress(done, total)` is called after each batch."""
+    `progress(done, total)` is called after each batch. With `on_unreadable(position, error)`,
+    an image that cannot be read is reported to it and left out of the index (a folder of
+    thousands of files need not stop at one corrupt file); without it, such an image raises."""
     images, _ = as_list(images)
     if sources is None:
       sources = [str(i) if isinstance(i, (str, Path)) else '' for i in images]
@@ -359,7 +378,21 @@ class Retrieval:
         f'index: {len(images)} images, {len(ids)} ids and {len(sources)} sources; give one id '
         'and one source for each image (or leave them out).'
       )
-    embeddings = self._encode_in_batches(images, progress)
+    left_out = set()
+
+    def leave_out(position, error):
+      left_out.add(position)
+      on_unreadable(position, error)
+
+    embeddings = self._encode_in_batches(images, progress, on_unreadable and leave_out)
+    if left_out:
+      if len(left_out) == len(images):
+        raise UserError(
+          f'None of the {len(images)} images could be read (the first: '
+          f'{sources[0] or ids[0]}); give PNG, JPEG or DICOM files.'
+        )
+      kept = [n for n in range(len(images)) if n not in left_out]
+      ids, sources = [ids[n] for n in kept], [sources[n] for n in kept]
     return Index(embeddings, ids, sources, self.fingerprint, str(self.path), self.step)
 
   def _as_index(self, index) -> Index:

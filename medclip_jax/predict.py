@@ -151,6 +151,16 @@ def _inputs(command: str, FLAGS, inference) -> dict:
   }
 
 
+def _left_out(unreadable: list, sources: list):
+  """Records (and says on stderr) each image an index leaves out because it cannot be read."""
+
+  def record(position: int, error) -> None:
+    unreadable.append({'image': sources[position], 'reason': str(error)})
+    print(f'skipped: {error}', file=sys.stderr)
+
+  return record
+
+
 def run(command: str, FLAGS) -> dict:
   """Runs one command; returns what it prints, as a JSON-able dict."""
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
@@ -161,12 +171,17 @@ def run(command: str, FLAGS) -> dict:
   model = inference.MedCLIP.load(FLAGS.model, FLAGS.step)
   out = {'model': model.describe()}
   if command == 'embed':
-    images = given['images']
+    images, unreadable = given['images'], []
     with tqdm(total=len(images), unit='image', file=sys.stderr, disable=None) as bar:
       index = model.index(
-        images, given['ids'], given['sources'], progress=lambda done, _: bar.update(done - bar.n)
+        images,
+        given['ids'],
+        given['sources'],
+        progress=lambda done, _: bar.update(done - bar.n),
+        on_unreadable=_left_out(unreadable, given['sources']),
       )
-    out.update(index=str(index.save(given['out'])), count=len(images))
+    out.update(index=str(index.save(given['out'])), count=len(index.ids))
+    out['unreadable'] = unreadable
   elif command == 'caption':
     captions = model.caption(given['names'], given['bank'], FLAGS.top_k)
     out['images'] = [
@@ -174,7 +189,11 @@ def run(command: str, FLAGS) -> dict:
       for n, found in zip(given['names'], captions)
     ]
   elif command == 'search':
-    index = given.get('index') or model.index(given['images'])
+    unreadable = []
+    index = given.get('index') or model.index(
+      given['images'], on_unreadable=_left_out(unreadable, given.get('images'))
+    )
+    out['unreadable'] = unreadable
     found = model.search(given['text'], index, FLAGS.top_k)
     out.update(
       text=given['text'], results=[{'id': i, 'source': s, 'similarity': v} for i, s, v in found]
@@ -192,6 +211,8 @@ def run(command: str, FLAGS) -> dict:
 def format_text(command: str, out: dict) -> str:
   """The readable form of `run`'s result."""
   lines = [f'model: {out["model"]}']
+  if out.get('unreadable'):
+    lines.append(f'left out {len(out["unreadable"])} unreadable images (said above)')
   if command == 'embed':
     lines.append(f'wrote {out["count"]} image embeddings to {out["index"]}')
   elif command == 'caption':

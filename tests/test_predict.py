@@ -91,6 +91,38 @@ def test_embed_a_prepared_split(paths, capsys):
   assert [r['id'] for r in rows] == test_ids and rows[0]['source'].endswith(':test:0')
 
 
+def test_embed_leaves_out_an_unreadable_file_and_says_so(paths, capsys):
+  folder = paths['root'] / 'one_bad'
+  shutil.copytree(paths['images'], folder)
+  png = (folder / 'nested' / '03.png').read_bytes()
+  (folder / 'nested' / '03.png').write_bytes(png[: len(png) // 2])  # truncated
+  index = paths['root'] / 'one_bad_index'
+  status, out, err = predict_cli(
+    capsys, 'embed', f'--model={paths["export"]}', f'--images={folder}', f'--out={index}', '--json'
+  )
+  assert status == 0
+  result = json.loads(out)
+  assert result['count'] == 11 and len(result['unreadable']) == 1
+  assert result['unreadable'][0]['image'].endswith('03.png')
+  assert 'skipped: Cannot read the image' in err and '03.png' in err
+  rows = [json.loads(line) for line in (index / 'items.jsonl').read_text().splitlines()]
+  assert len(rows) == 11 and not any(r['id'].endswith('03.png') for r in rows)
+  # The other 11 embed as they do in a folder without the bad file.
+  whole = paths['root'] / 'whole_index'
+  assert predict_cli(
+    capsys, 'embed', f'--model={paths["export"]}', f'--images={paths["images"]}', f'--out={whole}'
+  )[0] == 0  # fmt: skip
+  kept = [n for n in range(12) if n != 3]
+  np.testing.assert_allclose(
+    np.load(index / 'embeddings.npy'), np.load(whole / 'embeddings.npy')[kept], atol=1e-6
+  )
+  # A search over such a folder says what it left out too.
+  status, out, err = predict_cli(
+    capsys, 'search', f'--model={paths["export"]}', '--text=CT', f'--images={folder}'
+  )
+  assert status == 0 and 'left out 1 unreadable images' in out and '03.png' in err
+
+
 def test_caption_from_a_workdir_and_an_export(paths, capsys):
   image = f'{paths["images"]}/nested/00.png'
   found = {}
@@ -164,6 +196,7 @@ def _bad_file(paths, name, data):
     ('incomplete index', r'The embedding index in .*no_items is incomplete \(no items\.jsonl\)'),
     ('split the data lacks', r"has no 'valid' split \(its splits with records: test, train, val\)"),
     ('repeated class', r"The class names repeat 'CT'"),
+    ('no readable image', r'None of the 2 images could be read \(the first: .*a\.png\)'),
   ],
 )
 def test_a_user_error_is_one_paragraph_and_exit_2(paths, capsys, case, expected):
@@ -227,9 +260,16 @@ def test_a_user_error_is_one_paragraph_and_exit_2(paths, capsys, case, expected)
     ]
   elif case == 'repeated class':
     args = ['zeroshot', no_model, image, '--classes=CT,MRI,CT']
+  elif case == 'no readable image':
+    for name in ('a.png', 'b.png'):
+      helpers.write(paths['root'] / 'bad' / 'unreadable', name, png[:40])
+    args = ['embed', model, f'--images={paths["root"]}/bad/unreadable', f'--out={paths["root"]}/z']
   else:
     args = ['caption', model, image]
   status, out, err = predict_cli(capsys, *args)
+  if case == 'no readable image':  # each file's reason comes first, a line each
+    assert err.count('skipped: Cannot read the image') == 2
+    err = err.split('\n\n', 1)[1]
   assert status == 2 and out == ''
   assert 'Traceback' not in err
   message = err.strip()
