@@ -196,10 +196,15 @@ class Index:
   step: int
 
   def save(self, directory) -> Path:
+    """Writes the index to `directory` (made if missing; an index there is replaced). Each file
+    is written beside its final name and moved in, index.json last and the old one removed
+    first, so that an interrupted save leaves no index mixing two."""
     directory = index_target(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    np.save(directory / INDEX_FILES['embeddings'], self.embeddings.astype(np.float32))
-    with open(directory / INDEX_FILES['items'], 'w', encoding='utf-8') as f:
+    partial = {key: directory / f'{name}.partial' for key, name in INDEX_FILES.items()}
+    with open(partial['embeddings'], 'wb') as f:
+      np.save(f, self.embeddings.astype(np.float32))
+    with open(partial['items'], 'w', encoding='utf-8') as f:
       for i, s in zip(self.ids, self.sources):
         f.write(json.dumps({'id': i, 'source': s}, ensure_ascii=False) + '\n')
     meta = {
@@ -209,7 +214,10 @@ class Index:
       'count': len(self.ids),
       'dim': int(self.embeddings.shape[1]),
     }
-    (directory / INDEX_FILES['meta']).write_text(json.dumps(meta, indent=2) + '\n')
+    partial['meta'].write_text(json.dumps(meta, indent=2) + '\n')
+    (directory / INDEX_FILES['meta']).unlink(missing_ok=True)
+    for key in ('embeddings', 'items', 'meta'):
+      os.replace(partial[key], directory / INDEX_FILES[key])
     return directory
 
   @classmethod

@@ -3,6 +3,7 @@ evaluation's, zero-shot, captions, search over an index, the PyTorch class ranki
 the errors a user can cause."""
 
 import dataclasses
+import json
 import re
 
 import jax
@@ -335,3 +336,27 @@ def test_an_index_is_not_saved_where_a_file_stands(tmp_path):
     ):
       _small_index().save(target)
   assert _small_index().save(tmp_path / 'new' / 'index').is_dir()
+
+
+def test_an_interrupted_save_leaves_the_old_index_whole(tmp_path, monkeypatch):
+  old = _small_index()
+  directory = old.save(tmp_path / 'index')
+  new = dataclasses.replace(old, embeddings=old.embeddings[::-1].copy(), ids=['c', 'b', 'a'])
+  rows = []
+
+  def dumps(row, **kwargs):  # interrupted while writing the items
+    rows.append(row)
+    if len(rows) == 2:
+      raise KeyboardInterrupt
+    return json.dumps(row, **kwargs)
+
+  monkeypatch.setattr(inference.json, 'dumps', dumps)
+  with pytest.raises(KeyboardInterrupt):
+    new.save(directory)
+  monkeypatch.undo()
+  kept = inference.Index.load(directory)
+  assert kept.ids == old.ids
+  np.testing.assert_array_equal(kept.embeddings, old.embeddings.astype(np.float32))
+  new.save(directory)  # a completed save replaces it, leaving nothing beside
+  assert inference.Index.load(directory).ids == ['c', 'b', 'a']
+  assert sorted(p.name for p in directory.iterdir()) == sorted(inference.INDEX_FILES.values())
