@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
@@ -31,6 +32,7 @@ from transformers import BertModel
 
 from medclip_jax import inference  # its shared methods import no JAX
 from medclip_jax.data import ingest
+from medclip_jax.errors import UserError
 from medclip_jax.interop import tables  # plain data: no JAX
 
 _BLOCKS = {
@@ -123,8 +125,25 @@ class MedCLIP(nn.Module, inference.Retrieval):
 
   @classmethod
   def from_export(cls, directory) -> 'MedCLIP':
-    """Loads what `python -m medclip_jax.export` wrote."""
+    """Loads what `python -m medclip_jax.export` wrote; a UserError if `directory` is no
+    export or a file of it is missing or damaged."""
     directory = Path(directory)
+    if not (directory / tables.EXPORT_FILES['metadata']).is_file():
+      raise UserError(
+        f'{directory} is not an export directory (it would hold '
+        f'{tables.EXPORT_FILES["metadata"]}, written by python -m medclip_jax.export).'
+      )
+    try:
+      return cls._read_export(directory)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
+      raise UserError(
+        f'The export in {directory} is damaged or incomplete ({type(e).__name__}: '
+        f'{str(e).strip().splitlines()[0] if str(e).strip() else e!r}). Export the training '
+        'workdir again (python -m medclip_jax.export --workdir=... --out=...).'
+      ) from e
+
+  @classmethod
+  def _read_export(cls, directory: Path) -> 'MedCLIP':
     files = {name: directory / path for name, path in tables.EXPORT_FILES.items()}
     metadata = json.loads(files['metadata'].read_text())
     image = image_encoder(metadata['image']['depth'], metadata['image']['width'])

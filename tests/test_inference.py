@@ -5,11 +5,14 @@ the errors a user can cause."""
 import dataclasses
 import json
 import re
+import shutil
 
 import jax
 import numpy as np
 import pytest
 import torch
+from safetensors.numpy import load_file
+from safetensors.numpy import save_file
 
 from medclip_jax import inference
 from medclip_jax import torch_model
@@ -360,3 +363,37 @@ def test_an_interrupted_save_leaves_the_old_index_whole(tmp_path, monkeypatch):
   new.save(directory)  # a completed save replaces it, leaving nothing beside
   assert inference.Index.load(directory).ids == ['c', 'b', 'a']
   assert sorted(p.name for p in directory.iterdir()) == sorted(inference.INDEX_FILES.values())
+
+
+@pytest.mark.parametrize(
+  ('damage', 'expected'),
+  [
+    ('no metadata', r'is not an export directory \(it would hold medclip\.json'),
+    ('metadata not JSON', r'is damaged or incomplete \(JSONDecodeError: '),
+    ('truncated image encoder', r'is damaged or incomplete \(SafetensorError: '),
+    ('no text encoder', r'is damaged or incomplete \((OSError|EnvironmentError): '),
+    ('heads without a projection', r'is damaged or incomplete \(KeyError: '),
+  ],
+)
+def test_a_damaged_export_is_a_user_error_in_pytorch_too(models, tmp_path, damage, expected):
+  directory = tmp_path / 'export'
+  shutil.copytree(models['export'].path, directory)
+  if damage == 'no metadata':
+    (directory / 'medclip.json').unlink()
+  elif damage == 'metadata not JSON':
+    (directory / 'medclip.json').write_text('{"step": 1,')
+  elif damage == 'truncated image encoder':
+    weights = directory / 'image_encoder.safetensors'
+    weights.write_bytes(weights.read_bytes()[:100])
+  elif damage == 'no text encoder':
+    shutil.rmtree(directory / 'text_encoder')
+  else:
+    heads = load_file(str(directory / 'heads.safetensors'))
+    del heads['image_projection.weight']
+    save_file(heads, str(directory / 'heads.safetensors'))
+  with pytest.raises(UserError, match=expected) as error:
+    torch_model.MedCLIP.from_export(directory)
+  message = str(error.value)
+  assert '\n' not in message and str(directory) in message
+  if damage != 'no metadata':
+    assert message.endswith('(python -m medclip_jax.export --workdir=... --out=...).')
