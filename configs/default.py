@@ -188,7 +188,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.every_split = 'val'
   config.eval.batch_size = 256
   # Batches used to recompute BatchNorm statistics before evaluating (0: use
-  # the running averages as they are).
+  # the running averages as they are; a locked image tower keeps its own).
   config.eval.bn_recompute_batches = 20
   # Write eval/step_<N>/report.html (tables, charts, example retrievals) after
   # the final evaluation; python -m medclip_jax.evaluate writes one too.

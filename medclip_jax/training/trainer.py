@@ -22,6 +22,7 @@ from medclip_jax.errors import UserError
 from medclip_jax.evaluation import results as results_lib
 from medclip_jax.training import checkpointing
 from medclip_jax.training import checks
+from medclip_jax.training import optimizer as optimizer_lib
 from medclip_jax.training import preemption
 from medclip_jax.training import reporting
 from medclip_jax.training import workdir_lock
@@ -165,9 +166,18 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
 
   # ---- Evaluation: precise BatchNorm, then every configured evaluator ----
 
+  # A locked image tower trains on the statistics it was loaded with; recomputed ones
+  # would give evaluation and the export features its heads never saw.
+  image_locked = 'image_encoder' in optimizer_lib.locked_towers(config.train, state.params)
+  if image_locked and config.eval.bn_recompute_batches:
+    reporter.info(
+      'config.eval.bn_recompute_batches: not recomputed (the image tower is locked: its '
+      'BatchNorm statistics stay as loaded)'
+    )
+
   def recompute_batch_stats(state, step):
     """`state` with the image tower's BatchNorm statistics recomputed with its weights."""
-    if not config.eval.bn_recompute_batches:
+    if not config.eval.bn_recompute_batches or image_locked:
       return state
     stats_iter = setup.train_batches(seed=config.seed + step + 1, paired_only=True)
     batches = (next(stats_iter) for _ in range(config.eval.bn_recompute_batches))

@@ -400,6 +400,22 @@ def test_sigmoid_loss_trains_beside_infonce_and_exports_its_bias(tiny_config, tm
   assert heads['logit_bias'].size == 1 and heads['logit_bias'].item() != -10.0  # trained
 
 
+def test_a_locked_image_tower_keeps_the_batchnorm_statistics_it_trained_on(
+  tiny_config, tmp_path, capsys
+):
+  config = tiny_config()
+  config.train.lr_multipliers.image_encoder = 0.0
+  config.train.steps, config.eval.bn_recompute_batches = 3, 2
+  trainer.train_and_evaluate(config, str(tmp_path))
+  assert 'not recomputed (the image tower is locked' in capsys.readouterr().out
+  initial = Setup.create(config).init_state().batch_stats
+  final = restore_on_one_device(config, checkpointing.Checkpointer(str(tmp_path), keep=3), 3)
+  for (path, a), b in zip(
+    jax.tree_util.tree_leaves_with_path(final.batch_stats), jax.tree.leaves(initial)
+  ):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
 def test_training_on_label_text_reports_truncated_texts(tiny_config, tmp_path, capsys):
   config = tiny_config()
   config.data.train_text = '{modality} of the {body_part}.'
