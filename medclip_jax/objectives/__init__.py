@@ -65,6 +65,12 @@ def build(config) -> dict[str, tuple[float, ModuleType]]:
       f'config.objectives names {unknown}, which are not objectives; the objectives are '
       f'{available()} (modules in medclip_jax/objectives/).'
     )
+  bad = {name: weights[name] for name in weights if not float(weights[name]) >= 0.0}  # NaN too
+  if bad:
+    raise UserError(
+      f'config.objectives {bad}: a weight must be a number of 0 or more (0 switches the '
+      'objective off); a negative weight would climb that loss while the summed loss falls.'
+    )
   active = {name: float(weight) for name, weight in weights.items() if float(weight) != 0.0}
   if not active:
     raise UserError(

@@ -123,6 +123,7 @@ def check(config) -> None:
       f'between evaluations, got {config.eval.every}.'
     )
   _check_precision_and_remat(config.model)
+  _check_sizes(config)
   _check_masked_modelling(config)
   steps, warmup = config.train.steps, config.train.warmup_steps
   if warmup > steps:
@@ -233,6 +234,50 @@ def _check_masked_modelling(config) -> None:
       f'the objectives {on} read feature grids and token states, which gradient caching '
       'does not carry between its passes: set it to 0 (the plain gradient) to use them.',
     )
+
+
+def _check_sizes(config) -> None:
+  """The towers' and the decoders' sizes: what flax would otherwise refuse in a traceback."""
+  fail = lambda field, problem: UserError(f'config.{field}: {problem}')
+  model = config.model
+  if model.embed_dim < 1:
+    raise fail(
+      'model.embed_dim', f'the shared embedding needs 1 or more dimensions, got {model.embed_dim}.'
+    )
+  if model.image.depth not in tables.RESNET_LAYOUTS:
+    raise fail(
+      'model.image.depth',
+      f'{model.image.depth} is not a ResNet this image tower builds: give one of '
+      f'{sorted(tables.RESNET_LAYOUTS)}.',
+    )
+  if model.text.pooling not in ('cls', 'mean'):
+    raise fail(
+      'model.text.pooling',
+      f"{model.text.pooling!r} is not a pooling: give 'cls' (the [CLS] token's state) or "
+      "'mean' (the mean over the caption's tokens).",
+    )
+  if model.image.width < 1:
+    raise fail('model.image.width', f'the stem needs 1 or more channels, got {model.image.width}.')
+  towers = [('model.text', model.text.hidden_size, model.text.num_heads, model.text.num_layers)]
+  for name in ('attmim', 'entmlm'):
+    if _active(config, name):
+      towers.append((name, config[name].width, config[name].heads, config[name].depth))
+  for field, width, heads, depth in towers:
+    width_key = 'hidden_size' if field == 'model.text' else 'width'
+    heads_key = 'num_heads' if field == 'model.text' else 'heads'
+    depth_key = 'num_layers' if field == 'model.text' else 'depth'
+    if min(width, heads, depth) < 1:
+      raise fail(
+        field,
+        f'{width_key}={width}, {heads_key}={heads} and {depth_key}={depth} must each be 1 or more.',
+      )
+    if width % heads:
+      raise fail(
+        f'{field}.{heads_key}',
+        f'{heads} attention heads do not divide {width_key}={width}: each head takes an equal '
+        f'share of it; give a divisor of {width} (e.g. '
+        f'{max(h for h in range(1, heads + 1) if width % h == 0)}).',
+      )
 
 
 def _check_precision_and_remat(model) -> None:

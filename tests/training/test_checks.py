@@ -136,6 +136,40 @@ BAD = {
     {'data.unpaired.image_only': 0.1},
     r'config\.data\.unpaired\.image_only=0\.1, but .* holds no image_only records',
   ),
+  'a negative objective weight': (
+    {'objectives.infonce': -1.0},
+    r"config\.objectives \{'infonce': -1\.0\}: a weight must be a number of 0 or more",
+  ),
+  'a NaN objective weight': (
+    {'objectives.sigmoid': float('nan')},
+    r"config\.objectives \{'sigmoid': nan\}: a weight must be",
+  ),
+  'no shared embedding': (
+    {'model.embed_dim': 0},
+    r'config\.model\.embed_dim: the shared embedding needs 1 or more dimensions, got 0',
+  ),
+  'a ResNet depth there is none of': (
+    {'model.image.depth': 152},
+    r'config\.model\.image\.depth: 152 is not a ResNet this image tower builds: give one of '
+    r'\[18, 34, 50',
+  ),
+  'an unknown pooling': (
+    {'model.text.pooling': 'max'},
+    r"config\.model\.text\.pooling: 'max' is not a pooling: give 'cls'",
+  ),
+  'text heads that do not divide its width': (
+    {'model.text.hidden_size': 32, 'model.text.num_heads': 5},
+    r'config\.model\.text\.num_heads: 5 attention heads do not divide hidden_size=32: .* '
+    r'\(e\.g\. 4\)',
+  ),
+  'AttMIM decoder heads that do not divide its width': (
+    {'objectives.attmim': 1.0, 'attmim.width': 64, 'attmim.heads': 3},
+    r'config\.attmim\.heads: 3 attention heads do not divide width=64',
+  ),
+  'an EntMLM decoder without layers': (
+    {'objectives.entmlm': 1.0, 'entmlm.depth': -2},
+    r'config\.entmlm: width=.*, heads=.* and depth=-2 must each be 1 or more',
+  ),
   'MMCLIP objectives with gradient caching': (
     {'objectives.entmlm': 1.0, 'train.grad_cache_chunks': 2},
     r"config\.train\.grad_cache_chunks: the objectives \['entmlm'\] read feature grids",
