@@ -12,7 +12,9 @@ WORKDIR/compare.json, WORKDIR/compare.md (one table: top-1/top-3 per label
 field, retrieval R@10, caption metrics) and WORKDIR/compare.png (per-class
 zero-shot accuracy of the three models), and prints the table. The two
 fine-tuning runs live in WORKDIR/captions and WORKDIR/labels: rerunning the
-command resumes them.
+command resumes them, under the settings it started with
+(WORKDIR/compare_settings.json: the starting model and its step, the steps, the
+label text, the data and the evaluators); other settings are refused.
 """
 
 import json
@@ -46,33 +48,47 @@ def table(rows: dict) -> str:
   return '\n'.join(lines)
 
 
-def chart(rows: dict, vocabs: dict, path: Path) -> Path:
-  """Per-class zero-shot accuracy of each model, one panel per label field, as a PNG."""
+def chart(rows: dict, vocabs: dict, path: Path) -> Path | None:
+  """Per-class zero-shot accuracy of each model, one panel per label field, as a PNG; None
+  (nothing written) where no evaluator gives it."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=import-outside-toplevel
   from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from medclip_jax.evaluation import report  # pylint: disable=import-outside-toplevel
 
   panels = []
   for key in rows[MODELS[0]]:
     name, *rest = key.split('.')
     if len(rest) == 3 and rest[1] == 'accuracy' and (name, rest[0]) not in panels:
       panels.append((name, rest[0]))
-  figure = Figure(figsize=(7, 0.6 + 2.6 * max(1, len(panels))), dpi=110)
+  if not panels:
+    return None
+  classes_of = {
+    panel: [
+      c for c in vocabs.get(panel[1], []) if f'{panel[0]}.{panel[1]}.accuracy.{c}' in rows['start']
+    ]
+    for panel in panels
+  }
+  # Each panel as tall as its classes need (three bars each), so that many classes stay legible.
+  heights = [max(2.0, 0.6 + 0.3 * len(classes_of[panel])) for panel in panels]
+  figure = Figure(figsize=(7, 0.6 + sum(heights)), dpi=110)
   FigureCanvasAgg(figure)
+  grid = figure.add_gridspec(len(panels), 1, height_ratios=heights)
   for i, (name, field) in enumerate(panels):
-    axes = figure.add_subplot(len(panels), 1, i + 1)
-    classes = [c for c in vocabs.get(field, []) if f'{name}.{field}.accuracy.{c}' in rows['start']]
+    axes = figure.add_subplot(grid[i])
+    classes = classes_of[(name, field)]
     y = np.arange(len(classes))
     for j, (model, results) in enumerate(rows.items()):
       values = [results.get(f'{name}.{field}.accuracy.{c}', np.nan) for c in classes]
       axes.barh(y + (j - 1) * 0.27, values, height=0.27, label=model)
-    axes.set_yticks(y, classes)
+    axes.set_yticks(y, [report.plain(c) for c in classes])
     axes.invert_yaxis()
     axes.set_xlim(0, 1)
-    axes.set_title(f'zero-shot accuracy per class: {field}', fontsize=10)
-  if panels:  # one legend for all panels, above them, clear of the bars
-    handles, labels = figure.axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc='upper center', ncol=len(rows), fontsize=9, frameon=False)
+    axes.set_title(f'zero-shot accuracy per class: {report.plain(field)}', fontsize=10)
+  # One legend for all panels, above them, clear of the bars.
+  handles, labels = figure.axes[0].get_legend_handles_labels()
+  figure.legend(handles, labels, loc='upper center', ncol=len(rows), fontsize=9, frameon=False)
   figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / figure.get_figheight()))
   figure.savefig(path)
   return path
@@ -88,6 +104,12 @@ def compare(config, init: str, workdir: str) -> dict:
 
   workdir = Path(workdir)
   info = pipeline.dataset_info(config.data)
+  if not config.compare.label_text and not info.get('labels'):
+    raise UserError(
+      f'compare fine-tunes one run on text made from labels, and the dataset in '
+      f'{config.data.dir or config.data.tfds_name} has no label fields: give a labelled '
+      'dataset (prepare with label columns), or set --config.compare.label_text to a template.'
+    )
   loaded = load.load(init)
   # The starting model fixes the architecture and the tokenizer; its weights come from init_from.
   config.model = loaded.config.model
@@ -102,45 +124,89 @@ def compare(config, init: str, workdir: str) -> dict:
   checked.data.train_text = label_text
   pipeline.describe_train_text(checked.data, info)  # a bad template stops here, before training
 
-  for name in ('captions', 'labels'):
-    _check_earlier_run(workdir / name, config.init_from)
+  settings = {
+    'init': config.init_from,
+    'init_step': loaded.step,
+    'steps': config.compare.steps,
+    'label_text': label_text,
+    'data': str(Path(config.data.dir).absolute()) if config.data.dir else config.data.tfds_name,
+    'eval_split': config.eval.split,
+    'evals': config.evals.to_dict(),
+  }
+  settings = json.loads(json.dumps(settings))  # as it reads back (tuples as lists)
+  _check_earlier_runs(workdir, settings)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / SETTINGS).write_text(json.dumps(settings, indent=2) + '\n')
 
   evaluation = setup.evaluation(config, info.get('labels', {}))
   evaluation.check_data()
   rows = {'start': evaluation(evaluation.place(loaded.variables))[0]}
   for name, text in (('captions', 'caption'), ('labels', label_text)):
+    _check_init_unchanged(init, loaded.step)
     run = config.copy_and_resolve_references()
     run.data.train_text = text
     print(f'== fine-tuning on {name} ({text}) for {run.train.steps} steps in {workdir / name}')
     rows[name] = trainer.train_and_evaluate(run, str(workdir / name))
 
-  workdir.mkdir(parents=True, exist_ok=True)
   (workdir / 'compare.json').write_text(
-    json.dumps({'init': str(init), 'label_text': label_text, 'results': rows}, indent=2) + '\n'
+    json.dumps({**settings, 'init': str(init), 'results': rows}, indent=2) + '\n'
   )
   (workdir / 'compare.md').write_text(table(rows) + '\n')
-  chart(rows, info.get('labels', {}), workdir / 'compare.png')
+  if not chart(rows, info.get('labels', {}), workdir / 'compare.png'):
+    print('compare.png: not drawn (no evaluator gives per-class zero-shot accuracy)')
   return rows
 
 
-def _check_earlier_run(run_dir: Path, init_from: str) -> None:
-  """A fine-tune already in `run_dir` must start from `init_from`: resuming one of another
-  model would put its results in this comparison's table."""
+# What a comparison was started with; its fine-tunes resume only under the same settings.
+SETTINGS = 'compare_settings.json'
+
+
+def _check_earlier_runs(workdir: Path, settings: dict) -> None:
+  """A comparison already in `workdir` must have `settings`: resuming (or reusing) fine-tunes of
+  another starting step, length, label text, dataset or evaluators would put rows that were
+  not made alike in one table."""
+  started = [workdir / name for name in MODELS[1:] if (workdir / name / 'checkpoints').is_dir()]
+  if not started:
+    return
+  try:
+    saved = json.loads((workdir / SETTINGS).read_text())
+  except FileNotFoundError:  # a comparison from before the settings were kept: its init only
+    saved = {'init': _init_of(started[0], settings['init'])}
+  except ValueError:
+    saved = {}
+  changed = [key for key in settings if key in saved and saved[key] != settings[key]]
+  if changed or not saved:
+    what = '; '.join(f'{key} {saved[key]!r}, now {settings[key]!r}' for key in changed)
+    raise UserError(
+      f'{workdir} holds a comparison made with other settings ({what or "unreadable " + SETTINGS}'
+      '): its fine-tunes would not be comparable with a start row evaluated now. Give a fresh '
+      f'--workdir, or remove {" and ".join(map(str, started))} to fine-tune again.'
+    )
+
+
+def _init_of(run_dir: Path, default: str) -> str:
+  """The init_from of the fine-tune in `run_dir`."""
   from medclip_jax.training import checkpointing  # pylint: disable=import-outside-toplevel
 
-  if not (run_dir / 'checkpoints').is_dir():
-    return
   checkpointer = checkpointing.Checkpointer(str(run_dir), keep=1_000_000, create=False)
   try:
     steps = checkpointer.all_steps()
-    saved = checkpointer.restore_config(max(steps))['init_from'] if steps else init_from
+    return checkpointer.restore_config(max(steps))['init_from'] if steps else default
   finally:
     checkpointer.close()
-  if saved != init_from:
+
+
+def _check_init_unchanged(init: str, step: int) -> None:
+  """Each fine-tune starts from the newest model in `init`: it must still be the `step` that
+  the start row was evaluated at (a run that is still training moves on)."""
+  from medclip_jax.interop import load  # pylint: disable=import-outside-toplevel
+
+  newest = load.newest_step(init)
+  if newest != step:
     raise UserError(
-      f'{run_dir} holds a fine-tune of {saved}, not of {init_from}: resuming it would put '
-      "another model's results in this comparison. Give a fresh --workdir to compare this "
-      f'model, or remove {run_dir}.'
+      f'{init} moved on from step {step} to step {newest} during the comparison (is it still '
+      'training?). Compare a finished run, or an export of the step you want '
+      '(python -m medclip_jax.export --step=...).'
     )
 
 

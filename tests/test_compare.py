@@ -33,9 +33,56 @@ def test_three_models_one_table_and_a_chart(trained_run, tiny_config, tmp_path, 
     assert ckpt.latest_step() == 2
     ckpt.close()
 
-  # Run again: complete, the same table; from another model: refused before anything runs.
+  # Run again: complete, the same table. With other settings, whose fine-tunes would not be
+  # comparable with a start row evaluated now: refused before anything runs.
   assert compare.compare(config, str(init), str(tmp_path)) == rows
   other = tmp_path.parent / 'other_model'
   shutil.copytree(init / 'checkpoints', other / 'checkpoints')
-  with pytest.raises(UserError, match=f'holds a fine-tune of {init}, not of {other}'):
-    compare.compare(tiny_config(), str(other), str(tmp_path))
+  fewer_steps = tiny_config()
+  fewer_steps.compare.steps = 1
+  other_evals = tiny_config()
+  other_evals.evals.retrieval.gallery_size = 10
+  for changed, given, expected in (
+    (config, other, f"init '{init}', now '{other}'"),
+    (fewer_steps, init, "steps 2, now 1"),
+    (other_evals, init, "evals {"),
+  ):
+    given_config = changed.copy_and_resolve_references()
+    given_config.compare.label_text = config.compare.label_text
+    with pytest.raises(UserError, match='holds a comparison made with other settings') as error:
+      compare.compare(given_config, str(given), str(tmp_path))
+    assert expected in str(error.value) and 'Give a fresh --workdir' in str(error.value)
+  assert json.loads((tmp_path / 'compare.json').read_text())['results'] == rows  # untouched
+  # A starting run that trains on during the comparison would start the fine-tunes elsewhere.
+  step = json.loads((tmp_path / 'compare.json').read_text())['init_step']
+  with pytest.raises(UserError, match=f'moved on from step {step - 1} to step {step}'):
+    compare._check_init_unchanged(str(init), step - 1)
+
+
+def test_a_comparison_needs_labels_or_a_label_text(tiny_config, tmp_path):
+  config = tiny_config()
+  config.compare.label_text = ''
+  config.data.dir = str(tmp_path / 'unlabelled')
+  shutil.copytree(tiny_config().data.dir, config.data.dir)
+  info_file = tmp_path / 'unlabelled' / 'dataset_info.json'
+  info = json.loads(info_file.read_text())
+  info.pop('labels', None)
+  info_file.write_text(json.dumps(info))
+  with pytest.raises(UserError, match='has no label fields: give a labelled dataset'):
+    compare.compare(config, str(tmp_path / 'unused'), str(tmp_path / 'compare'))
+
+
+def test_the_chart_draws_many_classes_and_dollar_signs_and_nothing_without_accuracies(tmp_path):
+  classes = [f'class {n}' for n in range(40)] + ['cost $5^$ cm']
+  rows = {
+    model: {f'zeroshot.finding.accuracy.{c}': (n % 10) / 10 for n, c in enumerate(classes)}
+    for model in compare.MODELS
+  }
+  path = compare.chart(rows, {'finding': classes}, tmp_path / 'many.png')
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  with Image.open(path) as image:
+    assert image.height > 110 * 0.3 * len(classes)  # a row of bars per class
+  empty = {model: {'retrieval.i2t.R@10': 0.5} for model in compare.MODELS}
+  assert compare.chart(empty, {}, tmp_path / 'none.png') is None
+  assert not (tmp_path / 'none.png').exists()

@@ -142,7 +142,7 @@ def _metrics_table(results: dict) -> str:
 # Charts.
 
 
-def _plain(text) -> str:
+def plain(text) -> str:
   """Text for matplotlib, where a pair of '$' would otherwise start mathtext."""
   return str(text).replace('$', r'\$')
 
@@ -170,7 +170,7 @@ def _accuracy_chart(field: str, classes: list, accuracy: list, support: list) ->
   for i, a in enumerate(accuracy):
     text, x, color = ('n/a', 0.02, '#777') if a is None else (f'{a:.2f}', a + 0.01, '#222')
     ax.text(x, i, text, va='center', fontsize=9, color=color)
-  ax.set_yticks(y, [f'{_plain(c)} (n={s})' for c, s in zip(classes, support)])
+  ax.set_yticks(y, [f'{plain(c)} (n={s})' for c, s in zip(classes, support)])
   ax.set_ylim(n - 0.5, -0.5)  # first class on top, as in the table; room for rows without bars
   ax.set_xlim(0, 1.1)
   ax.set_xticks(np.linspace(0, 1, 6))
@@ -199,7 +199,7 @@ def _confusion_chart(field: str, classes: list, confusion: np.ndarray) -> str:
   for (i, j), count in np.ndenumerate(confusion):
     color = 'white' if share[i, j] > 0.55 else '#222'
     ax.text(j, i, str(count), ha='center', va='center', fontsize=fontsize, color=color)
-  labels = [_plain(c) for c in classes]
+  labels = [plain(c) for c in classes]
   ax.set_xticks(range(n), labels, rotation=45, ha='right', rotation_mode='anchor')
   ax.set_yticks(range(n), labels)
   ax.set_xlabel('predicted class')
@@ -331,7 +331,7 @@ def _label_fractions(detail: dict, what: str) -> str:
     rows.append('</table>')
     parts.append(f'<h3>{_e(field)}</h3>\n' + '\n'.join(rows) + '\n')
     if points:
-      ax.plot(*zip(*sorted(points)), marker='o', label=_plain(field))
+      ax.plot(*zip(*sorted(points)), marker='o', label=plain(field))
   if not ticks:
     return ''.join(parts)
   ax.set_xscale('log')

@@ -54,6 +54,22 @@ def load(path, step: int | None = None, decoders: bool = False) -> Loaded:
   )
 
 
+def newest_step(path) -> int | None:
+  """The step `load(path)` would load (an export's own; a workdir's newest), without loading it;
+  None where there is none."""
+  path = Path(path)
+  metadata = path / tables.EXPORT_FILES['metadata']
+  if metadata.is_file():
+    return json.loads(metadata.read_text()).get('step')
+  if not (path / 'checkpoints').is_dir():
+    return None
+  checkpointer = checkpointing.Checkpointer(str(path), keep=1_000_000, create=False)
+  try:
+    return max(checkpointer.all_steps(), default=None)
+  finally:
+    checkpointer.close()
+
+
 def from_workdir(path, step: int | None = None, decoders: bool = False) -> Loaded:
   """The model of a training workdir's checkpoint `step` (default: the latest); see `load`."""
   path = Path(path)
