@@ -20,6 +20,7 @@ results of that step are kept and the report of those run goes to
 report.<names>.html.
 """
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -45,10 +46,17 @@ def evaluate(
 
   loaded = load.load(workdir, step)
   config = loaded.config
-  # The run's own final evaluation keeps its files; another split or dataset's go beside them.
+  # The run's own final evaluation keeps its files; another split or dataset's go beside them,
+  # named by the dataset's folder (and, if another dataset there took that name, its path's
+  # digest: two sites' 'prepared' folders keep two files).
   name = ''
   if data or (split and split != config.eval.split):
-    name = (split or config.eval.split) + (f'-{Path(data).name}' if data else '')
+    name = split or config.eval.split
+  if data:
+    data = str(Path(data).resolve())
+    name += f'-{Path(data).name}'
+    if results_lib.recorded(str(workdir), loaded.step, name, 'data') not in (None, data):
+      name += '-' + hashlib.sha256(data.encode()).hexdigest()[:8]
   if evals is not None:
     config.evals = evals
   if only:
@@ -71,7 +79,7 @@ def evaluate(
   if batch_size:
     config.eval.batch_size = batch_size
   # An intermediate step's file may hold training's periodic results on another split.
-  if not name and results_lib.recorded_split(str(workdir), loaded.step) not in (
+  if not name and results_lib.recorded(str(workdir), loaded.step) not in (
     None,
     config.eval.split,
   ):
@@ -91,7 +99,9 @@ def evaluate(
     saved = results_lib.read(str(workdir), loaded.step, config.eval.split, name)
     results = {**{k: v for k, v in saved.items() if k.split('.', 1)[0] not in only}, **results}
     report_name = f'report.{"+".join(only)}.html'
-  results_lib.write(str(workdir), loaded.step, config.eval.split, results, details, name)
+  results_lib.write(
+    str(workdir), loaded.step, config.eval.split, results, details, name, data or ''
+  )
   path = report.write(
     results_lib.step_dir(str(workdir), loaded.step, name) / report_name,
     step=loaded.step,

@@ -131,6 +131,35 @@ def test_another_split_is_written_beside_the_runs_own_results_not_over_them(eval
   assert report == copy / 'eval' / 'step_12.val' / 'report.retrieval.html' and report.is_file()
 
 
+def test_two_datasets_in_folders_of_one_name_keep_a_results_file_each(evaluated, trained_run):
+  config, _, _ = trained_run
+  copy = evaluated[0]
+  sites = {}
+  for site, records in (('siteA', 16), ('siteB', 8)):  # siteB's test split is smaller
+    folder = copy.parent / site / 'prepared'
+    shutil.copytree(config.data.dir, folder)
+    info = json.loads((folder / 'dataset_info.json').read_text())
+    info['splits']['test']['count'] = records
+    (folder / 'dataset_info.json').write_text(json.dumps(info))
+    _, results, report, _ = evaluate.evaluate(copy, data=str(folder), only=['retrieval'])
+    sites[site] = (folder, results, report)
+  files = sorted((copy / 'eval').glob('step_12.test-prepared*.json'))
+  assert len(files) == 2
+  for site, (folder, results, report) in sites.items():
+    saved = [json.loads(f.read_text()) for f in files if str(folder) in f.read_text()]
+    assert len(saved) == 1 and saved[0]['data'] == str(folder.resolve())
+    assert {k: v for k, v in saved[0].items() if '.' in k} == results
+    assert (
+      report.parent.name == files[[str(folder) in f.read_text() for f in files].index(True)].stem
+    )
+  # Again on siteA: its own file, merged as --only merges.
+  _, again, _, _ = evaluate.evaluate(copy, data=str(sites['siteA'][0]), only=['retrieval'])
+  assert (
+    again == sites['siteA'][1]
+    and len(list((copy / 'eval').glob('step_12.test-prepared*.json'))) == 2
+  )
+
+
 def test_a_path_that_is_no_model_is_one_paragraph_and_exit_2(tmp_path):
   result = helpers.run_module('medclip_jax.evaluate', f'--workdir={tmp_path}')
   assert result.returncode == 2 and 'Traceback' not in result.stderr

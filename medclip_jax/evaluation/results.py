@@ -24,19 +24,26 @@ def path(workdir: str, step: int, name: str = '') -> Path:
 
 
 # Keys of a results file beside the flat '<evaluator>.<key>' results (which all hold a dot).
-_ABOUT = ('split', 'step')
+_ABOUT = ('split', 'step', 'data')
 
 
 def write(
-  workdir: str, step: int, split: str, results: dict, details: dict | None = None, name: str = ''
+  workdir: str,
+  step: int,
+  split: str,
+  results: dict,
+  details: dict | None = None,
+  name: str = '',
+  data: str = '',
 ) -> Path:
   """Writes the flat results of `step` on `split` (recorded in the file as 'split' and
-  'step') and the evaluators' files (process 0 only), under `name`; returns the results'
-  path."""
+  'step'; another dataset than the run's as 'data') and the evaluators' files (process 0
+  only), under `name`; returns the results' path."""
   target = path(workdir, step, name)
   if jax.process_index() == 0:
     target.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({**results, 'split': split, 'step': step}, indent=2, sort_keys=True)
+    about = {'split': split, 'step': step, **({'data': data} if data else {})}
+    text = json.dumps({**results, **about}, indent=2, sort_keys=True)
     target.write_text(text + '\n')
     for file_name, files in _files(details or {}).items():
       file = step_dir(workdir, step, name) / file_name
@@ -53,11 +60,11 @@ def _saved(workdir: str, step: int, split: str, name: str = '') -> dict | None:
   return saved
 
 
-def recorded_split(workdir: str, step: int, name: str = '') -> str | None:
-  """The split the results written for `step` (under `name`) are of; None if there are none
-  (or they predate recording it)."""
+def recorded(workdir: str, step: int, name: str = '', about: str = 'split') -> str | None:
+  """What the results written for `step` (under `name`) record as `about` ('split' or 'data');
+  None if there are none (or they predate recording it)."""
   file = path(workdir, step, name)
-  return json.loads(file.read_text()).get('split') if file.is_file() else None
+  return json.loads(file.read_text()).get(about) if file.is_file() else None
 
 
 def exists(workdir: str, step: int, split: str) -> bool:
