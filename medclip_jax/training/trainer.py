@@ -248,7 +248,17 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
 
   if start < total:
     reporter.info(f'training steps {start + 1}..{total}, global batch {config.train.batch_size}')
+  # A run stopped during a periodic evaluation resumes from that step's checkpoint, written
+  # before the evaluation: evaluate it now, or its point on the validation curves is lost.
+  missed = (
+    0 < start < total
+    and config.eval.every
+    and start % config.eval.every == 0
+    and not results_lib.exists(workdir, start, config.eval.every_split)
+  )
   try:
+    if missed:
+      run_eval(recompute_batch_stats(state, start), start, time.perf_counter())
     with stop:
       previous = None  # (step, metrics) of the step before this one, read one step late
       for step in range(start + 1, total + 1):

@@ -120,6 +120,27 @@ def test_periodic_evaluations_use_the_val_split_and_the_final_one_the_test_split
   assert not [k for k in evals[4] if k.startswith('val/')]
 
 
+def test_a_run_stopped_before_its_periodic_evaluation_evaluates_that_step_when_resumed(
+  tiny_config, tmp_path, monkeypatch
+):
+  config = tiny_config()
+  config.train.steps, config.eval.every, config.train.checkpoint_every = 4, 2, 2
+  trainer.train_and_evaluate(config, str(tmp_path / 'whole'))
+  with pytest.raises(KeyboardInterrupt), _interrupted_after_saving(monkeypatch, 2):
+    trainer.train_and_evaluate(config, str(tmp_path / 'stopped'))  # step 2 saved, not evaluated
+  assert not (tmp_path / 'stopped' / 'eval' / 'step_2.json').exists()
+  trainer.train_and_evaluate(config, str(tmp_path / 'stopped'))
+  for step in (2, 4):
+    resumed = json.loads((tmp_path / 'stopped' / 'eval' / f'step_{step}.json').read_text())
+    whole = json.loads((tmp_path / 'whole' / 'eval' / f'step_{step}.json').read_text())
+    assert resumed.keys() == whole.keys() and resumed['split'] == whole['split']
+    for key in resumed:
+      if key not in ('split', 'step'):
+        np.testing.assert_allclose(resumed[key], whole[key], atol=1e-6, err_msg=key)
+  rows = [json.loads(l) for l in (tmp_path / 'stopped' / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in rows if 'val/retrieval.gallery_size' in r] == [2]
+
+
 def test_the_clock_restarts_after_a_periodic_evaluation(tiny_config, tmp_path, monkeypatch):
   config = tiny_config()
   config.train.steps, config.eval.every, config.eval.bn_recompute_batches = 4, 2, 0
