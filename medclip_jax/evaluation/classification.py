@@ -1,5 +1,7 @@
 """Classification scores shared by the zero-shot and linear-probe evaluators."""
 
+import warnings
+
 import numpy as np
 from scipy import stats
 from sklearn import metrics as sk_metrics
@@ -30,6 +32,15 @@ def auroc_interval(positive, scores, resamples: int, seed: int) -> tuple[float, 
   return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 
+def balanced_accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
+  """The mean recall over the classes `labels` holds. A class predicted but absent from
+  `labels` has no recall and is left out, which scikit-learn says in a warning at every
+  evaluation; the definition expects it, so it is not printed."""
+  with warnings.catch_warnings():
+    warnings.filterwarnings('ignore', 'y_pred contains classes not in y_true')
+    return float(sk_metrics.balanced_accuracy_score(labels, predicted))
+
+
 def classification_metrics(labels: np.ndarray, predicted: np.ndarray, classes) -> dict:
   """Balanced accuracy, macro F1, per-class recall and the confusion matrix of known labels."""
   known = labels >= 0
@@ -40,7 +51,7 @@ def classification_metrics(labels: np.ndarray, predicted: np.ndarray, classes) -
     float(confusion[c, c] / support[c]) if support[c] else None for c in range(len(classes))
   ]
   return {
-    'balanced_accuracy': float(sk_metrics.balanced_accuracy_score(y, p)),
+    'balanced_accuracy': balanced_accuracy(y, p),
     'macro_f1': float(sk_metrics.f1_score(y, p, average='macro', zero_division=0)),
     'recall': recall,
     'support': support.tolist(),

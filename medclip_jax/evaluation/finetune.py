@@ -20,9 +20,9 @@ import numpy as np
 import optax
 from absl import logging
 from flax import linen as nn
-from sklearn import metrics as sk_metrics
 
 from medclip_jax.data import pipeline
+from medclip_jax.evaluation.classification import balanced_accuracy
 from medclip_jax.evaluation.classification import macro_auroc
 from medclip_jax.evaluation import linear_probe
 from medclip_jax.evaluation.linear_probe import fraction_label
@@ -119,7 +119,7 @@ class Evaluator:
     predicted, y = probabilities.argmax(axis=1), labels[rows]
     return {
       'accuracy': float(np.mean(predicted == y)),
-      'balanced_accuracy': float(sk_metrics.balanced_accuracy_score(y, predicted)),
+      'balanced_accuracy': balanced_accuracy(y, predicted),
       'auroc': macro_auroc(y, probabilities),
     }
 

@@ -19,9 +19,9 @@ import numpy as np
 from absl import logging
 from sklearn import exceptions as sk_exceptions
 from sklearn import linear_model
-from sklearn import metrics as sk_metrics
 
 from medclip_jax.errors import UserError
+from medclip_jax.evaluation.classification import balanced_accuracy
 from medclip_jax.evaluation.classification import macro_auroc
 
 
@@ -61,7 +61,7 @@ def probe(train, train_labels, val, val_labels, test, test_labels, n_classes, Cs
 
     def val_score(C):
       predicted = _fit(train, train_labels, C, seed).predict(val[known])
-      return sk_metrics.balanced_accuracy_score(val_labels[known], predicted)
+      return balanced_accuracy(val_labels[known], predicted)
 
     best_c = max(Cs, key=val_score)
   elif len(Cs) == 1:
@@ -73,7 +73,7 @@ def probe(train, train_labels, val, val_labels, test, test_labels, n_classes, Cs
   y = test_labels[known]
   return {
     'accuracy': float(np.mean(predicted == y)),
-    'balanced_accuracy': float(sk_metrics.balanced_accuracy_score(y, predicted)),
+    'balanced_accuracy': balanced_accuracy(y, predicted),
     'auroc': macro_auroc(y, probabilities),
     'C': float(best_c),
   }

@@ -45,3 +45,10 @@ def test_macro_auroc_averages_the_classes_that_occur():
   probabilities = np.array([[0.9, 0.1, 0], [0.2, 0.8, 0], [0.6, 0.4, 0], [0.7, 0.3, 0]])
   expected = np.mean([sk_metrics.roc_auc_score(labels == c, probabilities[:, c]) for c in (0, 1)])
   assert classification.macro_auroc(labels, probabilities) == expected
+
+
+def test_balanced_accuracy_leaves_out_a_class_no_label_holds_without_a_warning(recwarn):
+  labels = np.array([0, 0, 1, 1])
+  predicted = np.array([0, 2, 1, 1])  # class 2 predicted, never labelled
+  assert classification.balanced_accuracy(labels, predicted) == (0.5 + 1.0) / 2
+  assert not [w for w in recwarn if 'y_true' in str(w.message)]
