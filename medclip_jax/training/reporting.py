@@ -36,13 +36,12 @@ class Reporter:
     self.total_steps = total_steps
     self.is_main = jax.process_index() == 0
     self._jsonl = None
-    self._tb = None
+    self._tb = None  # opened at the first row: a rerun of a finished run leaves no empty file
+    self._tb_dir = Path(workdir) / 'tb'
+    self._purge_step = None
     if self.is_main:
       Path(workdir).mkdir(parents=True, exist_ok=True)
       self._jsonl = open(Path(workdir) / 'metrics.jsonl', 'a', encoding='utf-8')
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-
-      self._tb = SummaryWriter(str(Path(workdir) / 'tb'))
     self._mark_step = None
     self._mark_time = None
 
@@ -55,6 +54,8 @@ class Reporter:
     """
     if not self.is_main:
       return
+    # TensorBoard keeps its files as written: it is told to discard their points after `step`.
+    self._purge_step = step + 1 if step else None
     path = Path(self._jsonl.name)
     text = path.read_text(encoding='utf-8', errors='replace')
     numbered = [
@@ -92,6 +93,13 @@ class Reporter:
     row = {'step': int(step), **{k: None if v is None else float(v) for k, v in scalars.items()}}
     self._jsonl.write(json.dumps(row) + '\n')
     self._jsonl.flush()
+    if self._tb is None:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+
+      # The suffix keeps a file of each run in the same second apart, in the order written.
+      self._tb = SummaryWriter(
+        str(self._tb_dir), purge_step=self._purge_step, filename_suffix=f'.{time.time_ns()}'
+      )
     for key, value in scalars.items():
       if value is not None:
         self._tb.add_scalar(key, float(value), int(step))
@@ -128,4 +136,5 @@ class Reporter:
   def close(self) -> None:
     if self.is_main:
       self._jsonl.close()
-      self._tb.close()
+      if self._tb is not None:
+        self._tb.close()

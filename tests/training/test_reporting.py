@@ -3,8 +3,10 @@ the run."""
 
 import json
 import re
+import struct
 
 import pytest
+from tensorboardX.proto import event_pb2
 
 from medclip_jax.errors import UserError
 from medclip_jax.training import reporting
@@ -51,3 +53,39 @@ def test_an_unreadable_row_before_the_last_is_a_user_error_naming_the_line(tmp_p
   reporter.close()
   assert '\n' not in str(error.value) and 'Repair or remove that line' in str(error.value)
   assert path.read_text() == text  # left for the user to repair
+
+
+def _tensorboard_points(tb_dir) -> dict:
+  """{(tag, step): value} as TensorBoard shows the event files: files in order, and a session
+  start at step s hides the points of step s and later written before it."""
+  points = {}
+  for file in sorted(tb_dir.glob('events.out.tfevents.*')):
+    data, at = file.read_bytes(), 0
+    while at < len(data):  # TFRecord framing: length, its CRC, the event, its CRC
+      (length,) = struct.unpack('<Q', data[at : at + 8])
+      event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
+      at += 16 + length
+      if event.session_log.status == event_pb2.SessionLog.START:
+        points = {key: value for key, value in points.items() if key[1] < event.step}
+      for value in event.summary.value:
+        points[(value.tag, event.step)] = value.simple_value
+  return points
+
+
+def test_tensorboard_shows_a_resumed_runs_steps_once_with_their_new_values(tmp_path):
+  reporter = reporting.Reporter(str(tmp_path), total_steps=4)
+  reporter.drop_after(0)
+  for step in (1, 2, 3):  # killed after logging step 3, its checkpoint at step 2
+    reporter.write(step, {'loss': 1.0})
+  reporter.close()
+  resumed = reporting.Reporter(str(tmp_path), total_steps=4)
+  resumed.drop_after(2)
+  for step in (3, 4):
+    resumed.write(step, {'loss': 0.5})
+  resumed.close()
+  points = _tensorboard_points(tmp_path / 'tb')
+  assert points == {('loss', 1): 1.0, ('loss', 2): 1.0, ('loss', 3): 0.5, ('loss', 4): 0.5}
+  # A rerun of a finished run that logs nothing leaves no empty event file behind.
+  files = sorted((tmp_path / 'tb').iterdir())
+  reporting.Reporter(str(tmp_path), total_steps=4).close()
+  assert sorted((tmp_path / 'tb').iterdir()) == files
