@@ -80,6 +80,7 @@ def check(config) -> None:
       f'config.train.learning_rate={config.train.learning_rate} is negative, which would climb '
       'the loss instead of descending it: give a positive rate (e.g. 5e-4).'
     )
+  _check_data_reading(config.data)
   low, high = (float(x) for x in config.data.crop_scale)
   if not 0 < low <= high <= 1:
     raise UserError(
@@ -233,6 +234,29 @@ def _check_masked_modelling(config) -> None:
       'train.grad_cache_chunks',
       f'the objectives {on} read feature grids and token states, which gradient caching '
       'does not carry between its passes: set it to 0 (the plain gradient) to use them.',
+    )
+
+
+def _check_data_reading(data) -> None:
+  """The input pipeline's settings, which grain and the tokenizer would otherwise refuse in a
+  traceback after the workdir is written (or, for a flip probability, not at all)."""
+  fail = lambda field, problem: UserError(f'config.data.{field}: {problem}')
+  if data.laterality not in ('swap', 'skip'):
+    raise fail(
+      'laterality',
+      f"{data.laterality!r} is not a way of flipping captions that name a side: give 'swap' "
+      "(flip, swapping left and right in the caption) or 'skip' (never flip those images).",
+    )
+  if not 0.0 <= data.hflip_prob <= 1.0:
+    raise fail('hflip_prob', f'{data.hflip_prob} is not a probability: give one in [0, 1].')
+  for field, what in (('num_threads', 'reader threads'), ('prefetch', 'batches buffered')):
+    if data[field] < 0:
+      raise fail(field, f'the {what} per process must be 0 or more, got {data[field]}.')
+  if data.max_text_length < 3:
+    raise fail(
+      'max_text_length',
+      f'{data.max_text_length} tokens leave no room for a caption beside [CLS] and [SEP]: '
+      'give 3 or more (captions are usually given 64 to 128).',
     )
 
 
@@ -414,12 +438,19 @@ def _show(value) -> str:
   return '(absent)' if value is _ABSENT else repr(value)
 
 
-def check_eval_splits(config, info: dict) -> None:
-  """Raises `UserError` if a split the evaluations read has no records: found before
-  training rather than after it."""
+def check_splits(config, info: dict) -> None:
+  """Raises `UserError` if the training split, or a split the evaluations read, has no
+  records: found before training rather than after it."""
+  splits = info.get('splits', {})
+  if not splits.get(config.data.train_split, {}).get('count'):
+    raise UserError(
+      f'config.data.train_split={config.data.train_split!r}: the dataset in '
+      f'{config.data.tfds_name or config.data.dir} has no records in that split (splits with '
+      f'records: {records.splits_with_records(info)}); set --config.data.train_split to one '
+      'of them.'
+    )
   if all(entry.get('type') == 'off' for entry in config.evals.values()):
     return
-  splits = info.get('splits', {})
   for field in ('split', 'every_split') if config.eval.every else ('split',):
     name = config.eval[field]
     if not splits.get(name, {}).get('count'):

@@ -43,7 +43,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # ---- Checks and set-up: mesh, model, objectives, optimizer, shardings, jitted step ----
   # Problems a user can fix (data, config) are reported before anything is written.
   info = pipeline.dataset_info(config.data)
-  checks.check_eval_splits(config, info)
+  checks.check_splits(config, info)
   train_text = pipeline.describe_train_text(config.data, info)
   setup = Setup.create(config)
   mix = pipeline.describe_unpaired(config.data, info)  # the shares were checked with the config

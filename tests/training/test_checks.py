@@ -170,6 +170,31 @@ BAD = {
     {'objectives.entmlm': 1.0, 'entmlm.depth': -2},
     r'config\.entmlm: width=.*, heads=.* and depth=-2 must each be 1 or more',
   ),
+  'a training split the dataset lacks': (
+    {'data.train_split': 'training'},
+    r"config\.data\.train_split='training': the dataset in .* has no records in that split "
+    r'\(splits with records: test, train, val\)',
+  ),
+  'a laterality handling that is none': (
+    {'data.laterality': 'flip'},
+    r"config\.data\.laterality: 'flip' is not a way of flipping captions that name a side",
+  ),
+  'a flip probability above 1': (
+    {'data.hflip_prob': 7.0},
+    r'config\.data\.hflip_prob: 7\.0 is not a probability: give one in \[0, 1\]',
+  ),
+  'negative reader threads': (
+    {'data.num_threads': -1},
+    r'config\.data\.num_threads: the reader threads per process must be 0 or more, got -1',
+  ),
+  'negative prefetch': (
+    {'data.prefetch': -1},
+    r'config\.data\.prefetch: the batches buffered per process must be 0 or more, got -1',
+  ),
+  'no room for a caption': (
+    {'data.max_text_length': 1},
+    r'config\.data\.max_text_length: 1 tokens leave no room for a caption',
+  ),
   'MMCLIP objectives with gradient caching': (
     {'objectives.entmlm': 1.0, 'train.grad_cache_chunks': 2},
     r"config\.train\.grad_cache_chunks: the objectives \['entmlm'\] read feature grids",
