@@ -44,8 +44,8 @@ def test_three_models_one_table_and_a_chart(trained_run, tiny_config, tmp_path, 
   other_evals.evals.retrieval.gallery_size = 10
   for changed, given, expected in (
     (config, other, f"init '{init}', now '{other}'"),
-    (fewer_steps, init, "steps 2, now 1"),
-    (other_evals, init, "evals {"),
+    (fewer_steps, init, 'steps 2, now 1'),
+    (other_evals, init, 'evals {'),
   ):
     given_config = changed.copy_and_resolve_references()
     given_config.compare.label_text = config.compare.label_text

@@ -21,6 +21,7 @@ from PIL import Image
 
 from medclip_jax.data import ingest
 from medclip_jax.data import records
+from medclip_jax.errors import UserError
 
 
 def is_dicom(path) -> bool:
@@ -126,12 +127,16 @@ def model_input(image, size: int, max_side: int = ingest.DEFAULT_MAX_SIDE) -> np
 
 
 def prepared_max_side(data_config) -> int:
-  """The longest side prepare stored `config.data`'s images at (its --max_side), which a
-  model's inputs are read at too; the default when the dataset is not at hand."""
-  if data_config.get('tfds_name'):
-    return ingest.DEFAULT_MAX_SIDE
+  """The longest side prepare (or a TFDS build) stored `config.data`'s images at (its
+  --max_side), which a model's inputs are read at too; the default when the dataset is not
+  at hand."""
   try:
-    info = records.read_dataset_info(data_config.dir)
-  except FileNotFoundError:
+    if data_config.get('tfds_name'):
+      from medclip_jax.data import pipeline  # pylint: disable=import-outside-toplevel (imports this)
+
+      info = pipeline.tfds_info(data_config)
+    else:
+      info = records.read_dataset_info(data_config.dir)
+  except (FileNotFoundError, UserError):
     return ingest.DEFAULT_MAX_SIDE
   return int(info.get('max_side', ingest.DEFAULT_MAX_SIDE))

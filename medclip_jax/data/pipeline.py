@@ -113,7 +113,7 @@ def describe_train_text(data_config, info: dict) -> str:
   )
 
 
-def _tfds_info(data_config) -> dict:
+def tfds_info(data_config) -> dict:
   """The dataset info of a TFDS-built dataset, or a UserError."""
   try:
     from medclip_jax.data import tfds_builders  # pylint: disable=import-outside-toplevel
@@ -163,7 +163,7 @@ def _no_dataset_message(data_config) -> str:
 def dataset_info(data_config) -> dict:
   """The info of the dataset `config.data` names, or a UserError saying how to prepare it."""
   if data_config.tfds_name:
-    info = _tfds_info(data_config)
+    info = tfds_info(data_config)
   else:
     try:
       info = records.read_dataset_info(data_config.dir)

@@ -102,9 +102,17 @@ class _FormatBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     info = prepare.prepare(self.FORMAT, work.name, num_shards=1, **options)
     for item in info['skipped']:
       logging.warning('%s: skipped %r: %s', self.name, item['id'], item['reason'])
-    splits = {split: s['count'] for split, s in info['splits'].items()}
-    self.info.metadata.update({**info, 'splits': {s: {'count': n} for s, n in splits.items()}})
-    return {split: self._generate_examples(work, split) for split, n in splits.items() if n}
+    # Prepare's split entries (counts of records, captions and kinds) less its shard files.
+    splits = {
+      split: {k: v for k, v in entry.items() if k != 'files'}
+      for split, entry in info['splits'].items()
+    }
+    self.info.metadata.update({**info, 'splits': splits})
+    return {
+      split: self._generate_examples(work, split)
+      for split, entry in splits.items()
+      if entry['count']
+    }
 
   def _generate_examples(self, work, split):
     for record in records.read_records(records.split_files(work.name, split)):

@@ -247,9 +247,10 @@ class Setup:
         'flips rewrite captions (config.data.laterality=swap)',
       ),
       (
-        counts.get('captions', counts.get('count')) != counts.get('count'),
-        'some images have several captions',
+        'captions' not in counts,
+        "the dataset's info does not count its captions (build or prepare it again)",
       ),
+      (counts.get('captions') != counts.get('count'), 'some images have several captions'),
       ('attmim' in self.objectives, "AttMIM reads the tower's token states"),
       (bool(pipeline.unpaired_shares(data)), 'unpaired data is mixed in'),
     ]

@@ -20,6 +20,7 @@ from medclip_jax.data import records
 from medclip_jax.data import tfds_builders
 from medclip_jax.data.formats.base import OptionError
 from medclip_jax.errors import UserError
+from tests.helpers import MAX_SIDE
 from tests.helpers import REPO
 from tests.helpers import data_config
 from tests.helpers import write_manifest_fixture
@@ -55,8 +56,13 @@ def test_tfds_examples_are_prepares_records(manifest):
     assert sorted(got, key=lambda r: r['id']) == sorted(want, key=lambda r: r['id']), split
   metadata = tfds_builders.dataset_info(NAME, manifest.data_dir)
   assert {s['id']: s['reason'] for s in metadata['skipped']} == manifest.bad
-  counts = {split: {'count': s['count']} for split, s in manifest.info['splits'].items()}
-  assert metadata == {**manifest.info, 'splits': counts}
+  # Prepare's info, its split entries (records and captions counted) less the shard files.
+  splits = {
+    split: {k: v for k, v in entry.items() if k != 'files'}
+    for split, entry in manifest.info['splits'].items()
+  }
+  assert metadata == {**manifest.info, 'splits': splits}
+  assert all(entry['captions'] >= entry['count'] for entry in metadata['splits'].values())
 
 
 def test_tfds_decodes_images_like_the_pipeline(manifest):
@@ -153,6 +159,8 @@ def test_training_input_reads_a_tfds_dataset_by_name(manifest, tiny_config, tmp_
     )
   )
   assert sum(int(b['mask'].sum()) for b in evaluated) == manifest.info['splits']['test']['count']
+  # A model trained on it reads its inputs at the build's --max_side, not the default.
+  assert images.prepared_max_side(config.data) == manifest.info['max_side'] == MAX_SIDE
   config.data.dir = str(tmp_path)  # nothing built there
   with pytest.raises(UserError, match="No TFDS dataset 'medclip_manifest/fixture' found"):
     pipeline.dataset_info(config.data)

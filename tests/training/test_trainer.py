@@ -491,6 +491,9 @@ def test_features_are_not_cached_where_a_records_text_can_change(tiny_config):
   config.data.hflip_prob = 0.0
   several = {'splits': {'train': {'count': 96, 'captions': 120}}}
   assert 'several captions' in setup.locked_text_features(setup.abstract_state.params, several)[1]
+  uncounted = {'splits': {'train': {'count': 96}}}  # e.g. a TFDS build before captions counted
+  note = setup.locked_text_features(setup.abstract_state.params, uncounted)[1]
+  assert 'does not count its captions' in note
   config.train.lr_multipliers.text_encoder = 0.1
   assert (
     'not locked' in Setup.create(config).locked_text_features(setup.abstract_state.params, info)[1]
