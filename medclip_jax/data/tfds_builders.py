@@ -12,7 +12,8 @@ then read it with `tfds.data_source('medclip_manifest/ct', data_dir=TFDS_DIR)`, 
 through `RecordSource`. The other flags are prepare's (`python -m medclip_jax.data.prepare
 --help`); its path flags (--input, --images, --captions) are relative to DIR, and --input
 defaults to DIR. Builds with options need a --config_name; the 'default' config uses the
-format's default options. (TFDS's own `tfds build` command imports TensorFlow at start-up.)
+format's default options. A name already built in --output is reused only if that build was
+made from the same directory and options (its metadata's 'build'); otherwise it is refused. (TFDS's own `tfds build` command imports TensorFlow at start-up.)
 
 There is one builder per real format of medclip_jax.data.formats: medclip_manifest,
 medclip_medpix, medclip_roco, medclip_pubmedvision, medclip_reports and medclip_dicom. A
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import os
 import sys
 import tempfile
@@ -90,6 +92,7 @@ class _FormatBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_generators(self, dl_manager):
     manual_dir = os.fspath(dl_manager.manual_dir)
     options = dict(self.builder_config.options)
+    self.info.metadata['build'] = build_record(manual_dir, options)
     options['input'] = options.get('input') or '.'
     for name in _PATH_OPTIONS:
       if options.get(name):
@@ -137,6 +140,11 @@ def _builder_class(format_name: str) -> type[_FormatBuilder]:
 BUILDERS = {name: _builder_class(name) for name in FORMATS if name != 'synthetic'}
 
 
+def build_record(manual_dir: str, options: dict) -> dict:
+  """What a build was made from (its manual directory and options), as its metadata keeps it."""
+  return json.loads(json.dumps({'manual_dir': os.path.abspath(manual_dir), 'options': options}))
+
+
 def build(
   format: str,  # pylint: disable=redefined-builtin
   manual_dir: str,
@@ -154,8 +162,18 @@ def build(
     raise OptionError(
       f'A build with options needs a config name other than "default", e.g. {format}_custom.'
     )
+  if not os.path.isdir(manual_dir):
+    raise OptionError(f'--manual_dir={manual_dir} is not a directory: give the dataset files.')
   config = 'default' if config_name == 'default' else FormatConfig(config_name, options=options)
   built = BUILDERS[format](config=config, data_dir=data_dir, file_format='array_record')
+  # TFDS reuses a build of the same name as it is; one of other files or options is refused.
+  made_from = built.info.metadata.get('build') if built.is_prepared() else None
+  if made_from and made_from != build_record(manual_dir, options):
+    raise OptionError(
+      f'{data_dir} already holds a build named {config_name!r} of {made_from}, not of '
+      f'{build_record(manual_dir, options)}: give another --config_name, or remove '
+      f'{built.data_path} to build it again.'
+    )
   built.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return built
 

@@ -61,7 +61,11 @@ def test_tfds_examples_are_prepares_records(manifest):
     split: {k: v for k, v in entry.items() if k != 'files'}
     for split, entry in manifest.info['splits'].items()
   }
-  assert metadata == {**manifest.info, 'splits': splits}
+  assert metadata == {
+    **manifest.info,
+    'splits': splits,
+    'build': tfds_builders.build_record(manifest.manual_dir, manifest.options),
+  }
   assert all(entry['captions'] >= entry['count'] for entry in metadata['splits'].values())
 
 
@@ -96,6 +100,23 @@ def test_options_need_a_config_name_and_bad_ones_fail_like_prepare(manifest, tmp
       'strict',
       **{**manifest.options, 'max_bad_fraction': 0.0},
     )
+
+
+def test_a_build_name_taken_by_other_files_or_options_is_refused_not_reused(manifest, tmp_path):
+  again = tfds_builders.build(
+    'manifest', manifest.manual_dir, manifest.data_dir, 'fixture', **manifest.options
+  )  # the same files and options: the build there is used as it is
+  assert again.info.splits['train'].num_examples == manifest.info['splits']['train']['count']
+  with pytest.raises(OptionError, match="already holds a build named 'fixture' of .*give another"):
+    tfds_builders.build(
+      'manifest',
+      manifest.manual_dir,
+      manifest.data_dir,
+      'fixture',
+      **{**manifest.options, 'val_fraction': 0.5},
+    )
+  with pytest.raises(OptionError, match='--manual_dir=.*missing is not a directory'):
+    tfds_builders.build('manifest', str(tmp_path / 'missing'), str(tmp_path), 'x')
 
 
 def _python(*args):
