@@ -44,8 +44,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.crop_scale = (0.8, 1.0)  # area range of the random square crop
   # A left-right flip turns a left-sided finding into a right-sided one, so
   # flips are off by default. With hflip_prob > 0, captions that name a side
-  # are either flipped with 'left'/'right' swapped ('swap') or never flipped
-  # ('skip').
+  # (left/right, leftward, Lt/Rt, LUL/RUL, LLL/RLL, dextro-/levo-) are either
+  # flipped with the side swapped ('swap') or never flipped ('skip'); those
+  # naming a side with no mirror image (RML, lingula) are never flipped.
   config.data.hflip_prob = 0.0
   config.data.laterality = 'swap'
   # What training pairs each image with: 'caption', or a template filled from

@@ -28,9 +28,27 @@ from medclip_jax.data import tokenizer as tokenizer_lib
 from medclip_jax.data import workers as workers_lib
 from medclip_jax.errors import UserError
 
-# Words whose meaning a left-right flip reverses.
-_LATERALITY_SWAP = {'left': 'right', 'right': 'left'}
-_LATERALITY_RE = re.compile(r'\b(left|right)\b', re.IGNORECASE)
+# Words whose meaning a left-right flip reverses, as radiology writes them: the sides, their
+# abbreviations, the lung lobes, and the dextro-/levo- of e.g. dextroscoliosis (not of a
+# drug's name, as levothyroxine).
+_SIDE_PAIRS = (
+  ('left', 'right'),
+  ('leftward', 'rightward'),
+  ('lt', 'rt'),
+  ('lul', 'rul'),
+  ('lll', 'rll'),
+)
+_LATERALITY_SWAP = {a: b for pair in _SIDE_PAIRS for a, b in (pair, pair[::-1])}
+_LATERALITY_SWAP.update(dextro='levo', levo='dextro')
+_LATERALITY_RE = re.compile(
+  r'\b(?:('
+  + '|'.join(w for pair in _SIDE_PAIRS for w in pair)
+  + r')\b|(dextro|levo)(?=scolio|convex|rota|posit|cardia|version|curv))',
+  re.IGNORECASE,
+)
+# Sides a flip cannot carry over (no left middle lobe; the lingula is left only): an image
+# whose caption names one is never flipped.
+_ONE_SIDED_RE = re.compile(r'\b(rml|lingula\w*)\b|\bright middle lobe\b', re.IGNORECASE)
 
 
 def normalize(images, mean, std):
@@ -41,14 +59,22 @@ def normalize(images, mean, std):
 
 
 def swap_laterality(caption: str) -> str:
-  """'left' <-> 'right' in a caption, keeping each word's capitalisation."""
+  """The caption as a left-right flip of its image reads: 'left' <-> 'right' (and leftward,
+  Lt/Rt, LUL/RUL, LLL/RLL, dextro-/levo-), keeping each word's case."""
 
   def swap(match):
     word = match.group(0)
     new = _LATERALITY_SWAP[word.lower()]
+    if word.isupper() and len(word) > 1:
+      return new.upper()
     return new.capitalize() if word[0].isupper() else new
 
   return _LATERALITY_RE.sub(swap, caption)
+
+
+def names_a_side(caption: str) -> bool:
+  """Whether `caption` names a side of the body (a flip would change what it says)."""
+  return bool(_LATERALITY_RE.search(caption) or _ONE_SIDED_RE.search(caption))
 
 
 def template_fields(template: str) -> list[str]:
@@ -236,8 +262,8 @@ class Preprocess:
   def _flip(self, image, caption, rng):
     if self.hflip_prob <= 0 or rng.uniform() >= self.hflip_prob:
       return image, caption
-    if _LATERALITY_RE.search(caption):
-      if self.laterality == 'skip':
+    if names_a_side(caption):
+      if self.laterality == 'skip' or _ONE_SIDED_RE.search(caption):
         return image, caption
       caption = swap_laterality(caption)
     return image[:, ::-1], caption

@@ -40,6 +40,11 @@ def _record(caption, image=None, labels=None, captions=None):
     ('Right knee: Left-sided effusion.', 'Left knee: Right-sided effusion.'),
     ('Bright lesion, no side.', 'Bright lesion, no side.'),
     ('Leftover contrast, righteous.', 'Leftover contrast, righteous.'),
+    ('RLL consolidation, LUL clear.', 'LLL consolidation, RUL clear.'),
+    ('Mediastinal shift leftward; Rt. effusion.', 'Mediastinal shift rightward; Lt. effusion.'),
+    ('LEFT HILAR MASS', 'RIGHT HILAR MASS'),
+    ('Dextroconvex scoliosis.', 'Levoconvex scoliosis.'),
+    ('On levothyroxine.', 'On levothyroxine.'),  # a drug, not a side
   ],
 )
 def test_swap_laterality(caption, expected):
@@ -73,7 +78,15 @@ def test_flip_skip_policy_leaves_lateral_captions_unflipped():
     data_config(hflip_prob=1.0, crop_scale=(1.0, 1.0), laterality='skip'), train=True
   )
   assert not _flipped(pre, 'Mass in the left lung.')[0]
+  assert not _flipped(pre, 'RLL consolidation.')[0]
   assert _flipped(pre, 'Normal chest.')[0]
+
+
+def test_a_side_a_flip_cannot_carry_over_is_never_flipped():
+  pre = pipeline.Preprocess(data_config(hflip_prob=1.0, crop_scale=(1.0, 1.0)), train=True)
+  for caption in ('RML collapse.', 'Lingular opacity.', 'Right middle lobe mass.'):
+    flipped, ex = _flipped(pre, caption)
+    assert not flipped, caption
 
 
 def test_flips_are_off_by_default():
