@@ -438,6 +438,19 @@ def _show(value) -> str:
   return '(absent)' if value is _ABSENT else repr(value)
 
 
+def data_warnings(config, info: dict) -> list[str]:
+  """What training can run with but a user would want to know before it does."""
+  records = info['splits'][config.data.train_split]['count']
+  if config.train.batch_size <= records:
+    return []
+  return [
+    f'the global batch (config.train.batch_size={config.train.batch_size}) is larger than the '
+    f'{records} training records, so every batch holds some records twice and the contrastive '
+    "loss counts each copy as the other's negative: give a batch of at most "
+    f'{records}.'
+  ]
+
+
 def check_splits(config, info: dict) -> None:
   """Raises `UserError` if the training split, or a split the evaluations read, has no
   records: found before training rather than after it."""

@@ -71,6 +71,8 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
     reporter.info(mix)
   for warning in evaluation.warnings:
     reporter.info(f'warning: {warning}')
+  for warning in checks.data_warnings(config, info):
+    reporter.info(f'warning: {warning}')
   n_params = sum(x.size for x in jax.tree.leaves(setup.abstract_state.params))
   reporter.info(f'model: {n_params / 1e6:.2f}M parameters')
 

@@ -317,3 +317,14 @@ def test_resuming_with_a_frozen_text_tower_says_why_instead_of_listing_arrays(
   assert 'train.lr_multipliers.text_encoder: 1.0 -> 0.0' in message
   assert f'--config.init_from={tmp_path} ' in message
   assert 'opt_state/' not in message
+
+
+def test_a_batch_larger_than_the_training_split_is_warned_of(tiny_config):
+  config = tiny_config()
+  info = {'splits': {'train': {'count': 96}}}
+  assert checks.data_warnings(config, info) == []
+  config.train.batch_size = 128
+  (warning,) = checks.data_warnings(config, info)
+  assert warning.startswith(
+    'the global batch (config.train.batch_size=128) is larger than the 96 training records'
+  )
