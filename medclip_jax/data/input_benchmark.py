@@ -5,7 +5,7 @@
 
 Renders --images synthetic radiographs (medclip_jax.data.synthetic, grey) at
 --side pixels, saves them as JPEGs (quality 90) with a manifest CSV of their
-captions in --dir (a temporary directory by default), prepares them with
+captions in --dir/input_benchmark (a temporary directory by default), prepares them with
 `python -m medclip_jax.data.prepare --format=manifest` (the records keep the
 JPEG bytes), then times `pipeline.train_iterator` (read, decode at reduced
 size, random crop to --image_size, tokenize to 64 tokens with the bundled
@@ -39,6 +39,7 @@ from medclip_jax.data import pipeline
 from medclip_jax.data import records
 from medclip_jax.data import synthetic
 from medclip_jax.data import tokenizer
+from medclip_jax.errors import UserError
 
 
 def write_jpegs(directory: str, count: int, side: int) -> str:
@@ -149,7 +150,9 @@ def run(directory: str, images: int, side: int, image_size: int, batch_size: int
 
 def _define_flags() -> None:
   flags.DEFINE_string(
-    'dir', '', 'Directory to write the JPEGs and records to (default: a temporary one).'
+    'dir',
+    '',
+    'Where to keep the JPEGs and records, in DIR/input_benchmark (default: a temporary directory).',
   )
   flags.DEFINE_integer('images', 256, 'Number of JPEGs to write (the pipeline repeats them).')
   flags.DEFINE_integer('side', 512, 'Side of the JPEGs, in pixels.')
@@ -162,8 +165,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
+  for name in ('images', 'side', 'image_size', 'batch_size', 'examples'):
+    if f[name].value < 1:
+      raise UserError(f'--{name}={f[name].value}: give 1 or more.')
   with tempfile.TemporaryDirectory(prefix='medclip_input_benchmark_') as scratch:
-    lines, figures = run(f.dir or scratch, f.images, f.side, f.image_size, f.batch_size, f.examples)
+    # A folder of its own inside --dir: the files there are replaced at each run, and a
+    # dataset's own manifest.csv or images/ in --dir are left alone.
+    directory = os.path.join(f.dir, 'input_benchmark') if f.dir else scratch
+    lines, figures = run(directory, f.images, f.side, f.image_size, f.batch_size, f.examples)
   print('\n'.join(lines))
   print('input_benchmark: ' + json.dumps(figures))
 

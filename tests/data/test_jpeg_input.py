@@ -232,3 +232,17 @@ def test_the_input_benchmark_prepares_jpegs_and_times_both_settings(tmp_path):
   assert settings[1]['workers'] == pipeline.worker_count(-1)
   assert all(s['images_per_s'] > 0 and s['images_per_s_per_core'] > 0 for s in settings)
   assert len(lines) == 3 and 'per core' in lines[1]
+
+
+def test_the_input_benchmark_keeps_to_its_own_folder_in_dir(tmp_path):
+  (tmp_path / 'manifest.csv').write_text('image,caption\nscan.png,My own data.\n')
+  result = helpers.run_module(
+    'medclip_jax.data.input_benchmark', f'--dir={tmp_path}', '--images=2', '--side=64',
+    '--image_size=16', '--batch_size=2', '--examples=2', timeout=300,
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr
+  assert (tmp_path / 'manifest.csv').read_text() == 'image,caption\nscan.png,My own data.\n'
+  assert (tmp_path / 'input_benchmark' / 'manifest.csv').is_file()
+  result = helpers.run_module('medclip_jax.data.input_benchmark', '--images=0')
+  assert result.returncode == 2 and 'Traceback' not in result.stderr
+  assert '--images=0: give 1 or more' in result.stderr
