@@ -6,9 +6,11 @@ maximum over the global batch, so a signal that reached any one process is
 seen by all of them in the same step's metrics. The trainer reads those one
 step later (the device is never idle waiting for the host), and every process
 stops after the same step, writes a checkpoint there and exits 0. A second
-signal exits at once, without a checkpoint. During the final evaluation, which
-follows the last checkpoint, a signal ends the run at once: nothing is lost, and
-the rerun evaluates that checkpoint.
+signal exits at once, without a checkpoint. A signal after the last step waits
+for the final checkpoint (with its recomputed BatchNorm statistics), then ends
+the run before it evaluates; during the final evaluation, which follows that
+checkpoint, a signal ends the run at once. Nothing is lost either way, and the
+rerun evaluates that checkpoint.
 """
 
 import os

@@ -220,6 +220,7 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
   seen = collections.Counter()  # records of each kind trained on in this run (unpaired data)
   in_a_row = []  # the latest steps whose update was skipped, while they follow each other
   stop = preemption.StopRequests()
+  stop_at_end = False  # a stop asked for in the last step
 
   def check_step(step, metrics) -> bool:
     """Counts a finished step's non-finite loss; True if any process asked to stop."""
@@ -291,7 +292,7 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
           reporter.train_progress(step, scalars, config.train.batch_size)
           pending = []
         if step == total:
-          check_step(*previous)
+          stop_at_end = check_step(*previous)
           break  # the last checkpoint is written after the final statistics
         if stop_now:
           # Every process saw the request in the same step's metrics: all stop here.
@@ -306,15 +307,18 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
           run_eval(recompute_batch_stats(state, step), step, t0)
           reporter.start_timer(step)  # the evaluation's time is not training throughput
 
-    # The final model keeps the recomputed BatchNorm statistics, so the last
-    # checkpoint (and anything exported from it) is what was evaluated. It is
-    # written before the evaluators run: a run stopped or killed while they do
-    # keeps every step, and its rerun only evaluates.
-    t0 = time.perf_counter()
-    if latest != total:
-      state = recompute_batch_stats(state, total)
-      checkpointer.save(total, state, train_iter, config)
-      checkpointer.wait()
+      # The final model keeps the recomputed BatchNorm statistics, so the last
+      # checkpoint (and anything exported from it) is what was evaluated. It is
+      # written before the evaluators run, still under the stop requests: a stop
+      # asked for since the last step waits for it, then ends the run, whose rerun
+      # only evaluates.
+      t0 = time.perf_counter()
+      if latest != total:
+        state = recompute_batch_stats(state, total)
+        checkpointer.save(total, state, train_iter, config)
+        checkpointer.wait()
+      if start < total and (stop_at_end or stop.requested):
+        raise preemption.Preempted(total, checkpointer.directory)
     # Stopping now loses nothing, so a stop request ends the evaluation at once.
     with preemption.StopRequests(interrupt=preemption.Preempted(total, checkpointer.directory)):
       results = run_eval(state, total, t0)

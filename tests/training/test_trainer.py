@@ -157,23 +157,32 @@ def test_the_clock_restarts_after_a_periodic_evaluation(tiny_config, tmp_path, m
   assert rows[3]['pairs_per_sec'] > config.train.batch_size / 1.0, rows[3]
 
 
-def test_a_stop_during_the_final_evaluation_keeps_every_step_and_the_rerun_only_evaluates(
-  trained_run, tmp_path, monkeypatch, capsys
+@pytest.mark.parametrize('when', ['final evaluation', 'final checkpoint'])
+def test_a_stop_at_the_end_keeps_every_step_and_the_rerun_only_evaluates(
+  trained_run, tmp_path, monkeypatch, capsys, when
 ):
   config, _, reference = trained_run
   config = config.copy_and_resolve_references()
   config.train.checkpoint_every = 100  # the final checkpoint is the only one
-  evaluate = Evaluation.__call__
+  evaluate, save = Evaluation.__call__, checkpointing.Checkpointer.save
 
   def stopped(self, variables, split=None):
     if split == config.eval.split:
       os.kill(os.getpid(), signal.SIGTERM)
     return evaluate(self, variables, split)
 
-  monkeypatch.setattr(Evaluation, '__call__', stopped)
+  def stopped_saving(self, step, *args):  # asked while the final statistics are recomputed
+    if step == 12:
+      os.kill(os.getpid(), signal.SIGTERM)
+    save(self, step, *args)
+
+  if when == 'final evaluation':
+    monkeypatch.setattr(Evaluation, '__call__', stopped)
+  else:
+    monkeypatch.setattr(checkpointing.Checkpointer, 'save', stopped_saving)
   with pytest.raises(preemption.Preempted, match='at step 12'):
     trainer.train_and_evaluate(config, str(tmp_path))
-  monkeypatch.setattr(Evaluation, '__call__', evaluate)
+  monkeypatch.undo()
   assert checkpointing.Checkpointer(str(tmp_path), keep=3).all_steps() == [12]
   assert not results_lib.exists(str(tmp_path), 12, config.eval.split)
   capsys.readouterr()
