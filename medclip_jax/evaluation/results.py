@@ -7,6 +7,7 @@ than the run's own) go to `step_<N>.<name>.json` and `step_<N>.<name>/`.
 """
 
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -44,7 +45,10 @@ def write(
     target.parent.mkdir(parents=True, exist_ok=True)
     about = {'split': split, 'step': step, **({'data': data} if data else {})}
     text = json.dumps({**results, **about}, indent=2, sort_keys=True)
-    target.write_text(text + '\n')
+    # Written beside and moved in: a run stopped while writing leaves no file cut short.
+    partial = target.with_name(target.name + '.partial')
+    partial.write_text(text + '\n')
+    os.replace(partial, target)
     for file_name, files in _files(details or {}).items():
       file = step_dir(workdir, step, name) / file_name
       file.parent.mkdir(parents=True, exist_ok=True)
@@ -52,9 +56,17 @@ def write(
   return target
 
 
+def _load(file: Path) -> dict | None:
+  """The results in `file`; None if there is none, or one cut short by an older version (its
+  step is evaluated again)."""
+  try:
+    return json.loads(file.read_text())
+  except (FileNotFoundError, ValueError):
+    return None
+
+
 def _saved(workdir: str, step: int, split: str, name: str = '') -> dict | None:
-  file = path(workdir, step, name)
-  saved = json.loads(file.read_text()) if file.is_file() else None
+  saved = _load(path(workdir, step, name))
   if saved is None or saved.get('split', split) != split:
     return None  # files written before 'split' was recorded count as the split asked for
   return saved
@@ -63,8 +75,7 @@ def _saved(workdir: str, step: int, split: str, name: str = '') -> dict | None:
 def recorded(workdir: str, step: int, name: str = '', about: str = 'split') -> str | None:
   """What the results written for `step` (under `name`) record as `about` ('split' or 'data');
   None if there are none (or they predate recording it)."""
-  file = path(workdir, step, name)
-  return json.loads(file.read_text()).get(about) if file.is_file() else None
+  return (_load(path(workdir, step, name)) or {}).get(about)
 
 
 def exists(workdir: str, step: int, split: str) -> bool:

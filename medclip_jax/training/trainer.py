@@ -193,11 +193,11 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
     split = config.eval.split if step == config.train.steps else config.eval.every_split
     results, details = evaluation(state.variables(), split)
     # Prefixed by split, so that the final test-split row is not a point on the val curves.
-    reporter.write(step, {f'{split}/{key}': value for key, value in results.items()})
-    results_lib.write(workdir, step, split, results, details)
     for name, entry in details.items():
       if 'unavailable' in entry:
         reporter.info(f'{name}: unavailable: {entry["unavailable"]}')
+    # The report first: the results file marks the step evaluated, so a run stopped before
+    # it evaluates the step again and writes both.
     if step == config.train.steps and config.eval.report and jax.process_index() == 0:
       from medclip_jax.evaluation import report  # pylint: disable=import-outside-toplevel
 
@@ -206,6 +206,8 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
         path, step=step, split=config.eval.split, model=workdir, results=results, details=details
       )
       reporter.info(f'report: {path}')
+    reporter.write(step, {f'{split}/{key}': value for key, value in results.items()})
+    results_lib.write(workdir, step, split, results, details)
     reporter.info(
       f'evaluated step {step} on {split} in {time.perf_counter() - t0:.1f}s: '
       f'{results_lib.headline(results)}'
