@@ -50,12 +50,19 @@ def initialize_distributed() -> None:
   if 'cpu' in os.environ.get('JAX_PLATFORMS', ''):
     # CPU devices in several processes talk over gloo (the local test cluster).
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(
-    coordinator_address=_COORDINATOR.value,
-    num_processes=_NUM_PROCESSES.value,
-    process_id=_PROCESS_ID.value,
-    local_device_ids=local_device_ids(_LOCAL_DEVICE_IDS.value),
-  )
+  try:
+    jax.distributed.initialize(
+      coordinator_address=_COORDINATOR.value,
+      num_processes=_NUM_PROCESSES.value,
+      process_id=_PROCESS_ID.value,
+      local_device_ids=local_device_ids(_LOCAL_DEVICE_IDS.value),
+    )
+  except ValueError as e:  # what JAX cannot work out from the flags and the cluster
+    raise UserError(
+      f'--distributed: {e} Outside a cluster JAX detects (SLURM, a TPU pod, Open MPI), give '
+      '--coordinator_address=HOST:PORT, --num_processes=N and --process_id=I (0 to N-1) to '
+      'every process; launch/README.md shows each launcher.'
+    ) from e
 
 
 def local_device_ids(values: list[str] | None) -> list[int] | None:
@@ -77,6 +84,12 @@ def check_flags(workdir: str) -> None:
     raise UserError(
       f'--workdir={workdir}: the workdir is a file system path. For a bucket, mount it on '
       'every host at the same path (e.g. with gcsfuse) and give that path.'
+    )
+  taken = next((p for p in (Path(workdir), *Path(workdir).absolute().parents) if p.exists()), None)
+  if taken is not None and not taken.is_dir():
+    raise UserError(
+      f'--workdir={workdir}: {taken} is a file, not a directory: give a directory for the '
+      "run's checkpoints and logs (a new one, or the run's to resume)."
     )
 
 

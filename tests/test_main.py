@@ -62,12 +62,22 @@ def test_warmup_longer_than_the_run_is_refused_before_anything_is_written(tmp_pa
     (['--num_processes=2', '--process_id=1'], '--num_processes, --process_id take effect only '),
     (['--distributed', '--local_device_ids=0,a'], '--local_device_ids=0,a: give device numbers'),
     (['--workdir=gs://bucket/runs/x'], '--workdir=gs://bucket/runs/x: the workdir is a file'),
+    (['--workdir={tmp}/notes/run'], '/notes is a file, not a directory: give a directory'),
+    (['--distributed'], '--distributed: coordinator_address should be defined'),
   ],
-  ids=['multi-process flags without --distributed', 'device ids', 'bucket workdir'],
+  ids=[
+    'multi-process flags without --distributed',
+    'device ids',
+    'bucket workdir',
+    'workdir under a file',
+    'distributed outside a cluster',
+  ],
 )
 def test_launch_flags_that_would_start_another_run_than_meant_are_refused(
   tmp_path, tiny_flags, flags, message
 ):
+  (tmp_path / 'notes').write_text('not a directory')
+  flags = [flag.format(tmp=tmp_path) for flag in flags]
   result = helpers.run_module(
     'medclip_jax.main', *tiny_flags(), f'--workdir={tmp_path}/run', *flags, timeout=60
   )
