@@ -329,8 +329,8 @@ def _check_precision_and_remat(model) -> None:
       )
 
 
-# What a resumed run may not change: the model (its sizes, pooling, towers'
-# inits, tokenizer via data) and the data it learns from (dataset, image size,
+# What a resumed run may not change: the model (its sizes, pooling, tokenizer via
+# data) and the data it learns from (dataset, image size,
 # text length, augmentation, training text), the objectives and their settings,
 # and the parameter groups the optimizer state is laid out by. Everything else (steps, schedule,
 # logging, checkpointing, evaluation, mesh, reader threads, the convolution
@@ -344,6 +344,11 @@ _FIXED_ON_RESUME = (
   *(f'{name}.' for name in objectives_lib.settings_defaults()),
 )
 _FREE_KEYS = (
+  # Where the data and the pretrained towers are found: a job may stage the same dataset
+  # elsewhere (a node's local disk), and a resume reads no tower init. The change is listed.
+  'data.dir',
+  'model.image.init',
+  'model.text.init',
   'data.prepare_command',
   'data.num_threads',
   'data.prefetch',

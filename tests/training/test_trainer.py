@@ -272,11 +272,15 @@ def test_resuming_with_a_longer_run_and_a_new_learning_rate_lists_them_and_train
   config = config.copy_and_resolve_references()
   config.train.steps, config.train.learning_rate = 13, 0.01
   config.eval.bn_recompute_batches = 0
+  moved = tmp_path / 'staged'  # the same dataset, copied elsewhere as a job may stage it
+  shutil.copytree(config.data.dir, moved)
+  old_dir, config.data.dir = config.data.dir, str(moved)
   trainer.train_and_evaluate(config, str(tmp_path))
   out = capsys.readouterr().out
   assert (
-    'resuming with settings changed since the checkpoint: eval.bn_recompute_batches: 2 -> 0, '
-    'train.learning_rate: 0.001 -> 0.01, train.steps: 12 -> 13' in out
+    f"resuming with settings changed since the checkpoint: data.dir: '{old_dir}' -> "
+    f"'{moved}', eval.bn_recompute_batches: 2 -> 0, train.learning_rate: 0.001 -> 0.01, "
+    'train.steps: 12 -> 13' in out
   )
   assert sorted(helpers.training_rows(tmp_path)) == [13]
   saved = checkpointing.Checkpointer(str(tmp_path), keep=3).restore_config(13)
