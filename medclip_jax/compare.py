@@ -111,10 +111,12 @@ def compare(config, init: str, workdir: str) -> dict:
       'dataset (prepare with label columns), or set --config.compare.label_text to a template.'
     )
   loaded = load.load(init)
-  # The starting model fixes the architecture and the tokenizer; its weights come from init_from.
+  # The starting model fixes the architecture and what it reads (tokenizer, image size and
+  # normalisation, text length); its weights come from init_from.
   config.model = loaded.config.model
   config.model.image.init = config.model.text.init = ''
-  config.data.tokenizer = loaded.config.data.tokenizer
+  for field in ('tokenizer', 'image_size', 'mean', 'std', 'max_text_length'):
+    config.data[field] = loaded.config.data[field]
   config.init_from = str(Path(init).absolute())
   config.train.steps = config.compare.steps
   label_text = config.compare.label_text or (

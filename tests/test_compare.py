@@ -15,6 +15,7 @@ def test_three_models_one_table_and_a_chart(trained_run, tiny_config, tmp_path, 
   config = tiny_config()
   config.compare.steps = 2
   config.compare.label_text = '{modality} of the {body_part}.'
+  config.data.image_size = 64  # the starting model was trained at 32 px: it reads 32
   rows = compare.compare(config, str(init), str(tmp_path))
   assert list(rows) == ['start', 'captions', 'labels']
   saved = json.loads((tmp_path / 'compare.json').read_text())
@@ -31,6 +32,7 @@ def test_three_models_one_table_and_a_chart(trained_run, tiny_config, tmp_path, 
   for name in ('captions', 'labels'):
     ckpt = checkpointing.Checkpointer(str(tmp_path / name), keep=3)
     assert ckpt.latest_step() == 2
+    assert ckpt.restore_config(2)['data']['image_size'] == 32
     ckpt.close()
 
   # Run again: complete, the same table. With other settings, whose fine-tunes would not be
