@@ -85,6 +85,12 @@ def check_flags(workdir: str) -> None:
       f'--workdir={workdir}: the workdir is a file system path. For a bucket, mount it on '
       'every host at the same path (e.g. with gcsfuse) and give that path.'
     )
+  if (Path(workdir) / 'medclip.json').is_file():
+    raise UserError(
+      f'--workdir={workdir} holds an export (medclip.json): training there would leave every '
+      'loader reading the export, not the run. To start from that model, give a new --workdir '
+      f'and --config.init_from={workdir}.'
+    )
   taken = next((p for p in (Path(workdir), *Path(workdir).absolute().parents) if p.exists()), None)
   if taken is not None and not taken.is_dir():
     raise UserError(

@@ -64,6 +64,7 @@ def test_warmup_longer_than_the_run_is_refused_before_anything_is_written(tmp_pa
     (['--workdir=gs://bucket/runs/x'], '--workdir=gs://bucket/runs/x: the workdir is a file'),
     (['--workdir={tmp}/notes/run'], '/notes is a file, not a directory: give a directory'),
     (['--distributed'], '--distributed: coordinator_address should be defined'),
+    (['--workdir={tmp}/export'], 'holds an export (medclip.json): training there would'),
   ],
   ids=[
     'multi-process flags without --distributed',
@@ -71,12 +72,14 @@ def test_warmup_longer_than_the_run_is_refused_before_anything_is_written(tmp_pa
     'bucket workdir',
     'workdir under a file',
     'distributed outside a cluster',
+    'workdir holding an export',
   ],
 )
 def test_launch_flags_that_would_start_another_run_than_meant_are_refused(
   tmp_path, tiny_flags, flags, message
 ):
   (tmp_path / 'notes').write_text('not a directory')
+  helpers.write(tmp_path / 'export', 'medclip.json', b'{}')
   flags = [flag.format(tmp=tmp_path) for flag in flags]
   result = helpers.run_module(
     'medclip_jax.main', *tiny_flags(), f'--workdir={tmp_path}/run', *flags, timeout=60

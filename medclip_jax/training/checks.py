@@ -81,6 +81,15 @@ def check(config) -> None:
       'the loss instead of descending it: give a positive rate (e.g. 5e-4).'
     )
   _check_data_reading(config.data)
+  for field, length in (('crop_scale', 2), ('mean', 3), ('std', 3)):
+    if len(tuple(config.data[field])) != length:
+      raise UserError(
+        f'config.data.{field}={tuple(config.data[field])} needs {length} numbers'
+        + (' (low, high), e.g. 0.8,1.0' if field == 'crop_scale' else ', one per RGB channel')
+        + '.'
+      )
+  if min(config.data.std) <= 0:
+    raise UserError(f'config.data.std={tuple(config.data.std)}: each must be above 0.')
   low, high = (float(x) for x in config.data.crop_scale)
   if not 0 < low <= high <= 1:
     raise UserError(

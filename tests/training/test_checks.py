@@ -31,6 +31,14 @@ BAD = {
     {'data.crop_scale': (1.5, 2.0)},
     r'config\.data\.crop_scale=\(1\.5, 2\.0\) must be \(low, high\) with 0 < low <= high <= 1',
   ),
+  'a crop scale of one number': (
+    {'data.crop_scale': (0.9,)},
+    r'config\.data\.crop_scale=\(0\.9,\) needs 2 numbers \(low, high\)',
+  ),
+  'a mean of two channels': (
+    {'data.mean': (0.5, 0.5)},
+    r'config\.data\.mean=\(0\.5, 0\.5\) needs 3 numbers, one per RGB channel',
+  ),
   'no examples per step': (
     {'train.batch_size': 0},
     r'train\.batch_size = 0: give a positive number of examples per step',
