@@ -340,6 +340,12 @@ class Retrieval:
 
   def encode(self, image, text) -> tuple[np.ndarray, np.ndarray]:
     """(image embedding [D], text embedding [D]) of one image and one text."""
+    if not isinstance(text, str) or isinstance(image, (list, tuple)):
+      # A list of texts would be read as one sentence pair: one vector, silently.
+      raise TypeError(
+        'encode takes one image and one text (a str); for several, call encode_images and '
+        'encode_texts.'
+      )
     return self.encode_images([image])[0], self.encode_texts([text])[0]
 
   def zero_shot(self, images, class_names, templates=None) -> np.ndarray:

@@ -59,6 +59,9 @@ def test_encode_gives_unit_vectors_whose_dot_is_the_evaluations_similarity(model
       assert image.shape == text.shape == (32,)
       np.testing.assert_allclose([np.linalg.norm(image), np.linalg.norm(text)], 1, atol=1e-5)
       assert abs(image @ text - encoded.image[i] @ encoded.text[i]) < 1e-5, (name, i)
+  for image, text in ((str(files[0]), captions[:2]), ([str(files[0])] * 2, captions[0])):
+    with pytest.raises(TypeError, match='encode takes one image and one text'):
+      models['torch'].encode(image, text)  # a list of texts was one sentence pair, silently
 
 
 def test_lists_are_batched_and_match_one_at_a_time(models, test_split):
