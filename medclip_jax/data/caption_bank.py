@@ -14,6 +14,12 @@ def read_bank_file(path) -> list[str]:
     raise UserError(
       f'No caption bank file at {path}: give a .txt (one caption a line) or .csv file.'
     )
+  if path.suffix.lower() not in ('.txt', '.csv', ''):
+    # A .jsonl or .tsv read line by line would make each raw line a caption.
+    raise UserError(
+      f'The caption bank {path} is a {path.suffix} file: give a .txt file (one caption a line) '
+      'or a .csv file with a "caption" column.'
+    )
   # utf-8-sig: Excel's "CSV UTF-8" starts the file with a byte-order mark.
   try:
     if path.suffix.lower() == '.csv':

@@ -34,3 +34,10 @@ def test_a_csv_bank_row_whose_cells_do_not_match_the_header_is_a_user_error(tmp_
   path.write_text(f'id,caption\n1,A chest X-ray.\n{row}\n3,Axial CT.\n')
   with pytest.raises(UserError, match=r'bank\.csv, line 3: the row has more or fewer cells'):
     caption_bank.read_bank_file(path)
+
+
+def test_a_bank_in_another_format_is_refused_not_read_line_by_line(tmp_path):
+  path = tmp_path / 'bank.jsonl'
+  path.write_text('{"caption": "MRI of the knee."}\n')
+  with pytest.raises(UserError, match=r'bank\.jsonl is a \.jsonl file: give a \.txt file'):
+    caption_bank.read_bank_file(path)
