@@ -39,6 +39,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   stop request (the checkpoint written) and `UserError` for what a user can fix.
   """
   workdir = str(Path(workdir).absolute())
+  if config.data.dir:
+    # Saved with the checkpoints as an absolute path: loading, exporting or evaluating the run
+    # from another directory finds its data (and the max_side its inputs are read at).
+    config.data.dir = str(Path(config.data.dir).absolute())
 
   # ---- Checks and set-up: mesh, model, objectives, optimizer, shardings, jitted step ----
   # Problems a user can fix (data, config) are reported before anything is written.

@@ -450,6 +450,21 @@ def test_a_locked_image_tower_keeps_the_batchnorm_statistics_it_trained_on(
     np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
 
 
+def test_a_relative_data_dir_is_saved_absolute_so_the_run_loads_from_anywhere(
+  tiny_config, tmp_path, monkeypatch
+):
+  from medclip_jax.interop import load  # pylint: disable=import-outside-toplevel
+
+  config = tiny_config()
+  data = Path(config.data.dir)
+  monkeypatch.chdir(data.parent)
+  config.data.dir = data.name  # as the shipped configs give it: relative
+  config.train.steps, config.eval.bn_recompute_batches = 2, 0
+  trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  monkeypatch.chdir(tmp_path)
+  assert load.load(tmp_path / 'run').config.data.dir == str(data)
+
+
 def test_training_on_label_text_reports_truncated_texts(tiny_config, tmp_path, capsys):
   config = tiny_config()
   config.data.train_text = '{modality} of the {body_part}.'
