@@ -133,6 +133,8 @@ def _paths_to(flag_values: flags.FlagValues, argv: Sequence[str], name: str, key
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """`absl.app`'s flag parsing, with the user's mistakes as one paragraph, exit 2."""
   flag_values = flags.FLAGS
+  for name in _config_flag_names(flag_values):
+    _importable_package_of(_given(name, argv))
   try:
     rest = flag_values(argv)
   except OSError as e:
@@ -151,12 +153,24 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
       wanted = type(flag_values[bad.group(1)].default).__name__
       message += f' (this field takes a {wanted})'
     fail(
-      f'{message.rstrip(".")}. See --helpshort for the flags, --helpfull for every config field.'
+      f'{message.rstrip(".")}. See --helpshort for the flags; configs/default.py lists every '
+      'config field.'
     )
   for name in _config_flag_names(flag_values):
     if _load_error(flag_values, name):
       fail(_missing_config_file(name, argv))
   return rest
+
+
+def _importable_package_of(config_file: str | None) -> None:
+  """Puts the folder above a config file's package (configs/) on the import path, so that its
+  `from configs import default` works where the command is installed rather than run from
+  the clone's root."""
+  if not config_file:
+    return
+  folder = Path(config_file.split(':', 1)[0]).absolute().parent
+  if (folder / '__init__.py').is_file() and str(folder.parent) not in sys.path:
+    sys.path.insert(0, str(folder.parent))
 
 
 def _load_error(flag_values: flags.FlagValues, name: str) -> bool:

@@ -185,3 +185,25 @@ def test_no_restart_without_a_program_file(monkeypatch):
   environ = {}
   assert cli.glibc_restart(environ) is None
   assert not environ
+
+
+def test_a_config_file_imports_its_own_package_from_any_directory(tmp_path):
+  # As an installed command runs a lab's configs: a package beside nothing on the path.
+  package = tmp_path / 'lab' / 'labconfigs'
+  package.mkdir(parents=True)
+  (package / '__init__.py').write_text('')
+  (package / 'base.py').write_text(
+    'from configs import demo\n\ndef get_config():\n  return demo.get_config()\n'
+  )
+  (package / 'mine.py').write_text(
+    'from labconfigs import base\n\ndef get_config():\n'
+    f'  config = base.get_config()\n  config.data.dir = {str(tmp_path / "no_data")!r}\n'
+    '  return config\n'
+  )
+  result = subprocess.run(
+    [sys.executable, '-m', 'medclip_jax.main', f'--config={package / "mine.py"}',
+     f'--workdir={tmp_path / "run"}'],
+    cwd=tmp_path, env={**os.environ, 'PYTHONPATH': str(helpers.REPO)},
+    capture_output=True, text=True, timeout=120,
+  )  # fmt: skip
+  assert 'No prepared dataset found in' in _refused(result)  # the config loaded
