@@ -13,10 +13,10 @@ Images are PNG, JPEG or DICOM files (or a prepared split's records), processed
 exactly as evaluation processes them. The Python API: `medclip_jax.inference`.
 """
 
+import difflib
 import json
 import sys
 
-from absl import app
 from absl import flags
 
 from medclip_jax import cli as command_line
@@ -233,10 +233,15 @@ def format_text(command: str, out: dict) -> str:
 
 def cli(argv, flag_values) -> int:
   """Runs the command `argv[1]` with parsed `flag_values`; prints; returns the exit status."""
-  if len(argv) != 2 or argv[1] not in COMMANDS:
-    raise app.UsageError(f'Give one command: {", ".join(COMMANDS)} (got {argv[1:]}).')
-  command = argv[1]
+  command = argv[1] if len(argv) == 2 else None
   try:
+    if command not in COMMANDS:
+      near = difflib.get_close_matches(str(command), COMMANDS, n=1)
+      raise UserError(
+        f'predict takes one command, one of {", ".join(COMMANDS)}; got {" ".join(argv[1:]) or "none"}'
+        + (f' (did you mean {near[0]}?)' if near else '')
+        + '. See python -m medclip_jax.predict --help.'
+      )
     out = run(command, flag_values)
   except UserError as e:
     print(f'\nerror: {e}\n', file=sys.stderr)

@@ -197,6 +197,7 @@ def _bad_file(paths, name, data):
     ('split the data lacks', r"has no 'valid' split \(its splits with records: test, train, val\)"),
     ('repeated class', r"The class names repeat 'CT'"),
     ('no readable image', r'None of the 2 images could be read \(the first: .*a\.png\)'),
+    ('misspelt command', r'predict takes one command, .*; got serach \(did you mean search\?\)'),
   ],
 )
 def test_a_user_error_is_one_paragraph_and_exit_2(paths, capsys, case, expected):
@@ -260,6 +261,8 @@ def test_a_user_error_is_one_paragraph_and_exit_2(paths, capsys, case, expected)
     ]
   elif case == 'repeated class':
     args = ['zeroshot', no_model, image, '--classes=CT,MRI,CT']
+  elif case == 'misspelt command':
+    args = ['serach', model, '--text=CT']
   elif case == 'no readable image':
     for name in ('a.png', 'b.png'):
       helpers.write(paths['root'] / 'bad' / 'unreadable', name, png[:40])

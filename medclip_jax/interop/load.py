@@ -50,7 +50,8 @@ def load(path, step: int | None = None, decoders: bool = False) -> Loaded:
   raise UserError(
     f'{path} is neither a training workdir (it would hold checkpoints/<step>/) nor an export '
     f'directory (it would hold {tables.EXPORT_FILES["metadata"]}, written by python -m '
-    'medclip_jax.export). Give the --workdir a training run wrote, or an export directory.'
+    'medclip_jax.export). Give the directory a training run wrote (its --workdir), or an '
+    'export directory.'
   )
 
 
