@@ -107,8 +107,16 @@ def main(argv):
   if _DISTRIBUTED.value:
     initialize_distributed()
   # Imported after flag parsing so that `--help` answers quickly.
+  from medclip_jax.training import checks  # pylint: disable=import-outside-toplevel
   from medclip_jax.training import preemption  # pylint: disable=import-outside-toplevel
   from medclip_jax.training import trainer  # pylint: disable=import-outside-toplevel
+
+  try:
+    from configs import default  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    default = None  # a config built without configs/default.py: nothing to compare with
+  if default is not None:
+    checks.check_fields(_CONFIG.value, default.get_config())
 
   try:
     trainer.train_and_evaluate(_CONFIG.value, workdir)

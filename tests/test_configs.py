@@ -7,8 +7,10 @@ from pathlib import Path
 import jax
 import pytest
 
+from configs import default
 from medclip_jax import evaluation
 from medclip_jax.interop import convert
+from medclip_jax.training import checks
 from medclip_jax.training import setup
 
 CONFIGS = sorted(
@@ -32,3 +34,4 @@ def test_config_builds_its_model_and_documents_its_command(name):
   abstract = setup.shapes(config).abstract_state  # shapes only, nothing allocated
   assert jax.tree.leaves(abstract.params)
   evaluation.build_evaluators(config.evals)  # every evaluator entry is well formed
+  checks.check_fields(config, default.get_config())  # every field is one default.py defines

@@ -123,3 +123,21 @@ def test_own_data_with_other_label_columns_trains_with_the_manifest_config(tmp_p
     'a scan of the {}.',
   ]
   assert 'warning' not in result.stdout
+
+
+def test_a_misspelt_field_in_a_config_file_is_refused_with_the_nearest(tmp_path, tiny_flags):
+  own = tmp_path / 'mine.py'
+  own.write_text(
+    'from configs import demo\n\ndef get_config():\n  config = demo.get_config()\n'
+    '  config.train.learning_rat = 1e-2\n  return config\n'
+  )
+  flags = [f for f in tiny_flags() if not f.startswith('--config=')]
+  result = helpers.run_module(
+    'medclip_jax.main', f'--config={own}', *flags, f'--workdir={tmp_path}/run', timeout=60
+  )
+  assert result.returncode == 2 and 'Traceback' not in result.stderr
+  assert (
+    'The config sets config.train.learning_rat (did you mean config.train.learning_rate?)'
+    in result.stderr
+  )
+  assert not (tmp_path / 'run').exists()

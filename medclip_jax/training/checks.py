@@ -6,6 +6,7 @@ tokenizer follow in `Setup.create`; unknown config keys are refused by
 ml_collections when the flags are parsed.
 """
 
+import difflib
 import json
 import warnings
 from pathlib import Path
@@ -450,6 +451,32 @@ def _groups_with_parameters(config) -> set[str]:
 
 def _show(value) -> str:
   return '(absent)' if value is _ABSENT else repr(value)
+
+
+# Subtrees whose keys are names a config chooses (evaluators, objectives, parameter groups).
+_OPEN_FIELDS = ('evals.', 'objectives.', 'train.lr_multipliers.', 'train.param_groups.')
+
+
+def check_fields(config, reference) -> None:
+  """Raises `UserError` for a field of `config` (a config file's) that `reference` (the
+  defaults every config builds on) lacks: a misspelt field would be ignored, its default
+  used, and the misspelling saved with the checkpoints."""
+  known = _flat(reference.to_dict())
+  known_prefixes = {k.rsplit('.', 1)[0] + '.' for k in known if '.' in k}
+  unknown = [
+    key
+    for key in _flat(config.to_dict())
+    if key not in known and not key.startswith(_OPEN_FIELDS) and key + '.' not in known_prefixes
+  ]
+  if unknown:
+    hints = []
+    for key in unknown:
+      near = difflib.get_close_matches(key, known, n=1)
+      hints.append(f'config.{key}' + (f' (did you mean config.{near[0]}?)' if near else ''))
+    raise UserError(
+      f'The config sets {", ".join(hints)}, which configs/default.py does not define: a '
+      'misspelt field would be ignored and its default used. Spell it as default.py does.'
+    )
 
 
 def data_warnings(config, info: dict) -> list[str]:
