@@ -310,7 +310,19 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
           checkpointer.save(step, state, train_iter, config)
         if config.eval.every and step % config.eval.every == 0:
           t0 = time.perf_counter()
-          run_eval(recompute_batch_stats(state, step), step, t0)
+          try:
+            run_eval(recompute_batch_stats(state, step), step, t0)
+          except RuntimeError:
+            if not stop.requested:
+              raise
+            # A job's stop signal reaches every process of it: the evaluation's own reader
+            # processes, just started, may die of it before they can ignore it. The trained
+            # state is whole: checkpoint it and stop as asked.
+            reporter.info(f'the evaluation of step {step} ended with the stop request')
+            if checkpointer.latest_step() != step:
+              checkpointer.save(step, state, train_iter, config)
+            checkpointer.wait()
+            raise preemption.Preempted(step, checkpointer.directory) from None
           reporter.start_timer(step)  # the evaluation's time is not training throughput
 
       # The final model keeps the recomputed BatchNorm statistics, so the last

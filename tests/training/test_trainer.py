@@ -141,6 +141,22 @@ def test_a_run_stopped_before_its_periodic_evaluation_evaluates_that_step_when_r
   assert [r['step'] for r in rows if 'val/retrieval.gallery_size' in r] == [2]
 
 
+def test_a_stop_that_kills_a_periodic_evaluations_readers_checkpoints_and_stops(
+  tiny_config, tmp_path, monkeypatch
+):
+  config = tiny_config()
+  config.train.steps, config.eval.every, config.train.checkpoint_every = 4, 3, 100
+
+  def killed(self, variables, split=None):  # as a job's SIGTERM reaching new reader processes
+    os.kill(os.getpid(), signal.SIGTERM)
+    raise RuntimeError('Worker process was terminated unexpectedly with exit code -15')
+
+  monkeypatch.setattr(Evaluation, '__call__', killed)
+  with pytest.raises(preemption.Preempted, match='at step 3'):
+    trainer.train_and_evaluate(config, str(tmp_path))
+  assert checkpointing.Checkpointer(str(tmp_path), keep=3).all_steps() == [3]
+
+
 def test_the_clock_restarts_after_a_periodic_evaluation(tiny_config, tmp_path, monkeypatch):
   config = tiny_config()
   config.train.steps, config.eval.every, config.eval.bn_recompute_batches = 4, 2, 0
