@@ -20,6 +20,10 @@ import numpy as np
 from medclip_jax.errors import UserError
 
 
+# How long a process waits for the workdir's marker to appear before it says it cannot see it.
+SHARED_WAIT_S = 60.0
+
+
 def _describe(holder: str) -> str:
   try:
     info = json.loads(holder)
@@ -72,7 +76,41 @@ class WorkdirLock:
         f'{self.path.parent} is in use by another trainer: {who}. Wait for it to finish or '
         'stop it (SIGTERM checkpoints and exits), or give this run another --workdir.'
       )
+    if jax.process_count() > 1:
+      self._check_shared()
     return stale
+
+  def _check_shared(self) -> None:
+    """Raises `UserError` on every process unless each sees the file process 0 writes in the
+    workdir: every process writes its shards of each checkpoint there, and one on a disk of
+    its own would fail only at the first save, after its steps were trained for nothing."""
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+    token = int(
+      multihost_utils.broadcast_one_to_all(np.int32((time.time_ns() + os.getpid()) % 2**31))
+    )
+    marker = self.path.parent / f'.shared_{token}'
+    if jax.process_index() == 0:
+      with open(marker, 'w', encoding='utf-8') as f:
+        f.flush()
+        os.fsync(f.fileno())
+    multihost_utils.sync_global_devices('workdir marker written')
+    # A network file system may show a new file to other hosts only after its caches expire.
+    deadline = time.monotonic() + SHARED_WAIT_S
+    while not marker.exists() and time.monotonic() < deadline:
+      time.sleep(1.0)
+    seen = multihost_utils.process_allgather(np.int32(marker.exists()))
+    multihost_utils.sync_global_devices('workdir marker read')
+    if jax.process_index() == 0:
+      marker.unlink(missing_ok=True)
+    blind = [int(i) for i in np.flatnonzero(np.asarray(seen) == 0)]
+    if blind:
+      raise UserError(
+        f'--workdir: process(es) {blind} do not see the workdir process 0 writes in '
+        f'({self.path.parent.absolute()}). Every process writes its part of each checkpoint '
+        'there, so it must be one directory that every host sees at the same path (a shared '
+        'file system; a relative --workdir is relative to the directory each host starts in).'
+      )
 
   def release(self) -> None:
     if self._file is not None:
