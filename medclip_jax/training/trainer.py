@@ -150,6 +150,16 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
       )
       reporter.info(results_lib.format_table(latest, results))
       return results
+    if latest == config.train.steps and saved['train']['steps'] != latest:
+      # Saved mid-run: its BatchNorm statistics are running averages, which the final
+      # checkpoint replaces with recomputed ones, and a saved step is not written again.
+      close()
+      raise UserError(
+        f'config.train.steps={latest} ends the run at the checkpoint saved at step {latest} '
+        f'of a {saved["train"]["steps"]}-step run, which it cannot make its final one. To '
+        f'train on, set --config.train.steps above {latest}; to evaluate that checkpoint, run '
+        f'python -m medclip_jax.evaluate --workdir={workdir} --step={latest}.'
+      )
     reporter.info(f'resuming from the checkpoint at step {latest} in {checkpointer.directory}')
     if changed:
       reporter.info(changed)

@@ -230,6 +230,17 @@ def test_a_checkpoint_past_the_configured_steps_is_refused(trained_run, tmp_path
   assert not (tmp_path / 'eval').exists()
 
 
+def test_ending_a_run_at_a_checkpoint_saved_mid_run_is_refused(trained_run, tmp_path):
+  config, workdir, _ = trained_run
+  _copy_checkpoints(workdir, tmp_path)
+  shutil.rmtree(tmp_path / 'checkpoints' / '12')  # as a run stopped after its step-6 save
+  config = config.copy_and_resolve_references()
+  config.train.steps = 6
+  with pytest.raises(UserError, match=r'steps=6 ends the run at the checkpoint saved at step 6 '):
+    trainer.train_and_evaluate(config, str(tmp_path))
+  assert checkpointing.Checkpointer(str(tmp_path), keep=3).all_steps() == [6]
+
+
 def test_a_run_resumed_with_another_batch_size_reads_on_from_the_same_example(
   trained_run, tmp_path, capsys
 ):
