@@ -5,8 +5,8 @@
 fits scikit-learn's LogisticRegression on the L2-normalised image embeddings of
 a seeded sample of the training split's labelled records (at least one of each
 class), picks the regularisation C with the best balanced accuracy on the
-validation split (or C=1 when it has no labelled records), and reports on the
-evaluated split `<name>.<field>.<fraction>.{accuracy,balanced_accuracy,auroc}`
+validation split (or C=1 when it has no labelled records, or is itself the
+evaluated split, as in the periodic evaluations), and reports on the evaluated split `<name>.<field>.<fraction>.{accuracy,balanced_accuracy,auroc}`
 (AUROC: one-vs-rest, averaged over classes) and `.train_examples`. `fields`
 defaults to every label field of the dataset; a field the training split labels with fewer
 than two classes, or that no record of the evaluated split is labelled with, is not scored
@@ -146,7 +146,9 @@ class Evaluator:
     fields = [f for f in (self.fields or split.vocabs) if f in split.vocabs]
     train = embedder.encode_split(variables, self.train_split, split.vocabs, texts=False)
     val = None
-    if embedder.split_size(self.val_split):
+    # C is not chosen on the split it is scored on (the periodic evaluations score the
+    # validation split): that would read the figures high. There C is 1, as without labels.
+    if split.name != self.val_split and embedder.split_size(self.val_split):
       val = embedder.encode_split(variables, self.val_split, split.vocabs, texts=False)
     results, table = {}, {}
     for field in fields:

@@ -49,6 +49,16 @@ def test_without_a_val_split_c_is_one():
   assert out['details']['table']['region']['100%']['C'] == 1.0
 
 
+def test_c_is_not_chosen_on_the_split_it_is_scored_on():
+  splits = {name: _clusters(name, 100, seed, 0.1) for seed, name in enumerate(('train', 'val'))}
+  evaluator = linear_probe.Evaluator(fractions=(1.0,), Cs=(0.01, 100.0))
+  embedder = helpers.FakeEmbedder(splits)
+  assert evaluator(None, splits['val'], embedder)['details']['table']['region']['100%']['C'] == 1.0
+  test = _clusters('test', 50, 5, 0.1)
+  embedder = helpers.FakeEmbedder({**splits, 'test': test})
+  assert evaluator(None, test, embedder)['details']['table']['region']['100%']['C'] in (0.01, 100.0)
+
+
 def test_bad_fractions_are_user_errors():
   with pytest.raises(UserError, match=r'config.evals.probe: fractions must lie in \(0, 1\]'):
     build_evaluators({'probe': {'type': 'linear_probe', 'fractions': (0.0, 1.0)}})
