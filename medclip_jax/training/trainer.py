@@ -273,7 +273,8 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
     0 < start < total
     and config.eval.every
     and start % config.eval.every == 0
-    and not results_lib.exists(workdir, start, config.eval.every_split)
+    # Every process takes the same branch, even where only process 0 sees the results file.
+    and not _all_processes(results_lib.exists(workdir, start, config.eval.every_split))
   )
   try:
     if missed:
