@@ -132,7 +132,8 @@ def prepared_max_side(data_config) -> int:
   at hand."""
   try:
     if data_config.get('tfds_name'):
-      from medclip_jax.data import pipeline  # pylint: disable=import-outside-toplevel (imports this)
+      # pipeline imports this module.
+      from medclip_jax.data import pipeline  # pylint: disable=import-outside-toplevel
 
       info = pipeline.tfds_info(data_config)
     else:

@@ -13,7 +13,8 @@ through `RecordSource`. The other flags are prepare's (`python -m medclip_jax.da
 --help`); its path flags (--input, --images, --captions) are relative to DIR, and --input
 defaults to DIR. Builds with options need a --config_name; the 'default' config uses the
 format's default options. A name already built in --output is reused only if that build was
-made from the same directory and options (its metadata's 'build'); otherwise it is refused. (TFDS's own `tfds build` command imports TensorFlow at start-up.)
+made from the same directory and options (its metadata's 'build'); otherwise it is refused.
+(TFDS's own `tfds build` command imports TensorFlow at start-up.)
 
 There is one builder per real format of medclip_jax.data.formats: medclip_manifest,
 medclip_medpix, medclip_roco, medclip_pubmedvision, medclip_reports and medclip_dicom. A

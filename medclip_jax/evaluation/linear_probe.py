@@ -6,7 +6,8 @@ fits scikit-learn's LogisticRegression on the L2-normalised image embeddings of
 a seeded sample of the training split's labelled records (at least one of each
 class), picks the regularisation C with the best balanced accuracy on the
 validation split (or C=1 when it has no labelled records, or is itself the
-evaluated split, as in the periodic evaluations), and reports on the evaluated split `<name>.<field>.<fraction>.{accuracy,balanced_accuracy,auroc}`
+evaluated split, as in the periodic evaluations), and reports on the evaluated split
+`<name>.<field>.<fraction>.{accuracy,balanced_accuracy,auroc}`
 (AUROC: one-vs-rest, averaged over classes) and `.train_examples`. `fields`
 defaults to every label field of the dataset; a field the training split labels with fewer
 than two classes, or that no record of the evaluated split is labelled with, is not scored
