@@ -82,15 +82,6 @@ def check(config) -> None:
       'the loss instead of descending it: give a positive rate (e.g. 5e-4).'
     )
   _check_data_reading(config.data)
-  for field, length in (('crop_scale', 2), ('mean', 3), ('std', 3)):
-    if len(tuple(config.data[field])) != length:
-      raise UserError(
-        f'config.data.{field}={tuple(config.data[field])} needs {length} numbers'
-        + (' (low, high), e.g. 0.8,1.0' if field == 'crop_scale' else ', one per RGB channel')
-        + '.'
-      )
-  if min(config.data.std) <= 0:
-    raise UserError(f'config.data.std={tuple(config.data.std)}: each must be above 0.')
   low, high = (float(x) for x in config.data.crop_scale)
   if not 0 < low <= high <= 1:
     raise UserError(
@@ -262,6 +253,15 @@ def _check_data_reading(data) -> None:
   for field, what in (('num_threads', 'reader threads'), ('prefetch', 'batches buffered')):
     if data[field] < 0:
       raise fail(field, f'the {what} per process must be 0 or more, got {data[field]}.')
+  for field, length in (('crop_scale', 2), ('mean', 3), ('std', 3)):
+    if len(tuple(data[field])) != length:
+      raise UserError(
+        f'config.data.{field}={tuple(data[field])} needs {length} numbers'
+        + (' (low, high), e.g. 0.8,1.0' if field == 'crop_scale' else ', one per RGB channel')
+        + '.'
+      )
+  if min(data.std) <= 0:
+    raise UserError(f'config.data.std={tuple(data.std)}: each must be above 0.')
   if data.max_text_length < 3:
     raise fail(
       'max_text_length',
@@ -292,14 +292,23 @@ def _check_sizes(config) -> None:
     )
   if model.image.width < 1:
     raise fail('model.image.width', f'the stem needs 1 or more channels, got {model.image.width}.')
-  towers = [('model.text', model.text.hidden_size, model.text.num_heads, model.text.num_layers)]
+  text = model.text
+  # (field, width, heads, layers), each a (name, value) pair.
+  towers = [
+    (
+      'model.text',
+      ('hidden_size', text.hidden_size),
+      ('num_heads', text.num_heads),
+      ('num_layers', text.num_layers),
+    )
+  ]
   for name in ('attmim', 'entmlm'):
     if _active(config, name):
-      towers.append((name, config[name].width, config[name].heads, config[name].depth))
-  for field, width, heads, depth in towers:
-    width_key = 'hidden_size' if field == 'model.text' else 'width'
-    heads_key = 'num_heads' if field == 'model.text' else 'heads'
-    depth_key = 'num_layers' if field == 'model.text' else 'depth'
+      settings = config[name]
+      towers.append(
+        (name, ('width', settings.width), ('heads', settings.heads), ('depth', settings.depth))
+      )
+  for field, (width_key, width), (heads_key, heads), (depth_key, depth) in towers:
     if min(width, heads, depth) < 1:
       raise fail(
         field,
