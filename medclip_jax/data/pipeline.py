@@ -346,6 +346,22 @@ def unpaired_shares(data_config) -> dict[str, float]:
   return {kind: float(settings[kind]) for kind in KINDS[1:] if float(settings[kind]) > 0}
 
 
+def training_data(data_config, info: dict) -> dict:
+  """{split: {'count', 'captions', 'files'}} of the splits training reads, from the
+  dataset's info: what a checkpoint's data position indexes into, saved with it so that a
+  resume on other data (re-prepared in the same directory) is refused. Where the data lives
+  is not part of it: the same dataset may be staged elsewhere."""
+  splits = [data_config.train_split]
+  splits += [
+    records.unpaired_split(data_config.train_split, k) for k in unpaired_shares(data_config)
+  ]
+  entries = info.get('splits', {})
+  return {
+    split: {k: entries.get(split, {}).get(k) for k in ('count', 'captions', 'files')}
+    for split in splits
+  }
+
+
 def describe_unpaired(data_config, info: dict) -> str:
   """The training mix, checked against the dataset ('' without unpaired data).
 

@@ -1,10 +1,12 @@
-"""Orbax checkpoints: train state, data iterator and config saved together.
+"""Orbax checkpoints: train state, data iterator, its dataset and config saved together.
 
-One checkpoint is a directory `WORKDIR/checkpoints/<step>/` with three items:
+One checkpoint is a directory `WORKDIR/checkpoints/<step>/` with four items:
   state     the TrainState pytree (params, batch_stats, opt_state, step, rng),
             written by every process for its own shards;
   data      the grain iterator position of each process (one JSON per process),
             so a resumed run sees exactly the batches it would have seen;
+  dataset   the splits that position indexes into (`pipeline.training_data`: record
+            counts and shard names), so a resume on other data is refused;
   config    the run's config as JSON, so exports know what they convert.
 Orbax writes each checkpoint into a temporary directory and renames it when
 complete, so a run killed mid-save leaves the previous checkpoint intact.
@@ -68,6 +70,7 @@ class Checkpointer:
       item_handlers={
         'state': ocp.StandardCheckpointHandler(),
         'data': grain.checkpoint.CheckpointHandler(),
+        'dataset': ocp.JsonCheckpointHandler(),
         'config': ocp.JsonCheckpointHandler(),
       },
     )
@@ -82,8 +85,9 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, step: int, state, data_iterator, config) -> None:
-    """Starts an asynchronous save; training continues while it is written.
+  def save(self, step: int, state, data_iterator, config, dataset: dict) -> None:
+    """Starts an asynchronous save; training continues while it is written. `dataset`
+    describes the data `data_iterator` reads (`pipeline.training_data`).
 
     Raises `UserError` if this save or the one before it failed.
     """
@@ -95,6 +99,7 @@ class Checkpointer:
         args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
           data=grain.checkpoint.CheckpointSave(data_iterator),
+          dataset=ocp.args.JsonSave(dataset),
           config=ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
         ),
       )
@@ -182,6 +187,19 @@ class Checkpointer:
         self.directory / str(step) / 'config', f'the saved config cannot be read ({e})'
       ) from e
     return upgrade_config(saved['config'])
+
+  def restore_dataset(self, step: int) -> dict | None:
+    """The training data `step` was saved with (`pipeline.training_data`); None for a
+    checkpoint written before it was recorded. `CorruptCheckpoint` if it cannot be read."""
+    if not (self.directory / str(step) / 'dataset').is_dir():
+      return None
+    try:
+      saved = self._manager.restore(step, args=ocp.args.Composite(dataset=ocp.args.JsonRestore()))
+    except (ValueError, KeyError, OSError) as e:
+      raise CorruptCheckpoint(
+        self.directory / str(step) / 'dataset', f'the saved data description cannot be read ({e})'
+      ) from e
+    return saved['dataset']
 
   def restore_state(self, step: int, abstract_state):
     """Only the train state of `step` (e.g. for export; no data iterator).

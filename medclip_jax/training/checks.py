@@ -441,6 +441,39 @@ def check_resume(saved: dict, config, where: str) -> str | None:
   return None
 
 
+def check_same_data(saved: dict | None, current: dict, data_dir: str, where: str) -> None:
+  """Raises `UserError` if the training data (`pipeline.training_data`) differs from what
+  the checkpoint at `where` was trained on (`saved`; None for a checkpoint older than the
+  record, which passes): its data position counts records in the old data's order."""
+  if saved is None or saved == current:
+    return
+
+  def describe(entry):
+    if not entry or entry.get('count') is None:
+      return 'absent'
+    files = entry.get('files')
+    shards = f' in {len(files)} shard(s)' if files is not None else ''
+    return f'{entry["count"]} records, {entry.get("captions")} captions{shards}'
+
+  def change(split):
+    old, new = describe(saved.get(split)), describe(current.get(split))
+    if old == new:
+      return f'{split}: {old}, but other shard files'
+    return f'{split}: {old} then, {new} now'
+
+  splits = sorted(saved.keys() | current.keys())
+  listing = '; '.join(change(s) for s in splits if saved.get(s) != current.get(s))
+  workdir = Path(where).parent.parent
+  raise UserError(
+    f'The training data in {data_dir} is not the data the checkpoint at {where} was trained '
+    f"on ({listing}). The checkpoint's data position "
+    "counts records in the old data's order, so resuming would repeat some and skip others. "
+    'To resume, point --config.data.dir at the data it was trained on; to train this model '
+    f'on the new data, start a new run in a fresh --workdir with --config.init_from={workdir} '
+    '(its schedule and optimizer state start afresh).'
+  )
+
+
 def _value(flat: dict, key: str):
   # A group without a multiplier trains at 1: configs saved before 'decoders' had one lack it.
   value = flat.get(key, 1.0 if key.startswith(_MULTIPLIERS) else _ABSENT)

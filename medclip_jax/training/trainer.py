@@ -85,6 +85,10 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
 
   # ---- State: restored from the latest checkpoint, or fresh ----
   checkpointer = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
+  training_data = pipeline.training_data(config.data, info)
+
+  def save(step, state):
+    checkpointer.save(step, state, train_iter, config, training_data)
 
   def close():
     # Also on Ctrl-C or an error: let a checkpoint being written complete.
@@ -129,6 +133,12 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
   else:
     saved = checkpointer.restore_config(latest)
     changed = checks.check_resume(saved, config, checkpointer.path(latest))
+    checks.check_same_data(
+      checkpointer.restore_dataset(latest),
+      training_data,
+      config.data.dir or config.data.tfds_name,
+      checkpointer.path(latest),
+    )
     if latest > config.train.steps:
       close()
       raise UserError(
@@ -314,11 +324,11 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
         if stop_now:
           # Every process saw the request in the same step's metrics: all stop here.
           if checkpointer.latest_step() != step:
-            checkpointer.save(step, state, train_iter, config)
+            save(step, state)
           checkpointer.wait()
           raise preemption.Preempted(step, checkpointer.directory)
         if step % config.train.checkpoint_every == 0:
-          checkpointer.save(step, state, train_iter, config)
+          save(step, state)
         if config.eval.every and step % config.eval.every == 0:
           t0 = time.perf_counter()
           try:
@@ -331,7 +341,7 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
             # state is whole: checkpoint it and stop as asked.
             reporter.info(f'the evaluation of step {step} ended with the stop request')
             if checkpointer.latest_step() != step:
-              checkpointer.save(step, state, train_iter, config)
+              save(step, state)
             checkpointer.wait()
             raise preemption.Preempted(step, checkpointer.directory) from None
           reporter.start_timer(step)  # the evaluation's time is not training throughput
@@ -344,7 +354,7 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
       t0 = time.perf_counter()
       if latest != total:
         state = recompute_batch_stats(state, total)
-        checkpointer.save(total, state, train_iter, config)
+        save(total, state)
         checkpointer.wait()
       if start < total and (stop_at_end or stop.requested):
         raise preemption.Preempted(total, checkpointer.directory)

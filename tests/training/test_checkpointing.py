@@ -183,7 +183,7 @@ jax.monitoring.register_event_duration_secs_listener(
 )
 iterator = iter(grain.MapDataset.range(4).to_iter_dataset())
 checkpointer = checkpointing.Checkpointer(WORKDIR, keep=1)
-checkpointer.save(1, state, iterator, ml_collections.ConfigDict({'a': 1}))
+checkpointer.save(1, state, iterator, ml_collections.ConfigDict({'a': 1}), {})
 checkpointer.wait()
 print(len(compiles))
 """

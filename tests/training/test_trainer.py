@@ -291,6 +291,24 @@ def test_resuming_with_a_changed_model_or_data_is_refused_naming_the_keys(
   assert checkpointing.Checkpointer(str(tmp_path), keep=3).all_steps() == [6, 12]
 
 
+def test_resuming_on_data_prepared_anew_in_the_same_directory_is_refused(trained_run, tmp_path):
+  config, workdir, _ = trained_run
+  _copy_checkpoints(workdir, tmp_path / 'run')
+  config = config.copy_and_resolve_references()
+  config.train.steps = 13
+  # The run's data re-prepared in place with more training records (a copy stands for it).
+  config.data.dir = str(tmp_path / 'data')
+  helpers.prepare_checked(
+    'synthetic', config.data.dir, dict(num_train=128, num_val=8, num_test=48, image_size=32)
+  )
+  with pytest.raises(UserError) as error:
+    trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  message = str(error.value)
+  assert 'train: 96 records, 96 captions in 2 shard(s) then, 128 records' in message
+  assert f'--config.init_from={tmp_path / "run"}' in message
+  assert not helpers.training_rows(tmp_path / 'run')
+
+
 def test_resuming_with_a_longer_run_and_a_new_learning_rate_lists_them_and_trains_on(
   trained_run, tmp_path, capsys
 ):
