@@ -140,4 +140,10 @@ def prepared_max_side(data_config) -> int:
       info = records.read_dataset_info(data_config.dir)
   except (FileNotFoundError, UserError):
     return ingest.DEFAULT_MAX_SIDE
+  return max_side_of(info)
+
+
+def max_side_of(info: dict) -> int:
+  """The longest side a dataset's info says its images were stored at (prepare's
+  --max_side; the default for formats that take none)."""
   return int(info.get('max_side', ingest.DEFAULT_MAX_SIDE))

@@ -347,18 +347,23 @@ def unpaired_shares(data_config) -> dict[str, float]:
 
 
 def training_data(data_config, info: dict) -> dict:
-  """{split: {'count', 'captions', 'files'}} of the splits training reads, from the
-  dataset's info: what a checkpoint's data position indexes into, saved with it so that a
-  resume on other data (re-prepared in the same directory) is refused. Where the data lives
-  is not part of it: the same dataset may be staged elsewhere."""
+  """What a checkpoint's data position indexes into, from the dataset's info: 'splits'
+  ({split: {'count', 'captions', 'files'}} of the splits training reads) and 'max_side' (the
+  longest side its images were stored at, which a model's inputs are read at too). Saved with
+  each checkpoint, so that a resume on other data (prepared anew in the same directory) is
+  refused, and a model reads its inputs as it trained even where its data is gone. Where the
+  data lives is not part of it: the same dataset may be staged elsewhere."""
   splits = [data_config.train_split]
   splits += [
     records.unpaired_split(data_config.train_split, k) for k in unpaired_shares(data_config)
   ]
   entries = info.get('splits', {})
   return {
-    split: {k: entries.get(split, {}).get(k) for k in ('count', 'captions', 'files')}
-    for split in splits
+    'splits': {
+      split: {k: entries.get(split, {}).get(k) for k in ('count', 'captions', 'files')}
+      for split in splits
+    },
+    'max_side': image_lib.max_side_of(info),
   }
 
 

@@ -95,6 +95,7 @@ def from_workdir(path, step: int | None = None, decoders: bool = False) -> Loade
           k: v for k, v in wanted['params'].items() if k in tables.EXPORTED_PARAMS
         }
       variables = checkpointer.restore_variables(step, wanted)
+      trained_on = checkpointer.restore_dataset(step)
     except checkpointing.CorruptCheckpoint as e:
       older = [s for s in steps if s < step]
       raise UserError(
@@ -110,7 +111,8 @@ def from_workdir(path, step: int | None = None, decoders: bool = False) -> Loade
       ) from e
   finally:
     checkpointer.close()
-  max_side = images.prepared_max_side(config.data)
+  # Recorded with the checkpoint since it was; older ones look it up in their dataset.
+  max_side = trained_on['max_side'] if trained_on else images.prepared_max_side(config.data)
   return Loaded(config, variables, step, path, 'workdir', max_side)
 
 

@@ -456,21 +456,23 @@ def check_same_data(saved: dict | None, current: dict, data_dir: str, where: str
     return f'{entry["count"]} records, {entry.get("captions")} captions{shards}'
 
   def change(split):
-    old, new = describe(saved.get(split)), describe(current.get(split))
+    old, new = describe(saved['splits'].get(split)), describe(current['splits'].get(split))
     if old == new:
       return f'{split}: {old}, but other shard files'
     return f'{split}: {old} then, {new} now'
 
-  splits = sorted(saved.keys() | current.keys())
-  listing = '; '.join(change(s) for s in splits if saved.get(s) != current.get(s))
+  splits = sorted(saved['splits'].keys() | current['splits'].keys())
+  changes = [change(s) for s in splits if saved['splits'].get(s) != current['splits'].get(s)]
+  if saved['max_side'] != current['max_side']:
+    changes.append(f'images stored at max_side {saved["max_side"]} then, {current["max_side"]} now')
   workdir = Path(where).parent.parent
   raise UserError(
     f'The training data in {data_dir} is not the data the checkpoint at {where} was trained '
-    f"on ({listing}). The checkpoint's data position "
-    "counts records in the old data's order, so resuming would repeat some and skip others. "
-    'To resume, point --config.data.dir at the data it was trained on; to train this model '
-    f'on the new data, start a new run in a fresh --workdir with --config.init_from={workdir} '
-    '(its schedule and optimizer state start afresh).'
+    f"on ({'; '.join(changes)}). The checkpoint's data position counts records in the old "
+    "data's order, so resuming would repeat some and skip others. To resume, point "
+    '--config.data.dir at the data it was trained on; to train this model on the new data, '
+    f'start a new run in a fresh --workdir with --config.init_from={workdir} (its schedule '
+    'and optimizer state start afresh).'
   )
 
 

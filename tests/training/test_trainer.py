@@ -495,19 +495,26 @@ def test_a_locked_image_tower_keeps_the_batchnorm_statistics_it_trained_on(
     np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
 
 
-def test_a_relative_data_dir_is_saved_absolute_so_the_run_loads_from_anywhere(
+def test_a_run_loads_from_anywhere_and_reads_inputs_at_its_datas_size_once_that_is_gone(
   tiny_config, tmp_path, monkeypatch
 ):
+  from medclip_jax.interop import export  # pylint: disable=import-outside-toplevel
   from medclip_jax.interop import load  # pylint: disable=import-outside-toplevel
 
   config = tiny_config()
-  data = Path(config.data.dir)
-  monkeypatch.chdir(data.parent)
-  config.data.dir = data.name  # as the shipped configs give it: relative
+  data = tmp_path / 'data'
+  shutil.copytree(config.data.dir, data)
+  info = json.loads((data / 'dataset_info.json').read_text())
+  (data / 'dataset_info.json').write_text(json.dumps({**info, 'max_side': 48}))  # prepared at 48
+  monkeypatch.chdir(tmp_path)
+  config.data.dir = 'data'  # as the shipped configs give it: relative
   config.train.steps, config.eval.bn_recompute_batches = 2, 0
   trainer.train_and_evaluate(config, str(tmp_path / 'run'))
-  monkeypatch.chdir(tmp_path)
+  monkeypatch.chdir(tmp_path / 'run')
   assert load.load(tmp_path / 'run').config.data.dir == str(data)
+  shutil.rmtree(data)  # moved, deleted, or the workdir copied to another machine
+  assert load.load(tmp_path / 'run').max_side == 48
+  assert load.load(export.export(str(tmp_path / 'run'), str(tmp_path / 'out'))).max_side == 48
 
 
 def test_training_on_label_text_reports_truncated_texts(tiny_config, tmp_path, capsys):
