@@ -69,10 +69,29 @@ def fingerprint(
 
 
 def as_list(items) -> tuple[list, bool]:
-  """(items as a list, whether a single item was given)."""
+  """(items as a list, whether a single item was given). A list, a tuple or a 1-D array
+  (or pandas Series) of strings or objects (paths, texts, images) holds several; anything
+  else (a path, a text, a PIL image, an image array) is one."""
+  if _is_string_vector(items):
+    return items.tolist(), False
   if isinstance(items, (list, tuple)):
     return list(items), False
   return [items], True
+
+
+def _is_string_vector(items) -> bool:
+  dtype = getattr(items, 'dtype', None)
+  return dtype is not None and dtype.kind in ('U', 'S', 'O') and getattr(items, 'ndim', 0) == 1
+
+
+def _names(items, what: str) -> list:
+  """`items` (a list, tuple, 1-D array or Series; None for none) as a list, or a UserError for
+  one string given for a list of `what`."""
+  if isinstance(items, str):
+    raise UserError(f'Give the {what} as a list, not one string ({items!r}).')
+  if items is None:
+    return []
+  return items.tolist() if _is_string_vector(items) else list(items)
 
 
 def read_image(image, size: int, max_side: int) -> np.ndarray:
@@ -121,7 +140,8 @@ def read_bank(bank) -> list[str]:
 def check_templates(templates) -> list[str]:
   """The zero-shot `templates` (default: the class name itself), or a UserError for one that
   does not hold exactly one '{}', where `zero_shot` puts each class name."""
-  templates = list(templates or ['{}'])
+  templates = [templates] if isinstance(templates, str) else _names(templates, 'templates')
+  templates = templates or ['{}']
   for template in templates:
     try:
       names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
@@ -144,7 +164,7 @@ def check_classes(class_names) -> list[str]:
       f'zero_shot takes a list of class names, not one string ({class_names!r}): e.g. '
       "['CT', 'MRI']."
     )
-  class_names = list(class_names or [])
+  class_names = _names(class_names, 'class names')
   if not class_names:
     raise UserError('zero_shot needs at least one class name.')
   if any(not str(c).strip() for c in class_names):
@@ -159,10 +179,10 @@ def check_classes(class_names) -> list[str]:
 
 
 def check_top_k(top_k: int) -> int:
-  """`top_k`, or a UserError if it asks for no results."""
-  if top_k < 1:
-    raise UserError(f'top_k is {top_k}: ask for 1 or more results.')
-  return top_k
+  """`top_k`, or a UserError if it is not a whole number of results, 1 or more."""
+  if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+    raise UserError(f'top_k is {top_k!r}: ask for a whole number of results, 1 or more.')
+  return int(top_k)
 
 
 def index_target(directory) -> Path:
@@ -372,11 +392,15 @@ class Retrieval:
 
   def search(self, text, index, top_k: int = 5):
     """The `top_k` images of `index` (an Index, its directory, or a list of images) nearest
-    `text`: [(id, source, similarity), ...]."""
+    `text`: [(id, source, similarity), ...]; for a list of texts, one such list each."""
+    texts, single = as_list(text)
     check_top_k(top_k)
     index = self._as_index(index)
-    scores = index.embeddings @ self.encode_texts([text])[0]
-    return [(index.ids[j], index.sources[j], float(scores[j])) for j in best(scores, top_k)]
+    scores = self.encode_texts(texts) @ index.embeddings.T
+    out = [
+      [(index.ids[j], index.sources[j], float(row[j])) for j in best(row, top_k)] for row in scores
+    ]
+    return out[0] if single else out
 
   def index(self, images, ids=None, sources=None, progress=None, on_unreadable=None) -> Index:
     """An Index of `images`; ids and sources default to their paths (or positions);

@@ -100,6 +100,8 @@ def split_images(data: str, split: str, limit: int = 0) -> tuple[list[bytes], li
   """(image bytes, record ids, sources 'DIR:split:index') of a prepared split."""
   from medclip_jax.data import records  # pylint: disable=import-outside-toplevel
 
+  if limit < 0:
+    raise UserError(f'--limit={limit} is not a number of records: give 0 (all) or more.')
   rows = list(records.read_records(_split_files(data, split, 'split')))
   rows = rows[:limit] if limit else rows
   if not rows:

@@ -290,15 +290,39 @@ def test_an_index_needs_an_id_and_a_source_for_each_image(models, test_split):
     models['workdir'].index([str(f) for f in files[:3]], ids=['a', 'b'])
 
 
-def test_top_k_below_one_is_a_user_error(models, test_split):
+def test_top_k_below_one_or_not_whole_is_a_user_error(models, test_split):
   files, captions, _ = test_split
   model = models['workdir']
   assert len(model.caption(str(files[0]), captions, top_k=1)) == 1
-  for top_k in (0, -1):
-    with pytest.raises(UserError, match=f'top_k is {top_k}: ask for 1 or more results'):
+  assert len(model.caption(str(files[0]), captions, top_k=np.int64(2))) == 2
+  for top_k in (0, -1, 1.5):
+    expected = f'top_k is {top_k}: ask for a whole number of results, 1 or more'
+    with pytest.raises(UserError, match=re.escape(expected)):
       model.caption(str(files[0]), captions, top_k=top_k)
-    with pytest.raises(UserError, match=f'top_k is {top_k}: ask for 1 or more results'):
+    with pytest.raises(UserError, match=re.escape(expected)):
       model.search('CT', [str(f) for f in files[:4]], top_k=top_k)
+
+
+def test_texts_paths_classes_and_templates_come_as_lists_arrays_or_one_string(models, test_split):
+  files, _, _ = test_split
+  paths = [str(f) for f in files[:4]]
+  classes = ['CT', 'MRI', 'X-ray']
+  for model in (models['workdir'], models['torch']):
+    # Several queries rank each alone (a list is not one sentence pair).
+    queries = ['CT of the pelvis.', 'MRI of the knee.']
+    together = model.search(queries, paths, top_k=2)
+    for found, alone in zip(together, [model.search(q, paths, 2) for q in queries], strict=True):
+      assert [f[:2] for f in found] == [a[:2] for a in alone]
+      assert [f[2] for f in found] == pytest.approx([a[2] for a in alone], abs=1e-5)
+    assert model.search(np.array(queries), paths, 2) == together
+    # Class names and paths from NumPy or pandas (e.g. df.label.unique()).
+    expected = model.zero_shot(paths, classes, ['{} image.'])
+    np.testing.assert_allclose(
+      model.zero_shot(np.array(paths), np.array(classes, dtype=object), '{} image.'),
+      expected,
+      atol=1e-6,
+    )
+    np.testing.assert_allclose(model.encode_texts(np.array(queries)), model.encode_texts(queries))
 
 
 def _small_index():

@@ -191,7 +191,8 @@ def _bad_file(paths, name, data):
     ('inputs before the model', 'holds no PNG, JPEG or DICOM files'),
     ('template without a class', r"template 'axial scan' must hold '\{\}' once"),
     ('template naming a label', r"template '\{\} of the \{body_part\}\.' must hold '\{\}' once"),
-    ('top_k below 1', 'top_k is -1: ask for 1 or more results'),
+    ('top_k below 1', 'top_k is -1: ask for a whole number of results, 1 or more'),
+    ('negative limit', r'--limit=-1 is not a number of records: give 0 \(all\) or more'),
     ('index where a file stands', r'Cannot write an index to .*taken: .*taken is a file'),
     ('incomplete index', r'The embedding index in .*no_items is incomplete \(no items\.jsonl\)'),
     ('split the data lacks', r"has no 'valid' split \(its splits with records: test, train, val\)"),
@@ -259,6 +260,8 @@ def test_a_user_error_is_one_paragraph_and_exit_2(paths, capsys, case, expected)
       '--split=valid',
       f'--out={paths["root"]}/y',
     ]
+  elif case == 'negative limit':
+    args = ['embed', model, f'--data={paths["data"]}', '--limit=-1', f'--out={paths["root"]}/l']
   elif case == 'repeated class':
     args = ['zeroshot', no_model, image, '--classes=CT,MRI,CT']
   elif case == 'misspelt command':
