@@ -26,8 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.mesh = {'data': -1, 'fsdp': 1}
   config.fsdp_min_size = 2**16
   # Start from a trained model: a training workdir or an export directory. Its
-  # weights (not its optimizer state or step) initialise the run; the model's
-  # sizes must match. python -m medclip_jax.compare sets it.
+  # weights (not its optimizer state or step) initialise the run, in place of
+  # config.model.*.init's; the model's sizes must match. python -m
+  # medclip_jax.compare sets it.
   config.init_from = ''
 
   config.data = ml_collections.ConfigDict()
@@ -122,8 +123,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.image.remat = 'none'
   config.model.text = ml_collections.ConfigDict()
   # '' (random) or 'hf:/path/to/bert_dir' (config.json + model.safetensors or
-  # pytorch_model.bin). With a checkpoint, the sizes below and
-  # config.data.tokenizer are taken from that directory.
+  # pytorch_model.bin; BertModel or any BertFor*). With a checkpoint, the sizes
+  # below (not dropout_rate) and config.data.tokenizer are taken from that
+  # directory, whose tokenizer files it needs.
   config.model.text.init = ''
   config.model.text.vocab_size = 30522
   config.model.text.hidden_size = 768

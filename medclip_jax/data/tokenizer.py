@@ -43,7 +43,9 @@ def load(spec: str):
       f'No tokenizer found in {path} (config.data.tokenizer = {spec!r}): the '
       'directory needs tokenizer.json or vocab.txt, as written by a Hugging '
       f'Face model. Point config.data.tokenizer at such a directory, or use '
-      f'{BUNDLED_MINILM!r} for the vocabulary shipped with the project.'
+      f'{BUNDLED_MINILM!r} for the vocabulary shipped with the project. A text tower '
+      "from config.model.text.init='hf:DIR' uses DIR's own tokenizer: copy the tokenizer "
+      'files of the model it was trained from into DIR.'
     )
   # The class the directory names, which AutoTokenizer would pick too: AutoTokenizer's
   # config classes import PyTorch where it is installed, about 280 MB and 1.2 s in every

@@ -158,6 +158,7 @@ def hf_bert_config(directory) -> dict:
     raise UserError(
       f'{path} is missing or is not JSON: a Hugging Face model directory has one.'
     ) from e
+  hf = {**tables.HF_BERT_DEFAULTS, **hf}
   problems = []
   if hf.get('model_type') != 'bert':
     problems.append(f"model_type is {hf.get('model_type')!r}, not 'bert'")
@@ -218,16 +219,25 @@ def resolve_pretrained_config(config) -> None:
   """Takes the text tower's sizes and tokenizer from `config.model.text.init`.
 
   A pretrained BERT fixes its architecture and vocabulary, so those config
-  fields are overwritten (in place) by the checkpoint's config.json. The
-  tokenizer is named as the init names it: the bundled MiniLM by its name, not
-  by where this machine installed it, so that a saved config resumes elsewhere.
+  fields are overwritten (in place) by the checkpoint's config.json; its dropout
+  is a training setting, which the config keeps. The tokenizer is named as the
+  init names it: the bundled MiniLM by its name, not by where this machine installed
+  it, so that a saved config resumes elsewhere; a directory by its absolute path (made
+  so here), so that the run's model loads from any working directory.
   """
+  from medclip_jax.data import tokenizer  # pylint: disable=import-outside-toplevel
+
   directory = text_init_dir(config)
   if directory is None:
     return
   for key, value in hf_bert_config(directory).items():
-    config.model.text[key] = value
-  config.data.tokenizer = config.model.text.init.partition(':')[2]
+    if key != 'dropout_rate':
+      config.model.text[key] = value
+  location = config.model.text.init.partition(':')[2]
+  if location != tokenizer.BUNDLED_MINILM:
+    location = str(Path(location).absolute())
+    config.model.text.init = f'hf:{location}'
+  config.data.tokenizer = location
 
 
 def load_pretrained(config, params, batch_stats) -> tuple[dict, dict]:

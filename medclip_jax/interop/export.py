@@ -53,6 +53,7 @@ def export(workdir: str, out: str, step: int | None = None) -> Path:
   loaded = load.from_workdir(workdir, step)
   config = loaded.config
   params, batch_stats = loaded.variables['params'], loaded.variables['batch_stats']
+  tokenizer = tokenizer_lib.load(config.data.tokenizer)  # before anything is written
 
   text_dir = out / tables.EXPORT_FILES['text_encoder']
   text_dir.mkdir(parents=True, exist_ok=True)
@@ -64,7 +65,7 @@ def export(workdir: str, out: str, step: int | None = None) -> Path:
     convert.bert_to_hf(params['text_encoder']), text_dir / tables.HF_WEIGHT_FILES[0]
   )
   hf_bert_config(config.model.text).save_pretrained(str(text_dir))
-  tokenizer_lib.load(config.data.tokenizer).save_pretrained(str(text_dir))
+  tokenizer.save_pretrained(str(text_dir))
   heads = {}
   for key, name in tables.HEADS.items():
     if key in params:  # logit_bias only with the sigmoid objective

@@ -28,8 +28,12 @@ HF_TO_TEXT = {
 # (the export writes the first).
 HF_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
 # Hugging Face state-dict keys with no counterpart in our BERT: the pooler (we
-# pool ourselves), the position-id buffer, and the heads of BertFor* models.
-HF_BERT_IGNORED = ('pooler.', 'embeddings.position_ids', 'cls.')
+# pool ourselves), the position-id buffer, and the heads of BertFor* models (pre-training
+# and masked LM; sequence, token and multiple-choice classification; question answering).
+HF_BERT_IGNORED = ('pooler.', 'embeddings.position_ids', 'cls.', 'classifier.', 'qa_outputs.')
+# transformers' BertConfig defaults for the config.json fields that BERTs converted from
+# Google's original release lack (as transformers reads such a config.json).
+HF_BERT_DEFAULTS = {'model_type': 'bert', 'layer_norm_eps': 1e-12}
 # torchvision keys with no counterpart in an encoder without a classifier.
 TORCHVISION_RESNET_IGNORED = ('fc.',)
 

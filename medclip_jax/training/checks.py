@@ -408,7 +408,16 @@ def check_resume(saved: dict, config, where: str) -> str | None:
   """
   old, new = _flat(saved), _flat(json.loads(config.to_json_best_effort()))
   changed = sorted(k for k in old.keys() | new.keys() if _value(old, k) != _value(new, k))
-  fixed = [k for k in changed if k.startswith(_FIXED_ON_RESUME) and k not in _FREE_KEYS]
+  fixed = [
+    k
+    for k in changed
+    if k.startswith(_FIXED_ON_RESUME)
+    and k not in _FREE_KEYS
+    # A pretrained text tower's tokenizer is its init directory: staged elsewhere, both move.
+    and not (
+      k == 'data.tokenizer' and _tokenizer_is_text_init(old) and _tokenizer_is_text_init(new)
+    )
+  ]
   free = [k for k in changed if k not in fixed]
 
   def listing(keys, sep):
@@ -474,6 +483,11 @@ def check_same_data(saved: dict | None, current: dict, data_dir: str, where: str
     f'start a new run in a fresh --workdir with --config.init_from={workdir} (its schedule '
     'and optimizer state start afresh).'
   )
+
+
+def _tokenizer_is_text_init(flat: dict) -> bool:
+  init = str(_value(flat, 'model.text.init') or '')
+  return bool(init) and init.partition(':')[2] == _value(flat, 'data.tokenizer')
 
 
 def _value(flat: dict, key: str):

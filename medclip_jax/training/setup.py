@@ -104,6 +104,14 @@ class Setup:
         'has no mask token ([MASK]) to hide entities with; use a BERT tokenizer, or switch '
         'EntMLM off (--config.objectives.entmlm=0).'
       )
+    if len(tokenizer) > config.model.text.vocab_size and config.model.text.init:
+      raise UserError(
+        f'The tokenizer in {tokenizer_lib.resolve(config.data.tokenizer)} has '
+        f'{len(tokenizer)} tokens but the checkpoint config.model.text.init names has '
+        f"embeddings for {config.model.text.vocab_size} (its config.json's vocab_size): "
+        'its added tokens have no embedding. Put the tokenizer the checkpoint was trained '
+        'with beside it.'
+      )
     if len(tokenizer) > config.model.text.vocab_size:
       raise UserError(
         f'The tokenizer in {tokenizer_lib.resolve(config.data.tokenizer)} has '
@@ -137,7 +145,7 @@ class Setup:
 
   def init_state(self) -> state_lib.TrainState:
     """The step-0 state, each array created in its sharding; with the weights of
-    `config.init_from` (a trained model) and pretrained towers (`config.model.*.init`)."""
+    `config.init_from` (a trained model), else of pretrained towers (`config.model.*.init`)."""
     state = jax.jit(
       lambda r: state_lib.create(self.model, self.objectives, self.tx, self.config, r),
       out_shardings=self.state_shardings,
@@ -145,7 +153,8 @@ class Setup:
     params, batch_stats = {}, {}
     if self.config.init_from:
       params, batch_stats = self._trained_weights(self.config.init_from)
-    if self.config.model.image.init or self.config.model.text.init:
+    # A trained model's towers replace the pretrained ones it started from.
+    if (self.config.model.image.init or self.config.model.text.init) and not self.config.init_from:
       towers, tower_stats = convert.load_pretrained(
         self.config, self.abstract_state.params, self.abstract_state.batch_stats
       )

@@ -125,7 +125,7 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
     state = setup.init_state()
     if config.init_from:
       reporter.info(f'initialised from the model in {config.init_from}')
-    if config.model.image.init or config.model.text.init:
+    elif config.model.image.init or config.model.text.init:
       reporter.info(
         f'initialised from {config.model.image.init or "(random image tower)"} and '
         f'{config.model.text.init or "(random text tower)"}'

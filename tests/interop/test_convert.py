@@ -2,6 +2,7 @@
 pretrained towers named in the config."""
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -165,6 +166,50 @@ def test_import_errors_name_the_problem(tmp_path, minilm):
   }
   with pytest.raises(UserError, match='embeddings.word_embeddings.weight: checkpoint'):
     convert.bert_from_hf(shrunk, params)
+
+
+def test_fine_tuned_berts_and_configs_from_googles_release_are_read(tmp_path, minilm):
+  _, _, params = minilm
+  tensors = convert.bert_to_hf(params)
+  heads = {  # BertForSequenceClassification's and BertForQuestionAnswering's heads
+    'classifier.weight': np.zeros((2, 384), np.float32),
+    'qa_outputs.bias': np.zeros(2, np.float32),
+  }
+  back = convert.bert_from_hf({f'bert.{k}': v for k, v in {**tensors, **heads}.items()}, params)
+  for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params), strict=True):
+    np.testing.assert_array_equal(a, b)
+  # Google's bert_config.json fields only: no model_type, no layer_norm_eps.
+  hf = json.loads((MINILM / 'config.json').read_text())
+  google = {k: v for k, v in hf.items() if k not in ('model_type', 'layer_norm_eps')}
+  (tmp_path / 'config.json').write_text(json.dumps(google))
+  assert convert.hf_bert_config(tmp_path) == convert.hf_bert_config(MINILM)
+
+
+def test_a_relative_bert_directory_is_saved_absolute_and_dropout_stays_the_configs(
+  tiny_config, monkeypatch
+):
+  config = tiny_config()
+  monkeypatch.chdir(MINILM.parent)
+  config.model.text.init = f'hf:{MINILM.name}'
+  config.model.text.dropout_rate = 0.0
+  convert.resolve_pretrained_config(config)
+  assert config.model.text.init == f'hf:{MINILM}' and config.data.tokenizer == str(MINILM)
+  assert config.model.text.dropout_rate == 0.0 and config.model.text.hidden_size == 384
+
+
+def test_a_bert_directory_whose_tokenizer_outgrew_its_embeddings_says_so(tiny_config, tmp_path):
+  from medclip_jax.training.setup import Setup  # pylint: disable=import-outside-toplevel
+
+  bert = tmp_path / 'bert'
+  shutil.copytree(MINILM, bert)
+  tokenizer = tokenizer_lib.load(str(bert))
+  tokenizer.add_tokens(['pneumothorax', 'cardiomegaly'])
+  tokenizer.save_pretrained(str(bert))
+  config = tiny_config()
+  config.model.text.init = f'hf:{bert}'
+  with pytest.raises(UserError, match='its added tokens have no embedding') as error:
+    Setup.create(config)
+  assert 'vocab_size to' not in str(error.value)  # the init would overwrite it
 
 
 def test_config_init_takes_text_tower_size_tokenizer_and_weights_from_the_directory(

@@ -312,6 +312,32 @@ def test_a_run_on_the_bundled_minilm_resumes_where_it_is_installed_elsewhere(
   assert checks.check_resume(older, resolved(), '/runs/a/checkpoints/12') is None
 
 
+def test_a_run_on_a_bert_directory_staged_elsewhere_resumes_with_its_new_path(
+  tiny_config, monkeypatch, tmp_path
+):
+  def resolved(where):
+    config = tiny_config()
+    config.model.text.init = f'hf:{where}'
+    convert.resolve_pretrained_config(config)
+    return config
+
+  for site in ('site_a', 'site_b'):
+    shutil.copytree(tokenizer_lib.bundled_minilm_dir(), tmp_path / site)
+  monkeypatch.chdir(tmp_path)
+  saved = json.loads(resolved('site_a').to_json_best_effort())  # relative, saved absolute
+  assert saved['data']['tokenizer'] == str(tmp_path / 'site_a')
+  assert checks.check_resume(saved, resolved(str(tmp_path / 'site_b')), '/runs/a/12') == (
+    'resuming with settings changed since the checkpoint: '
+    f"data.tokenizer: '{tmp_path / 'site_a'}' -> '{tmp_path / 'site_b'}', "
+    f"model.text.init: 'hf:{tmp_path / 'site_a'}' -> 'hf:{tmp_path / 'site_b'}'"
+  )
+  # Another tokenizer for the same tower is another model.
+  other = resolved('site_a')
+  other.data.tokenizer = str(tmp_path / 'site_b')
+  with pytest.raises(UserError, match='data.tokenizer'):
+    checks.check_resume(saved, other, '/runs/a/12')
+
+
 def test_resuming_with_a_frozen_text_tower_says_why_instead_of_listing_arrays(
   trained_run, tmp_path
 ):

@@ -1,10 +1,11 @@
-"""The set-up: a run can start from the weights of a trained model (config.init_from); a locked
-tower runs in inference mode."""
+"""The set-up: a run can start from the weights of a trained model (config.init_from, over
+pretrained towers); a locked tower runs in inference mode."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from medclip_jax.errors import UserError
 from medclip_jax.training import checkpointing
@@ -24,6 +25,28 @@ def test_init_from_takes_a_trained_models_weights_not_its_optimizer_or_step(trai
   for a, b in zip(jax.tree.leaves(state.batch_stats), jax.tree.leaves(trained.batch_stats)):
     np.testing.assert_array_equal(a, b)
   assert all(float(np.abs(x).max()) == 0 for x in jax.tree.leaves(state.opt_state) if x.size > 1)
+
+
+def test_init_from_takes_its_towers_over_the_pretrained_ones_the_config_names(
+  trained_run, tmp_path
+):
+  from medclip_jax.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  from medclip_jax.interop import convert, export  # pylint: disable=import-outside-toplevel
+
+  config, workdir, _ = trained_run
+  trained = restore_on_one_device(config, checkpointing.Checkpointer(str(workdir), keep=3), 12)
+  # A pretrained text tower of the same sizes (an untrained one), as a Hugging Face directory.
+  pretrained = tmp_path / 'bert'
+  untrained = Setup.create(config.copy_and_resolve_references()).init_state().params['text_encoder']
+  pretrained.mkdir()
+  save_file(convert.bert_to_hf(untrained), str(pretrained / 'model.safetensors'))
+  export.hf_bert_config(config.model.text).save_pretrained(str(pretrained))
+  tokenizer_lib.load(config.data.tokenizer).save_pretrained(str(pretrained))
+  fresh = config.copy_and_resolve_references()
+  fresh.init_from, fresh.model.text.init = str(workdir), f'hf:{pretrained}'
+  state = Setup.create(fresh).init_state()
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(trained.params), strict=True):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_init_from_a_model_of_other_sizes_is_a_user_error(trained_run):
