@@ -49,8 +49,9 @@ def read_tensors(path) -> dict[str, np.ndarray]:
   return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
 
 
-def _check(expected: dict, tensors: dict, ignored: tuple, what: str) -> dict:
-  """Tensors named as expected with the expected shapes, or a UserError listing the differences."""
+def _check(expected: dict, tensors: dict, ignored: tuple, what: str, hint: str = '') -> dict:
+  """Tensors named as expected with the expected shapes, or a UserError listing the differences
+  (then `hint`, the config fields that set the model's shapes)."""
   given = {
     k: v for k, v in tensors.items() if not k.startswith(ignored) and 'num_batches_tracked' not in k
   }
@@ -72,6 +73,7 @@ def _check(expected: dict, tensors: dict, ignored: tuple, what: str) -> dict:
       + listing('missing', missing)
       + listing('unexpected', unexpected)
       + listing('wrong shape', wrong)
+      + (f'\n{hint}' if hint else '')
     )
   return given
 
@@ -104,7 +106,12 @@ def resnet_from_torchvision(tensors: dict, params, batch_stats) -> tuple[dict, d
     for k, (col, path) in names.items()
   }
   given = _check(
-    expected, tensors, tables.TORCHVISION_RESNET_IGNORED, 'torchvision ResNet checkpoint'
+    expected,
+    tensors,
+    tables.TORCHVISION_RESNET_IGNORED,
+    'torchvision ResNet checkpoint',
+    hint='Set config.model.image.depth (18, 34, 50 or 101) and config.model.image.width (64 '
+    "for torchvision's ResNets) to the checkpoint's.",
   )
   out = {'params': {}, 'batch_stats': {}}
   for key, (col, path) in names.items():
