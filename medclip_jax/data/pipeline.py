@@ -434,12 +434,21 @@ def _read_options(data_config, workers: int = 0):
 _MAX_AUTO_WORKERS = 16
 
 
-def available_cores() -> int:
-  """The CPU cores this process may run on (its CPU affinity, where the OS keeps one)."""
+def available_cores(cpu_max: str = '/sys/fs/cgroup/cpu.max') -> int:
+  """The CPU cores this process may run on: its CPU affinity (where the OS keeps one), at
+  most its container's CPU quota (cgroup v2's `cpu.max`, as `docker --cpus` and Kubernetes'
+  CPU limits set it), rounded up."""
   try:
-    return len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0))
   except AttributeError:  # macOS
-    return os.cpu_count() or 1
+    cores = os.cpu_count() or 1
+  try:
+    quota, period = Path(cpu_max).read_text().split()[:2]
+    if quota != 'max':
+      cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+  except (OSError, ValueError):  # no cgroup v2 here, or a line it cannot parse
+    pass
+  return cores
 
 
 def worker_count(workers: int, cores: int | None = None) -> int:

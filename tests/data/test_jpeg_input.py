@@ -3,6 +3,7 @@ the image it would store, training decodes large JPEGs at reduced size for its c
 evaluation in full), and worker processes scale with the cores, resuming at any count."""
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -150,6 +151,15 @@ def test_auto_workers_scale_with_cores_and_leave_small_machines_in_process():
   assert pipeline.worker_count(0, 64) == 0 and pipeline.worker_count(5, 2) == 5
   with pytest.raises(UserError, match=r'config\.data\.workers=-2.*-1 \(auto'):
     pipeline.worker_count(-2)
+
+
+def test_a_containers_cpu_quota_bounds_the_cores_auto_workers_count(tmp_path, monkeypatch):
+  monkeypatch.setattr(os, 'sched_getaffinity', lambda _: set(range(64)), raising=False)
+  cpu_max = tmp_path / 'cpu.max'
+  for line, cores in [('max 100000', 64), ('250000 100000', 3), ('50000 100000', 1)]:
+    cpu_max.write_text(line + '\n')
+    assert pipeline.available_cores(str(cpu_max)) == cores, line
+  assert pipeline.available_cores(str(tmp_path / 'none')) == 64  # no cgroup v2
 
 
 def _batches(data_dir, workers, text_features=None):
