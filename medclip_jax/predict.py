@@ -123,11 +123,23 @@ def _bank(FLAGS) -> list[str] | str:
   return [c for r in records.read_records(files) for c in records.captions(r)]
 
 
+def _not_both(FLAGS, first: str, second: str, command: str) -> None:
+  """A UserError where two flags that each name the command's input are both given (the
+  command would use one and ignore the other)."""
+  if FLAGS[first].present and FLAGS[second].present:
+    raise UserError(
+      f'predict {command} takes --{first} or --{second}, not both: give the one to use.'
+    )
+
+
 def _inputs(command: str, FLAGS, inference) -> dict:
   """What `command` works on, from its flags: checked and read before the model loads (which
   takes seconds), so that a missing flag, an empty folder or bank, a path that is no index, an
   index that could not be written or a bad template or --top_k is said at once."""
   if command == 'embed':
+    _not_both(FLAGS, 'images', 'data', command)
+    if FLAGS['limit'].present and not FLAGS.data:
+      raise UserError('predict embed --limit applies to --data (a prepared split) only.')
     target = inference.index_target(_require(FLAGS.out, 'out', command))
     if FLAGS.data:
       images, ids, sources = split_images(FLAGS.data, FLAGS.split, FLAGS.limit)
@@ -138,10 +150,12 @@ def _inputs(command: str, FLAGS, inference) -> dict:
   if command in ('caption', 'search'):
     inference.check_top_k(FLAGS.top_k)
   if command == 'caption':
+    _not_both(FLAGS, 'bank', 'bank_data', command)
     names = list(_require(FLAGS.image, 'image', command))
     return {'names': names, 'bank': inference.read_bank(_bank(FLAGS))}
   if command == 'search':
     text = _require(FLAGS.text, 'text', command)
+    _not_both(FLAGS, 'index', 'images', command)
     if FLAGS.index:
       return {'text': text, 'index': inference.Index.load(FLAGS.index)}
     folder = _require(FLAGS.images, 'index or --images', command)

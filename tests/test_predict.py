@@ -192,6 +192,10 @@ def _bad_file(paths, name, data):
     ('template without a class', r"template 'axial scan' must hold '\{\}' once"),
     ('template naming a label', r"template '\{\} of the \{body_part\}\.' must hold '\{\}' once"),
     ('top_k below 1', 'top_k is -1: ask for a whole number of results, 1 or more'),
+    ('two inputs', r'predict embed takes --images or --data, not both'),
+    ('two banks', r'predict caption takes --bank or --bank_data, not both'),
+    ('index and images', r'predict search takes --index or --images, not both'),
+    ('limit on a folder', r'predict embed --limit applies to --data \(a prepared split\) only'),
     ('negative limit', r'--limit=-1 is not a number of records: give 0 \(all\) or more'),
     ('index where a file stands', r'Cannot write an index to .*taken: .*taken is a file'),
     ('incomplete index', r'The embedding index in .*no_items is incomplete \(no items\.jsonl\)'),
@@ -260,6 +264,14 @@ def test_a_user_error_is_one_paragraph_and_exit_2(paths, capsys, case, expected)
       '--split=valid',
       f'--out={paths["root"]}/y',
     ]
+  elif case == 'two inputs':
+    args = ['embed', no_model, f'--images={paths["images"]}', f'--data={paths["data"]}']
+  elif case == 'two banks':
+    args = ['caption', no_model, image, f'--bank-data={paths["data"]}', '--bank=b.txt']
+  elif case == 'index and images':
+    args = ['search', no_model, '--text=CT', f'--images={paths["images"]}', '--index=i']
+  elif case == 'limit on a folder':
+    args = ['embed', no_model, f'--images={paths["images"]}', '--limit=3', '--out=o']
   elif case == 'negative limit':
     args = ['embed', model, f'--data={paths["data"]}', '--limit=-1', f'--out={paths["root"]}/l']
   elif case == 'repeated class':
