@@ -135,7 +135,8 @@ def make_train_step(model, objectives: dict, tx, schedule, mesh, config):
     metrics = {
       'loss': loss,
       **metrics,
-      'learning_rate': schedule(state.step),
+      # The rate the optimizer applies: its step count leaves out the skipped steps.
+      'learning_rate': schedule(state.step - state.skipped),
       'grad_norm': grad_norm,
       'logit_scale': jnp.exp(params['logit_scale']),
       'truncated_texts': jnp.sum(batch['truncated']),

@@ -18,6 +18,7 @@ from medclip_jax.errors import UserError
 from medclip_jax.evaluation import Evaluation
 from medclip_jax.evaluation import results as results_lib
 from medclip_jax.training import checkpointing
+from medclip_jax.training import optimizer
 from medclip_jax.training import preemption
 from medclip_jax.training import trainer
 from medclip_jax.training.setup import Setup
@@ -429,6 +430,11 @@ def test_a_non_finite_step_is_skipped_and_counted(tiny_config, tmp_path, monkeyp
   assert [rows[s]['skipped_steps'] for s in range(1, 6)] == [0, 0, 1, 0, 0]
   assert [rows[s]['skipped_total'] for s in range(1, 6)] == [0, 0, 1, 1, 1]
   assert rows[3]['loss'] is None and all(np.isfinite(rows[s]['loss']) for s in (1, 2, 4, 5))
+  # The schedule advances with the applied steps, and the logged rate is the one applied.
+  schedule = optimizer.learning_rate_schedule(config.train)
+  assert [rows[s]['learning_rate'] for s in range(1, 6)] == pytest.approx(
+    [float(schedule(n)) for n in (0, 1, 2, 2, 3)]
+  )
   checkpointer = checkpointing.Checkpointer(str(tmp_path), keep=10)
   before, after = (restore_on_one_device(config, checkpointer, s) for s in (2, 3))
   assert (int(before.step), int(before.skipped), int(after.step), int(after.skipped)) == (
