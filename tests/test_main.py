@@ -50,7 +50,7 @@ def test_warmup_longer_than_the_run_is_refused_before_anything_is_written(tmp_pa
   )
   assert result.returncode == 2
   assert 'Traceback' not in result.stdout + result.stderr
-  assert 'config.train.warmup_steps=40 is longer than the run' in result.stderr
+  assert 'config.train.warmup_steps=40 does not fit the run' in result.stderr
   assert '--config.train.warmup_steps=2' in result.stderr
   assert not workdir.exists()
 

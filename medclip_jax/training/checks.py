@@ -76,11 +76,7 @@ def check(config) -> None:
       'feature maps are padded at their edges.',
       stacklevel=2,
     )
-  if config.train.learning_rate < 0:
-    raise UserError(
-      f'config.train.learning_rate={config.train.learning_rate} is negative, which would climb '
-      'the loss instead of descending it: give a positive rate (e.g. 5e-4).'
-    )
+  _check_optimizer(config.train)
   _check_data_reading(config.data)
   low, high = (float(x) for x in config.data.crop_scale)
   if not 0 < low <= high <= 1:
@@ -128,11 +124,55 @@ def check(config) -> None:
   _check_sizes(config)
   _check_masked_modelling(config)
   steps, warmup = config.train.steps, config.train.warmup_steps
-  if warmup > steps:
+  if warmup < 0 or (warmup and warmup >= steps):
     raise UserError(
-      f'config.train.warmup_steps={warmup} is longer than the run (config.train.steps={steps}): '
-      'the learning rate would never reach config.train.learning_rate. Set '
+      f'config.train.warmup_steps={warmup} does not fit the run (config.train.steps={steps}): '
+      'the learning rate rises from 0 over that many steps to config.train.learning_rate, '
+      'which it would never reach. Set '
       f'--config.train.warmup_steps={steps // 10} (a tenth of the run is usual) or more steps.'
+    )
+
+
+def _check_optimizer(train) -> None:
+  """Settings that would make the optimizer climb the loss, or stop it learning."""
+  climbs = 'which would climb the loss instead of descending it'
+  if not train.learning_rate >= 0:
+    raise UserError(
+      f'config.train.learning_rate={train.learning_rate} is negative, {climbs}: give a '
+      'positive rate (e.g. 5e-4).'
+    )
+  if not train.end_learning_rate_factor >= 0:
+    raise UserError(
+      f'config.train.end_learning_rate_factor={train.end_learning_rate_factor} is negative: the '
+      f'cosine decay would end at a negative rate, {climbs}. Give 0 (decay to 0) to 1.'
+    )
+  negative = {g: m for g, m in dict(train.lr_multipliers).items() if not float(m) >= 0}
+  if negative:
+    raise UserError(
+      f'config.train.lr_multipliers {negative} are negative, {climbs} for those parameters: '
+      'give 0 (frozen) or more.'
+    )
+  if not train.grad_clip_norm > 0:
+    raise UserError(
+      f'config.train.grad_clip_norm={train.grad_clip_norm}: gradients are scaled to at most '
+      'this global norm, so 0 would stop all learning and a negative norm reverse it. Give a '
+      'positive norm (1.0 is usual; a very large one, e.g. 1e9, does not clip).'
+    )
+  if not train.weight_decay >= 0:
+    raise UserError(
+      f'config.train.weight_decay={train.weight_decay} is negative, which would grow the '
+      'weights instead of shrinking them: give 0 (none) or more (0.1 is usual).'
+    )
+  for name in ('adam_b1', 'adam_b2'):
+    if not 0 <= train[name] < 1:
+      raise UserError(
+        f"config.train.{name}={train[name]} must be in [0, 1): the decay of Adam's moving "
+        'average (0.9 and 0.98 are usual).'
+      )
+  if not train.adam_eps > 0:
+    raise UserError(
+      f"config.train.adam_eps={train.adam_eps} must be positive: it keeps Adam's update "
+      'finite where a gradient is 0 (1e-6 is usual).'
     )
 
 

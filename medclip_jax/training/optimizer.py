@@ -48,7 +48,14 @@ def _collapse(tree):
 
 def param_labels(config, params) -> dict:
   """The group of every parameter, as a prefix of the `params` tree holding group names."""
-  patterns = {name: re.compile(p) for name, p in dict(config.param_groups).items()}
+  patterns = {}
+  for name, pattern in dict(config.param_groups).items():
+    try:
+      patterns[name] = re.compile(pattern)
+    except re.error as e:
+      raise UserError(
+        f'config.train.param_groups.{name}={pattern!r} is not a regular expression ({e}).'
+      ) from e
   labels, unmatched, ambiguous = {}, [], []
   for path in traverse_util.flatten_dict(params):
     text = param_path(path)

@@ -27,6 +27,39 @@ BAD = {
     {'train.learning_rate': -0.1},
     r'config\.train\.learning_rate=-0\.1 is negative',
   ),
+  'a negative learning-rate multiplier': (
+    {'train.lr_multipliers.heads': -1.0},
+    r"config\.train\.lr_multipliers \{'heads': -1\.0\} are negative, which would climb",
+  ),
+  'a negative end of the decay': (
+    {'train.end_learning_rate_factor': -1.0},
+    r'config\.train\.end_learning_rate_factor=-1\.0 is negative',
+  ),
+  'gradients clipped to norm 0': (
+    {'train.grad_clip_norm': 0.0},
+    r'config\.train\.grad_clip_norm=0\.0: .* 0 would stop all learning',
+  ),
+  'a negative weight decay': (
+    {'train.weight_decay': -0.1},
+    r'config\.train\.weight_decay=-0\.1 is negative, which would grow the weights',
+  ),
+  "Adam's second moment not decaying": (
+    {'train.adam_b2': 1.0},
+    r'config\.train\.adam_b2=1\.0 must be in \[0, 1\)',
+  ),
+  'no Adam epsilon': ({'train.adam_eps': 0.0}, r'config\.train\.adam_eps=0\.0 must be positive'),
+  'a warmup as long as the run': (
+    {'train.warmup_steps': 12},
+    r'config\.train\.warmup_steps=12 does not fit the run \(config\.train\.steps=12\)',
+  ),
+  'a negative warmup': (
+    {'train.warmup_steps': -5},
+    r'config\.train\.warmup_steps=-5 does not fit the run',
+  ),
+  'a parameter group that is no regular expression': (
+    {'train.param_groups.heads': '(image|text)_projection/.*|(logit_bias'},
+    r"config\.train\.param_groups\.heads='\(image.*' is not a regular expression \(missing \)",
+  ),
   'crop scale above the whole image': (
     {'data.crop_scale': (1.5, 2.0)},
     r'config\.data\.crop_scale=\(1\.5, 2\.0\) must be \(low, high\) with 0 < low <= high <= 1',
