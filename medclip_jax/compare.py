@@ -18,6 +18,7 @@ label text, the data and the evaluators); other settings are refused.
 """
 
 import json
+import sys
 from pathlib import Path
 
 from absl import app
@@ -99,6 +100,7 @@ def compare(config, init: str, workdir: str) -> dict:
   # Imported here so that --help answers quickly.
   from medclip_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   from medclip_jax.interop import load  # pylint: disable=import-outside-toplevel
+  from medclip_jax.training import checks  # pylint: disable=import-outside-toplevel
   from medclip_jax.training import setup  # pylint: disable=import-outside-toplevel
   from medclip_jax.training import trainer  # pylint: disable=import-outside-toplevel
 
@@ -119,12 +121,23 @@ def compare(config, init: str, workdir: str) -> dict:
     config.data[field] = loaded.config.data[field]
   config.init_from = str(Path(init).absolute())
   config.train.steps = config.compare.steps
+  if config.train.warmup_steps >= config.compare.steps:
+    # A recipe's warmup is sized for its own run (medpix: 1,000 of 100,000 steps).
+    warmup = config.compare.steps // 10
+    print(
+      f'compare: the fine-tunes warm up over {warmup} steps, a tenth of their '
+      f'{config.compare.steps} (config.train.warmup_steps={config.train.warmup_steps} is '
+      'longer than they are)'
+    )
+    config.train.warmup_steps = warmup
   label_text = config.compare.label_text or (
     ', '.join(f'{{{field}}}' for field in sorted(info.get('labels', {}))) + '.'
   )
   checked = config.copy_and_resolve_references()
   checked.data.train_text = label_text
-  pipeline.describe_train_text(checked.data, info)  # a bad template stops here, before training
+  # A bad template or setting stops here, before the starting model is evaluated.
+  pipeline.describe_train_text(checked.data, info)
+  checks.check(checked)
 
   settings = {
     'init': config.init_from,
@@ -220,10 +233,32 @@ def _define_flags():
   flags.mark_flags_as_required(['config', 'init', 'workdir'])
 
 
+# Overrides compare would ignore: the starting model fixes these, and compare.steps the steps.
+_FROM_THE_MODEL = (
+  '--config.model.',
+  '--config.init_from',
+  '--config.train.steps',
+  *(f'--config.data.{f}' for f in ('tokenizer', 'image_size', 'mean', 'std', 'max_text_length')),
+)
+
+
+def ignored_overrides(argv) -> list[str]:
+  """The --config overrides on `argv` that compare would ignore."""
+  return [a.split('=')[0] for a in argv if a.startswith(_FROM_THE_MODEL)]
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   FLAGS = flags.FLAGS
+  ignored = ignored_overrides(sys.argv[1:])
+  if ignored:
+    raise UserError(
+      f'compare takes the model and what it reads (tokenizer, image size, mean, std, text '
+      f"length) from --init, and the fine-tunes' steps from config.compare.steps, so "
+      f'{", ".join(ignored)} would be ignored. Give another starting model with --init, or '
+      'the steps with --config.compare.steps.'
+    )
   try:
     rows = compare(FLAGS.config, FLAGS.init, FLAGS.workdir)
   except preemption.Preempted as e:

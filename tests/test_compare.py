@@ -25,6 +25,8 @@ def test_three_models_one_table_and_a_chart(trained_run, tiny_config, tmp_path, 
   assert 'zeroshot.body_part.top1' in lines[0] and 'retrieval.i2t.R@10' in lines[0]
   assert (tmp_path / 'compare.png').read_bytes()[:4] == b'\x89PNG'
   out = capsys.readouterr().out
+  # The recipe's warmup (2 steps) is as long as the fine-tunes: a tenth of them instead.
+  assert 'compare: the fine-tunes warm up over 0 steps, a tenth of their 2' in out
   # Both runs started from the model in init, and trained on their own text.
   assert out.count(f'initialised from the model in {init}') == 2
   assert 'training text: captions' in out
@@ -59,6 +61,21 @@ def test_three_models_one_table_and_a_chart(trained_run, tiny_config, tmp_path, 
   step = json.loads((tmp_path / 'compare.json').read_text())['init_step']
   with pytest.raises(UserError, match=f'moved on from step {step - 1} to step {step}'):
     compare._check_init_unchanged(str(init), step - 1)
+
+
+def test_overrides_the_starting_model_fixes_are_named_as_ignored():
+  argv = [
+    '--config=configs/demo.py',
+    '--config.model.embed_dim=64',
+    '--config.data.max_text_length=16',
+    '--config.data.dir=data/other',
+    '--config.compare.steps=50',
+    '--config.train.learning_rate=1e-4',
+  ]
+  assert compare.ignored_overrides(argv) == [
+    '--config.model.embed_dim',
+    '--config.data.max_text_length',
+  ]
 
 
 def test_a_comparison_needs_labels_or_a_label_text(tiny_config, tmp_path):
