@@ -8,7 +8,7 @@ Runs on 2 CPU cores in minutes, on data the project generates itself:
 
 Expected on the test split (1000 pairs): body-part and modality zero-shot
 top-1 >= 0.95, image->text R@1 about 0.2 and R@10 about 0.75 (chance 0.001 and
-0.01), finding top-1 about 0.54 (5 classes). See README.md for the figures last
+0.01), finding top-1 about 0.52 (5 classes). See README.md for the figures last
 measured.
 """
 
@@ -44,7 +44,7 @@ def get_config():
 
   # With the text features cached a step takes ~0.1 s here: 5000 steps (40
   # epochs) fit `make demo` from a fresh clone in about 12 minutes and learn the
-  # small findings (finding top-1 0.54, R@1 0.20; 2000 steps: 0.41 and 0.15;
+  # small findings (finding top-1 0.52, R@1 0.20; 2000 steps: 0.41 and 0.15;
   # 400 steps: 0.24 and 0.06).
   config.train.steps = 5000
   config.train.batch_size = 64

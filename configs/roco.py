@@ -6,8 +6,8 @@ ROCO (or ROCOv2) must be downloaded by hand; prepare it once, then train:
   python -m medclip_jax.main --config=configs/roco.py --workdir=runs/roco
 
 ROCO's official train/validation/test splits are kept. Its records carry no
-labels, so evaluation is image-text retrieval and caption by retrieval; the
-zero-shot and linear-probe evaluators find no label fields and say so at start.
+labels, so evaluation is image-text retrieval and caption by retrieval (this
+config gives the zero-shot and linear-probe evaluators no label fields).
 Expected results on real ROCO are not yet measured in this project.
 """
 

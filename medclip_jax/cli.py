@@ -148,6 +148,16 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     fail(_unknown_field(argv, e, flag_values))
   except flags.Error as e:
     message = str(e)
+    arguments = re.search(r'get_config\(\) takes (\d+) positional argument', message)
+    given = re.match(r'flag --(\w+)=([^:\s]+):(\S*): Error whilst parsing', message)
+    if arguments and given:
+      name, file, argument = given.groups()
+      fail(
+        f'--{name}={file}:{argument}: {file} takes '
+        + ('no argument after ":"' if arguments.group(1) == '0' else 'another number of arguments')
+        + f'. Give --{name}={file}, and the data directory with --config.data.dir=DIR '
+        '(configs/manifest.py is the recipe that takes one: configs/manifest.py:DIR).'
+      )
     bad = re.match(r'flag --([^=]+)=', message)
     if bad and bad.group(1) in flag_values and flag_values[bad.group(1)].default is not None:
       wanted = type(flag_values[bad.group(1)].default).__name__

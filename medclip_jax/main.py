@@ -20,7 +20,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
   'workdir',
   None,
-  'Directory for checkpoints, logs and evaluations (default: runs/<config file name>).',
+  'Directory for checkpoints, logs and evaluations (default: runs/<config file name>, or '
+  'runs/<DIR name> for a config given a directory, configs/manifest.py:DIR).',
 )
 _DISTRIBUTED = flags.DEFINE_bool(
   'distributed',

@@ -36,6 +36,21 @@ def test_a_missing_config_file_names_it_and_the_shipped_configs(tmp_path, overri
   assert not workdir.exists()
 
 
+def test_a_directory_after_a_recipe_that_takes_none_says_where_it_goes(tmp_path):
+  workdir = tmp_path / 'run'
+  message = _refused(
+    helpers.run_module(
+      'medclip_jax.main', '--config=configs/medpix.py:data/medpix', f'--workdir={workdir}'
+    )
+  )
+  assert message == (
+    'error: --config=configs/medpix.py:data/medpix: configs/medpix.py takes no argument after '
+    '":". Give --config=configs/medpix.py, and the data directory with --config.data.dir=DIR '
+    '(configs/manifest.py is the recipe that takes one: configs/manifest.py:DIR).'
+  )
+  assert not workdir.exists()
+
+
 def test_an_unknown_override_key_puts_the_suggestion_first(tmp_path):
   message = _refused(
     helpers.run_module(

@@ -103,7 +103,7 @@ def _files(details: dict) -> dict:
 def format_table(step: int, results: dict) -> str:
   """A two-column table of the results, for the end of a run."""
   if not results:
-    return f'Evaluation at step {step}: no evaluators (config.evals is empty)'
+    return f'Evaluation at step {step}: no evaluators (config.evals has none switched on)'
   width = max(len(k) for k in results)
   lines = [f'Evaluation at step {step}', '-' * (width + 12)]
   for key, value in results.items():

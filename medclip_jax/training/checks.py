@@ -121,6 +121,12 @@ def check(config) -> None:
       f'between evaluations, got {config.eval.every}.'
     )
   _check_precision_and_remat(config.model)
+  ops = config.model.image.get('ops', 'auto')
+  if ops not in ('auto', 'cpu', 'xla'):
+    raise UserError(
+      f"config.model.image.ops={ops!r}: give 'auto' (the CPU's on a CPU, else XLA's), 'cpu' "
+      "(gradients written for XLA's CPU backend) or 'xla' (XLA's own convolutions)."
+    )
   _check_sizes(config)
   _check_masked_modelling(config)
   steps, warmup = config.train.steps, config.train.warmup_steps

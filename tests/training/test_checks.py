@@ -60,6 +60,10 @@ BAD = {
     {'train.param_groups.heads': '(image|text)_projection/.*|(logit_bias'},
     r"config\.train\.param_groups\.heads='\(image.*' is not a regular expression \(missing \)",
   ),
+  'a convolution implementation that does not exist': (
+    {'model.image.ops': 'gpu'},
+    r"config\.model\.image\.ops='gpu': give 'auto'",
+  ),
   'crop scale above the whole image': (
     {'data.crop_scale': (1.5, 2.0)},
     r'config\.data\.crop_scale=\(1\.5, 2\.0\) must be \(low, high\) with 0 < low <= high <= 1',
