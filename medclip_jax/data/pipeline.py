@@ -624,7 +624,10 @@ def train_iterator(
     ]
     # grain interleaves the streams in these proportions, deterministically.
     ds = grain.MapDataset.mix(parts, [1.0 - sum(shares.values()), *shares.values()])
-  ds = ds[process_index::process_count].batch(local_batch_size, drop_remainder=True)
+  # Process p takes rows [p * local, (p + 1) * local) of each global batch, so the global
+  # batch is the stream's next rows in order whatever the process count (a row's dropout
+  # mask and gradient-cache chunk follow its place in the global batch).
+  ds = ds.batch(local_batch_size, drop_remainder=True)[process_index::process_count]
   workers = worker_count(data_config.workers)
   return _Batches(ds, _read_options(data_config, workers), workers, text_features)
 

@@ -22,7 +22,6 @@ ROOT = helpers.REPO
 # The layouts are compared after step 1 (checkpoint 1); the restores replay
 # step 2 from checkpoint 1, with the same compiled steps as the first runs.
 TWO_STEPS = {
-  'model__text__dropout_rate': 0.0,  # dropout masks depend on the layout
   'train__steps': 2,
   'train__warmup_steps': 0,
   # Adam's first update is lr * g / (|g| + eps): where a gradient is near eps,
