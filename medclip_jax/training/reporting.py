@@ -32,8 +32,12 @@ def _row(line: str) -> dict | None:
 class Reporter:
   """Writes scalars to `WORKDIR/metrics.jsonl` and `WORKDIR/tb`, prints progress."""
 
-  def __init__(self, workdir: str, total_steps: int):
+  def __init__(self, workdir: str, total_steps: int, eval_every: int = 0):
+    """`eval_every`: the steps between periodic evaluations (0: the final one only), which
+    the ETA counts in once one has been timed."""
     self.total_steps = total_steps
+    self._eval_every = eval_every
+    self._eval_seconds = None  # the last evaluation's duration
     self.is_main = jax.process_index() == 0
     self._jsonl = None
     self._tb = None  # opened at the first row: a rerun of a finished run leaves no empty file
@@ -83,6 +87,16 @@ class Reporter:
       path.write_text(kept, encoding='utf-8')
       self._jsonl = open(path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
 
+  def evaluated(self, seconds: float) -> None:
+    """Records how long an evaluation took (BatchNorm recompute included), for the ETA."""
+    self._eval_seconds = seconds
+
+  def _evals_left(self, step: int) -> int:
+    """The evaluations after `step`: the periodic ones before the end, and the final one."""
+    every, total = self._eval_every, self.total_steps
+    periodic = (total - 1) // every - step // every if every else 0
+    return max(periodic, 0) + (step < total)
+
   def start_timer(self, step: int) -> None:
     """Starts the throughput clock (call after warm-up/compilation)."""
     self._mark_step, self._mark_time = step, time.perf_counter()
@@ -119,13 +133,18 @@ class Reporter:
     self.write(step, scalars)
     if self.is_main:
       eta = (self.total_steps - step) / rate if rate > 0 else float('nan')
+      evals = self._evals_left(step)
+      if evals and self._eval_seconds is not None:
+        eta += evals * self._eval_seconds
       pairs = '-' if math.isnan(rate) else f'{rate * batch_size:.1f}'
       loss = 'skipped' if scalars['loss'] is None else f'{scalars["loss"]:.4f}'
       skipped = f'  skipped {scalars["skipped_total"]}' if scalars.get('skipped_total') else ''
       print(
         f'step {step:>6}/{self.total_steps}  loss {loss}  '
         f'lr {scalars["learning_rate"]:.2e}  pairs/s {pairs}  '
-        f'eta {_format_duration(eta)}{skipped}',
+        f'eta {_format_duration(eta)}'
+        + (' + evaluations' if evals and self._eval_seconds is None else '')
+        + skipped,
         flush=True,
       )
 

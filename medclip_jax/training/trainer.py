@@ -63,7 +63,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn, stale) -> dict:
   """The run itself, under the workdir lock; `stale` describes a lock taken over; `mix`
   the unpaired data mixed in ('' for none)."""
-  reporter = reporting.Reporter(workdir, config.train.steps)
+  reporter = reporting.Reporter(workdir, config.train.steps, config.eval.every)
   if stale:
     reporter.info(f'took over the workdir lock left by {stale}, which is no longer running')
   reporter.info(
@@ -232,6 +232,7 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
       reporter.info(f'report: {path}')
     reporter.write(step, {f'{split}/{key}': value for key, value in results.items()})
     results_lib.write(workdir, step, split, results, details)
+    reporter.evaluated(time.perf_counter() - t0)
     reporter.info(
       f'evaluated step {step} on {split} in {time.perf_counter() - t0:.1f}s: '
       f'{results_lib.headline(results)}'
