@@ -121,7 +121,7 @@ def compare(config, init: str, workdir: str) -> dict:
     config.data[field] = loaded.config.data[field]
   config.init_from = str(Path(init).absolute())
   config.train.steps = config.compare.steps
-  if config.train.warmup_steps >= config.compare.steps:
+  if config.train.warmup_steps > config.compare.steps:
     # A recipe's warmup is sized for its own run (medpix: 1,000 of 100,000 steps).
     warmup = config.compare.steps // 10
     print(

@@ -130,7 +130,7 @@ def check(config) -> None:
   _check_sizes(config)
   _check_masked_modelling(config)
   steps, warmup = config.train.steps, config.train.warmup_steps
-  if warmup < 0 or (warmup and warmup >= steps):
+  if warmup < 0 or warmup > steps:
     raise UserError(
       f'config.train.warmup_steps={warmup} does not fit the run (config.train.steps={steps}): '
       'the learning rate rises from 0 over that many steps to config.train.learning_rate, '

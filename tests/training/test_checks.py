@@ -48,9 +48,9 @@ BAD = {
     r'config\.train\.adam_b2=1\.0 must be in \[0, 1\)',
   ),
   'no Adam epsilon': ({'train.adam_eps': 0.0}, r'config\.train\.adam_eps=0\.0 must be positive'),
-  'a warmup as long as the run': (
-    {'train.warmup_steps': 12},
-    r'config\.train\.warmup_steps=12 does not fit the run \(config\.train\.steps=12\)',
+  'a warmup longer than the run': (
+    {'train.warmup_steps': 13},
+    r'config\.train\.warmup_steps=13 does not fit the run \(config\.train\.steps=12\)',
   ),
   'a negative warmup': (
     {'train.warmup_steps': -5},
