@@ -274,7 +274,7 @@ class Index:
   def check_model(self, model: str, describe: str) -> None:
     if not self.model.startswith(FINGERPRINT_VERSION):
       raise UserError(
-        f'This index was made by an earlier version of medclip_jax, whose model fingerprint '
+        'This index was made by an earlier version of medclip_jax, whose model fingerprint '
         "cannot be compared with today's: make the index again (python -m "
         'medclip_jax.predict embed --model=...).'
       )

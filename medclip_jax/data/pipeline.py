@@ -348,11 +348,12 @@ def unpaired_shares(data_config) -> dict[str, float]:
 
 def training_data(data_config, info: dict) -> dict:
   """What a checkpoint's data position indexes into, from the dataset's info: 'splits'
-  ({split: {'count', 'captions', 'files'}} of the splits training reads) and 'max_side' (the
-  longest side its images were stored at, which a model's inputs are read at too). Saved with
-  each checkpoint, so that a resume on other data (prepared anew in the same directory) is
-  refused, and a model reads its inputs as it trained even where its data is gone. Where the
-  data lives is not part of it: the same dataset may be staged elsewhere."""
+  ({split: {'count', 'captions', 'files'}} of the splits training reads), 'max_side' (the
+  longest side its images were stored at, which a model's inputs are read at too) and
+  'vocabulary' (the tokenizer's digest). Saved with each checkpoint, so that a resume on
+  other data (prepared anew in the same directory with other counts, or another tokenizer)
+  is refused, and a model reads its inputs as it trained even where its data is gone. Where
+  the data and the tokenizer live is not part of it: the same may be staged elsewhere."""
   splits = [data_config.train_split]
   splits += [
     records.unpaired_split(data_config.train_split, k) for k in unpaired_shares(data_config)
@@ -364,6 +365,7 @@ def training_data(data_config, info: dict) -> dict:
       for split in splits
     },
     'max_side': image_lib.max_side_of(info),
+    'vocabulary': tokenizer_lib.vocabulary_digest(tokenizer_lib.load(data_config.tokenizer)),
   }
 
 

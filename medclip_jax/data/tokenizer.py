@@ -1,5 +1,6 @@
 """Text tokenizers, always loaded from a local directory (never downloaded)."""
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -29,8 +30,9 @@ def resolve(spec: str) -> Path:
   return bundled_minilm_dir() if spec == BUNDLED_MINILM else Path(spec)
 
 
-def load(spec: str):
-  """A Hugging Face fast tokenizer from the directory `spec` names."""
+def load(spec: str, init: str = ''):
+  """A Hugging Face fast tokenizer from the directory `spec` names (`init`: the
+  config.model.text.init it comes from, if any, for the message when it has none)."""
   os.environ.setdefault('HF_HUB_OFFLINE', '1')
   # transformers warns on import that PyTorch is absent; tokenizers need none.
   os.environ.setdefault('TRANSFORMERS_VERBOSITY', 'error')
@@ -39,13 +41,18 @@ def load(spec: str):
 
   path = resolve(spec)
   if not (path / 'tokenizer.json').exists() and not (path / 'vocab.txt').exists():
+    if init:
+      raise UserError(
+        f'No tokenizer found in {path}: a text tower from config.model.text.init={init!r} '
+        "uses that directory's own tokenizer, so it needs tokenizer.json or vocab.txt (with "
+        'tokenizer_config.json) beside config.json: copy them from the model it was trained '
+        'from.'
+      )
     raise UserError(
       f'No tokenizer found in {path} (config.data.tokenizer = {spec!r}): the '
       'directory needs tokenizer.json or vocab.txt, as written by a Hugging '
       f'Face model. Point config.data.tokenizer at such a directory, or use '
-      f'{BUNDLED_MINILM!r} for the vocabulary shipped with the project. A text tower '
-      "from config.model.text.init='hf:DIR' uses DIR's own tokenizer: copy the tokenizer "
-      'files of the model it was trained from into DIR.'
+      f'{BUNDLED_MINILM!r} for the vocabulary shipped with the project.'
     )
   # The class the directory names, which AutoTokenizer would pick too: AutoTokenizer's
   # config classes import PyTorch where it is installed, about 280 MB and 1.2 s in every
@@ -65,6 +72,15 @@ def load(spec: str):
       lower = not _has_capitals(path / 'vocab.txt', spec)
     return transformers.BertTokenizer.from_pretrained(str(path), do_lower_case=lower)
   return transformers.AutoTokenizer.from_pretrained(str(path))
+
+
+def vocabulary_digest(tokenizer) -> str:
+  """A digest of what `tokenizer` maps text to: its class, casing and (added tokens
+  included) vocabulary; equal for a tokenizer directory copied elsewhere."""
+  lower = getattr(tokenizer, 'do_lower_case', None)
+  vocabulary = sorted(tokenizer.get_vocab().items())
+  text = json.dumps([type(tokenizer).__name__, lower, vocabulary], ensure_ascii=False)
+  return hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]
 
 
 def _has_capitals(vocab: Path, spec: str) -> bool:

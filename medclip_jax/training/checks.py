@@ -130,7 +130,13 @@ def check(config) -> None:
   _check_sizes(config)
   _check_masked_modelling(config)
   steps, warmup = config.train.steps, config.train.warmup_steps
-  if warmup < 0 or warmup > steps:
+  if warmup < 0:
+    raise UserError(
+      f'config.train.warmup_steps={warmup} is negative: give the steps over which the learning '
+      f'rate rises from 0 to config.train.learning_rate, 0 or more (e.g. {steps // 10}, a '
+      'tenth of the run).'
+    )
+  if warmup > steps:
     raise UserError(
       f'config.train.warmup_steps={warmup} does not fit the run (config.train.steps={steps}): '
       'the learning rate rises from 0 over that many steps to config.train.learning_rate, '
@@ -419,7 +425,9 @@ _FREE_KEYS = (
   'data.prefetch',
   'data.workers',
   'model.image.ops',
-  # Compute dtypes and remat change neither the parameters nor the optimizer state.
+  # Compute dtypes, remat and dropout change neither the parameters nor the optimizer state
+  # (until 61ec91a a pretrained text tower's config.json set its dropout rate).
+  'model.text.dropout_rate',
   'model.dtype',
   'model.image.dtype',
   'model.text.dtype',
@@ -443,9 +451,11 @@ def _flat(tree: dict, prefix: str = '') -> dict:
   return flat
 
 
-def check_resume(saved: dict, config, where: str) -> str | None:
+def check_resume(saved: dict, config, where: str, tokenizer_recorded: bool = False) -> str | None:
   """Compares `config` with the config `saved` with the checkpoint at `where`
-  (WORKDIR/checkpoints/STEP).
+  (WORKDIR/checkpoints/STEP). With `tokenizer_recorded` (the checkpoint holds its
+  vocabulary's digest, which `check_same_data` compares), a pretrained text tower's
+  tokenizer may move with its init directory.
 
   Raises `UserError` naming every changed key that would change the model or
   its data, with both values, or else every learning-rate multiplier that
@@ -460,9 +470,7 @@ def check_resume(saved: dict, config, where: str) -> str | None:
     if k.startswith(_FIXED_ON_RESUME)
     and k not in _FREE_KEYS
     # A pretrained text tower's tokenizer is its init directory: staged elsewhere, both move.
-    and not (
-      k == 'data.tokenizer' and _tokenizer_is_text_init(old) and _tokenizer_is_text_init(new)
-    )
+    and not (k == 'data.tokenizer' and tokenizer_recorded and _follows_text_init(old, new))
   ]
   free = [k for k in changed if k not in fixed]
 
@@ -499,7 +507,8 @@ def check_resume(saved: dict, config, where: str) -> str | None:
 def check_same_data(saved: dict | None, current: dict, data_dir: str, where: str) -> None:
   """Raises `UserError` if the training data (`pipeline.training_data`) differs from what
   the checkpoint at `where` was trained on (`saved`; None for a checkpoint older than the
-  record, which passes): its data position counts records in the old data's order."""
+  record, which passes): its data position counts records in the old data's order, and its
+  text tower was trained on the old vocabulary."""
   if saved is None or saved == current:
     return
 
@@ -520,20 +529,27 @@ def check_same_data(saved: dict | None, current: dict, data_dir: str, where: str
   changes = [change(s) for s in splits if saved['splits'].get(s) != current['splits'].get(s)]
   if saved['max_side'] != current['max_side']:
     changes.append(f'images stored at max_side {saved["max_side"]} then, {current["max_side"]} now')
+  if saved['vocabulary'] != current['vocabulary']:
+    changes.append('another vocabulary in the tokenizer (config.data.tokenizer)')
   workdir = Path(where).parent.parent
   raise UserError(
     f'The training data in {data_dir} is not the data the checkpoint at {where} was trained '
     f"on ({'; '.join(changes)}). The checkpoint's data position counts records in the old "
-    "data's order, so resuming would repeat some and skip others. To resume, point "
-    '--config.data.dir at the data it was trained on; to train this model on the new data, '
+    "data's order, so resuming would repeat some and skip others, and its text tower knows "
+    "the old vocabulary. To resume, point --config.data.dir (and a pretrained text tower's "
+    'config.model.text.init) at what it was trained on; to train this model on the new data, '
     f'start a new run in a fresh --workdir with --config.init_from={workdir} (its schedule '
     'and optimizer state start afresh).'
   )
 
 
-def _tokenizer_is_text_init(flat: dict) -> bool:
-  init = str(_value(flat, 'model.text.init') or '')
-  return bool(init) and init.partition(':')[2] == _value(flat, 'data.tokenizer')
+def _follows_text_init(*flats: dict) -> bool:
+  """Whether each config's tokenizer is its text tower's init directory."""
+  for flat in flats:
+    init = str(_value(flat, 'model.text.init') or '')
+    if not init or init.partition(':')[2] != _value(flat, 'data.tokenizer'):
+      return False
+  return True
 
 
 def _value(flat: dict, key: str):

@@ -92,9 +92,10 @@ class Reporter:
     self._eval_seconds = seconds
 
   def _evals_left(self, step: int) -> int:
-    """The evaluations after `step`: the periodic ones before the end, and the final one."""
+    """The evaluations still to run once `step` is trained: the periodic ones from `step` (the
+    trainer evaluates after printing it) before the end, and the final one."""
     every, total = self._eval_every, self.total_steps
-    periodic = (total - 1) // every - step // every if every else 0
+    periodic = (total - 1) // every - (step - 1) // every if every else 0
     return max(periodic, 0) + (step < total)
 
   def start_timer(self, step: int) -> None:

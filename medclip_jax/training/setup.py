@@ -97,7 +97,7 @@ class Setup:
     mesh = sharding.create_mesh(config.mesh)
     local_batch = sharding.check_batch_size(config.train.batch_size, mesh, 'train.batch_size')
     checks.check_grad_cache(config, mesh.size)
-    tokenizer = tokenizer_lib.load(config.data.tokenizer)
+    tokenizer = tokenizer_lib.load(config.data.tokenizer, config.model.text.init)
     if float(config.objectives.get('entmlm', 0.0)) and tokenizer.mask_token_id is None:
       raise UserError(
         f'config.objectives.entmlm: the tokenizer in {tokenizer_lib.resolve(config.data.tokenizer)} '

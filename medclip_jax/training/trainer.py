@@ -132,9 +132,12 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
       )
   else:
     saved = checkpointer.restore_config(latest)
-    changed = checks.check_resume(saved, config, checkpointer.path(latest))
+    trained_on = checkpointer.restore_dataset(latest)
+    changed = checks.check_resume(
+      saved, config, checkpointer.path(latest), tokenizer_recorded=trained_on is not None
+    )
     checks.check_same_data(
-      checkpointer.restore_dataset(latest),
+      trained_on,
       training_data,
       config.data.dir or config.data.tfds_name,
       checkpointer.path(latest),

@@ -214,6 +214,23 @@ def test_a_bert_directory_whose_tokenizer_outgrew_its_embeddings_says_so(tiny_co
   assert 'vocab_size to' not in str(error.value)  # the init would overwrite it
 
 
+def test_a_bert_directory_without_a_tokenizer_says_to_copy_one_into_it(tiny_config, tmp_path):
+  from medclip_jax.training.setup import Setup  # pylint: disable=import-outside-toplevel
+
+  bert = tmp_path / 'bert'
+  bert.mkdir()
+  for name in ('config.json', 'model.safetensors'):
+    shutil.copy(MINILM / name, bert / name)
+  config = tiny_config()
+  config.model.text.init = f'hf:{bert}'
+  with pytest.raises(UserError) as error:
+    Setup.create(config)
+  assert "uses that directory's own tokenizer, so it needs tokenizer.json or vocab.txt" in str(
+    error.value
+  )
+  assert 'Point config.data.tokenizer' not in str(error.value)  # the init would overwrite it
+
+
 def test_config_init_takes_text_tower_size_tokenizer_and_weights_from_the_directory(
   tiny_config, minilm
 ):

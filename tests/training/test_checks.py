@@ -9,6 +9,8 @@ import jax
 import pytest
 
 from configs import default
+from medclip_jax.data import pipeline
+from medclip_jax.data import records
 from medclip_jax.data import tokenizer as tokenizer_lib
 from medclip_jax.errors import UserError
 from medclip_jax.interop import convert
@@ -54,7 +56,7 @@ BAD = {
   ),
   'a negative warmup': (
     {'train.warmup_steps': -5},
-    r'config\.train\.warmup_steps=-5 does not fit the run',
+    r'config\.train\.warmup_steps=-5 is negative: give the steps over which',
   ),
   'a parameter group that is no regular expression': (
     {'train.param_groups.heads': '(image|text)_projection/.*|(logit_bias'},
@@ -363,16 +365,46 @@ def test_a_run_on_a_bert_directory_staged_elsewhere_resumes_with_its_new_path(
   monkeypatch.chdir(tmp_path)
   saved = json.loads(resolved('site_a').to_json_best_effort())  # relative, saved absolute
   assert saved['data']['tokenizer'] == str(tmp_path / 'site_a')
-  assert checks.check_resume(saved, resolved(str(tmp_path / 'site_b')), '/runs/a/12') == (
+  moved = resolved(str(tmp_path / 'site_b'))
+  # The checkpoint's vocabulary digest (compared by check_same_data) vouches for the move.
+  assert checks.check_resume(saved, moved, '/runs/a/12', tokenizer_recorded=True) == (
     'resuming with settings changed since the checkpoint: '
     f"data.tokenizer: '{tmp_path / 'site_a'}' -> '{tmp_path / 'site_b'}', "
     f"model.text.init: 'hf:{tmp_path / 'site_a'}' -> 'hf:{tmp_path / 'site_b'}'"
   )
+  # Without one (a checkpoint from before it was recorded), as before: refused.
+  with pytest.raises(UserError, match='data.tokenizer'):
+    checks.check_resume(saved, moved, '/runs/a/12')
   # Another tokenizer for the same tower is another model.
   other = resolved('site_a')
   other.data.tokenizer = str(tmp_path / 'site_b')
   with pytest.raises(UserError, match='data.tokenizer'):
-    checks.check_resume(saved, other, '/runs/a/12')
+    checks.check_resume(saved, other, '/runs/a/12', tokenizer_recorded=True)
+
+
+def test_another_vocabulary_in_a_moved_tokenizer_directory_is_refused(tiny_config, tmp_path):
+  config = tiny_config()
+  trained_on = pipeline.training_data(config.data, records.read_dataset_info(config.data.dir))
+  other = tmp_path / 'other'
+  shutil.copytree(tokenizer_lib.resolve(config.data.tokenizer), other)
+  tokenizer = tokenizer_lib.load(str(other))
+  tokenizer.add_tokens(['pneumothorax'])
+  tokenizer.save_pretrained(str(other))
+  config.data.tokenizer = str(other)
+  now = pipeline.training_data(config.data, records.read_dataset_info(config.data.dir))
+  checks.check_same_data(trained_on, dict(trained_on), config.data.dir, '/runs/a/checkpoints/6')
+  with pytest.raises(UserError, match=r'\(another vocabulary in the tokenizer'):
+    checks.check_same_data(trained_on, now, config.data.dir, '/runs/a/checkpoints/6')
+
+
+def test_a_changed_dropout_rate_resumes(tiny_config):
+  # Until 61ec91a a pretrained text tower's config.json set it, whatever the config said.
+  config = tiny_config()
+  saved = json.loads(config.to_json_best_effort())
+  config.model.text.dropout_rate = 0.0
+  assert checks.check_resume(saved, config, '/runs/a/checkpoints/12') == (
+    'resuming with settings changed since the checkpoint: model.text.dropout_rate: 0.1 -> 0.0'
+  )
 
 
 def test_resuming_with_a_frozen_text_tower_says_why_instead_of_listing_arrays(

@@ -92,7 +92,7 @@ def test_tensorboard_shows_a_resumed_runs_steps_once_with_their_new_values(tmp_p
 
 
 def test_the_eta_counts_the_evaluations_left_once_one_was_timed(tmp_path, capsys, monkeypatch):
-  clock = iter([0.0, 10.0, 30.0])
+  clock = iter([0.0, 10.0, 30.0, 50.0])
   monkeypatch.setattr(reporting.time, 'perf_counter', lambda: next(clock))
   reporter = reporting.Reporter(str(tmp_path), total_steps=100, eval_every=25)
   reporter.start_timer(0)
@@ -100,6 +100,8 @@ def test_the_eta_counts_the_evaluations_left_once_one_was_timed(tmp_path, capsys
   reporter.train_progress(10, scalars, batch_size=4)  # 1 step/s; evaluations at 25, 50, 75, 100
   reporter.evaluated(20.0)
   reporter.train_progress(30, scalars, batch_size=4)  # 70 steps and 3 evaluations of 20 s left
+  reporter.train_progress(50, scalars, batch_size=4)  # step 50's own evaluation runs next
   reporter.close()
   lines = capsys.readouterr().out.splitlines()
   assert lines[0].endswith('eta 1:30 + evaluations') and lines[1].endswith('eta 2:10')
+  assert lines[2].endswith('eta 1:50')
