@@ -11,6 +11,7 @@ newest readable one is used), a stop request (`preemption`), non-finite losses
 """
 
 import collections
+import shutil
 import time
 from pathlib import Path
 
@@ -56,8 +57,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   precise_bn = setup.precise_bn()
 
   # ---- The workdir lock: one trainer per workdir ----
-  with workdir_lock.WorkdirLock(workdir) as stale:
-    return _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn, stale)
+  new = not Path(workdir).exists()
+  try:
+    with workdir_lock.WorkdirLock(workdir) as stale:
+      return _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn, stale)
+  except UserError:
+    # Found only while the state is made (a pretrained checkpoint that does not fit): a
+    # workdir this run made and wrote nothing into (an empty lock and log) goes again.
+    written = any(p.is_file() and p.stat().st_size for p in Path(workdir).rglob('*'))
+    if new and jax.process_count() == 1 and not written:
+      shutil.rmtree(workdir, ignore_errors=True)
+    raise
 
 
 def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn, stale) -> dict:

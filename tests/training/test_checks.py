@@ -260,6 +260,25 @@ def test_a_bad_config_is_refused_before_the_workdir_is_written(name, tiny_config
   assert not workdir.exists()
 
 
+def test_a_pretrained_checkpoint_that_does_not_fit_leaves_no_workdir(tiny_config, tmp_path):
+  import torch  # pylint: disable=import-outside-toplevel
+  import torchvision  # pylint: disable=import-outside-toplevel
+
+  resnet18 = tmp_path / 'resnet18.pth'
+  torch.save(torchvision.models.resnet18().state_dict(), resnet18)
+  config = tiny_config()  # a ResNet18 of width 8
+  config.model.image.init = f'torchvision:{resnet18}'
+  workdir = tmp_path / 'run'
+  with pytest.raises(UserError, match='torchvision ResNet checkpoint does not match'):
+    trainer.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()
+  # A workdir that was there before stays.
+  workdir.mkdir()
+  with pytest.raises(UserError, match='torchvision ResNet checkpoint does not match'):
+    trainer.train_and_evaluate(config, str(workdir))
+  assert workdir.is_dir()
+
+
 def test_a_batch_that_does_not_divide_over_the_devices_is_one_paragraph_exit_2(
   tiny_flags, tmp_path
 ):
