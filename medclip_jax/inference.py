@@ -84,11 +84,8 @@ def _is_string_vector(items) -> bool:
   return dtype is not None and dtype.kind in ('U', 'S', 'O') and getattr(items, 'ndim', 0) == 1
 
 
-def _names(items, what: str) -> list:
-  """`items` (a list, tuple, 1-D array or Series; None for none) as a list, or a UserError for
-  one string given for a list of `what`."""
-  if isinstance(items, str):
-    raise UserError(f'Give the {what} as a list, not one string ({items!r}).')
+def _names(items) -> list:
+  """`items` (a list, tuple, 1-D array or Series; None for none) as a list."""
   if items is None:
     return []
   return items.tolist() if _is_string_vector(items) else list(items)
@@ -140,7 +137,7 @@ def read_bank(bank) -> list[str]:
 def check_templates(templates) -> list[str]:
   """The zero-shot `templates` (default: the class name itself), or a UserError for one that
   does not hold exactly one '{}', where `zero_shot` puts each class name."""
-  templates = [templates] if isinstance(templates, str) else _names(templates, 'templates')
+  templates = [templates] if isinstance(templates, str) else _names(templates)
   templates = templates or ['{}']
   for template in templates:
     try:
@@ -164,7 +161,7 @@ def check_classes(class_names) -> list[str]:
       f'zero_shot takes a list of class names, not one string ({class_names!r}): e.g. '
       "['CT', 'MRI']."
     )
-  class_names = _names(class_names, 'class names')
+  class_names = _names(class_names)
   if not class_names:
     raise UserError('zero_shot needs at least one class name.')
   if any(not str(c).strip() for c in class_names):

@@ -5,9 +5,10 @@ One checkpoint is a directory `WORKDIR/checkpoints/<step>/` with four items:
             written by every process for its own shards;
   data      the grain iterator position of each process (one JSON per process),
             so a resumed run sees exactly the batches it would have seen;
-  dataset   the splits that position indexes into and their images' stored size
-            (`pipeline.training_data`), so a resume on other data is refused and
-            the model reads its inputs as it trained, even where the data is gone;
+  dataset   the splits that position indexes into, their images' stored size and
+            the tokenizer's vocabulary digest (`pipeline.training_data`), so a resume
+            on other data is refused and the model reads its inputs as it trained,
+            even where the data is gone;
   config    the run's config as JSON, so exports know what they convert.
 Orbax writes each checkpoint into a temporary directory and renames it when
 complete, so a run killed mid-save leaves the previous checkpoint intact.

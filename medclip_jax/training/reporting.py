@@ -96,7 +96,7 @@ class Reporter:
     trainer evaluates after printing it) before the end, and the final one."""
     every, total = self._eval_every, self.total_steps
     periodic = (total - 1) // every - (step - 1) // every if every else 0
-    return max(periodic, 0) + (step < total)
+    return periodic + (step < total)
 
   def start_timer(self, step: int) -> None:
     """Starts the throughput clock (call after warm-up/compilation)."""
